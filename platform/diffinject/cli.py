@@ -1,0 +1,157 @@
+"""The `diffinject` command line: data build/check, train, topk, results."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import apply_overrides, preset
+from .errors import DiffInjectError
+
+
+def _config(args: argparse.Namespace):
+    cfg = preset(args.dataset, args.ratio, quick=args.quick)
+    cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
+    cfg.run.seed = args.seed
+    cfg.run.experiment = args.experiment
+    return apply_overrides(cfg, args.set or [])
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="colored_digits")
+    p.add_argument("--ratio", default="1", help="percent of bias-conflicting training samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="the CPU-budget preset (Colored Digits)")
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--cache-root", default="cache")
+    p.add_argument("--experiment", default="diffinject", help="MLflow experiment name")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set classifier.lr=1e-4 (repeatable)")
+
+
+def cmd_data_build(args: argparse.Namespace) -> None:
+    root = Path(args.data_root)
+    if args.name == "colored_digits":
+        from .data.colored_digits import build_colored_digits
+
+        out = build_colored_digits(root, ratios=args.ratios, seed=args.seed)
+    elif args.name == "cmnist":
+        from .data.colored_mnist import build_colored_mnist, download_mnist
+
+        source = download_mnist(root / "_downloads") if args.download else args.source
+        if source is None:
+            raise DiffInjectError("cmnist needs --source DIR (MNIST IDX files) or --download")
+        out = build_colored_mnist(Path(source), root, ratios=args.ratios, seed=args.seed)
+    elif args.name == "cifar10c":
+        from .data.corrupted_cifar import build_corrupted_cifar10, download_cifar10
+
+        source = download_cifar10(root / "_downloads") if args.download else args.source
+        if source is None:
+            raise DiffInjectError("cifar10c needs --source DIR (cifar-10-batches-py) or --download")
+        out = build_corrupted_cifar10(Path(source), root, ratios=args.ratios, seed=args.seed, progress=True)
+    else:
+        from .data.registry import get_dataset_spec
+
+        spec = get_dataset_spec(args.name)
+        raise DiffInjectError(f"{spec.name} cannot be built here: {spec.source}")
+    print(f"wrote {out}")
+
+
+def cmd_data_check(args: argparse.Namespace) -> None:
+    from .data.layout import load_image, read_layout
+    from .data.registry import get_dataset_spec, normalize_ratio
+
+    spec = get_dataset_spec(args.name)
+    ratios = [normalize_ratio(spec, args.ratio)] if args.ratio else list(spec.ratios)
+    for ratio in ratios:
+        index = read_layout(Path(args.data_root), spec, ratio)
+        size = None
+        for records in index.splits.values():
+            for record in records:
+                pixels = load_image(record.path, spec, size)
+                size = size or (pixels.shape[1], pixels.shape[0])
+        print(f"{spec.name} @ {ratio}%: images {size[0]}x{size[1]}, all readable")
+        print(f"  {'split':<6} {'class':>5} {'aligned':>8} {'conflicting':>12}")
+        for split, per_class in index.counts().items():
+            for c, (aligned, conflicting) in per_class.items():
+                print(f"  {split:<6} {c:>5} {aligned:>8} {conflicting:>12}")
+            total_a = sum(a for a, _ in per_class.values())
+            total_c = sum(b for _, b in per_class.values())
+            print(f"  {split:<6} {'all':>5} {total_a:>8} {total_c:>12}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from .methods import get_method
+    from .pipeline import ensure_ray, run_cell
+
+    get_method(args.method)
+    cfg = _config(args)
+    ensure_ray()
+    out = run_cell(cfg, args.method)
+    print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
+
+
+def cmd_topk(args: argparse.Namespace) -> None:
+    from .pipeline import ensure_ray, run_stage1
+
+    cfg = _config(args)
+    ensure_ray()
+    out = run_stage1(cfg)
+    print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
+    print(f"top-K set and grid: {out.checkpoint_dir}")
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    from .results import collect, format_table
+
+    print(format_table(collect(args.experiment)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diffinject", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="build or check datasets").add_subparsers(dest="data_command", required=True)
+    build = data.add_parser("build", help="write a dataset in the released layout")
+    build.add_argument("name", help="colored_digits | cmnist | cifar10c")
+    build.add_argument("--data-root", default="data")
+    build.add_argument("--source", type=Path, help="MNIST IDX folder (cmnist) or cifar-10-batches-py (cifar10c)")
+    build.add_argument("--download", action="store_true", help="download the source data (needs the network)")
+    build.add_argument("--ratios", nargs="+", default=["0.5", "1", "2", "5"])
+    build.add_argument("--seed", type=int, default=0)
+    build.set_defaults(func=cmd_data_build)
+    check = data.add_parser("check", help="validate a dataset and print per-split counts")
+    check.add_argument("name")
+    check.add_argument("--data-root", default="data")
+    check.add_argument("--ratio", help="one ratio (default: all the dataset ships)")
+    check.set_defaults(func=cmd_data_check)
+
+    train = sub.add_parser("train", help="train a registered method on a dataset and ratio")
+    train.add_argument("method")
+    _add_run_args(train)
+    train.set_defaults(func=cmd_train)
+
+    topk = sub.add_parser("topk", help="stage 1: GCE bias classifier and top-K extraction")
+    _add_run_args(topk)
+    topk.set_defaults(func=cmd_topk)
+
+    results = sub.add_parser("results", help="print the results table from MLflow")
+    results.add_argument("--experiment", default="diffinject")
+    results.set_defaults(func=cmd_results)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DiffInjectError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head & co.
+        sys.stderr.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

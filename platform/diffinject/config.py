@@ -1,0 +1,197 @@
+"""Typed configs for the stages, per-dataset presets, command-line overrides, flattening.
+
+Presets carry the paper's / reference code's hyperparameters (DESIGN.md 2.4); `quick`
+shrinks the Colored Digits run to a CPU budget. Overrides are `section.field=value`
+strings, e.g. `classifier.lr=1e-4` or `bias.k=20`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, get_type_hints
+
+from .errors import ConfigError
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "colored_digits"
+    ratio: str = "1"            # percent of bias-conflicting training samples
+    data_root: str = "data"     # released layout lives here (Colored Digits is built here)
+    cache_root: str = "cache"   # Parquet shards
+
+
+@dataclass
+class ClassifierConfig:
+    """Stage 4 (and every baseline): one classifier trained by a registered method."""
+
+    arch: str = "mlp"                 # mlp | resnet18
+    mlp_divide_by_255: bool = False   # the reference CMNIST MLP divides inputs by 255 a second time
+    num_steps: int = 20_000
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    augment: str = "none"             # none | crop_flip (random crop, pad 4, + horizontal flip)
+    normalize: bool = False           # CIFAR mean/std normalisation
+    resize: int = 0                   # 0 keeps the native size; 224 for BFFHQ, Dogs & Cats
+    select: str = "valid"             # valid | test (reference repos' best-on-test) | last
+    eval_every: int = 500
+    log_every: int = 50
+
+
+@dataclass
+class BiasConfig:
+    """Stage 1: the deliberately biased classifier (GCE) and top-K extraction."""
+
+    q: float = 0.7
+    k: int = 10
+    scope: str = "global"             # global | per_class
+    classifier: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(select="last"))
+
+
+@dataclass
+class RunConfig:
+    seed: int = 0
+    num_workers: int = 0              # Ray Train workers; 0 runs the loop in-process
+    use_gpu: str = "auto"             # auto | true | false
+    max_failures: int = 2             # worker failures a training run survives
+    experiment: str = "diffinject"    # MLflow experiment
+    storage_path: str = "ray_results" # Ray Train checkpoints
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    bias: BiasConfig = field(default_factory=BiasConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def _classifier_preset(dataset: str) -> ClassifierConfig:
+    if dataset in ("cmnist", "colored_digits"):
+        return ClassifierConfig(arch="mlp", lr=1e-3, batch_size=256, augment="none", normalize=False,
+                                num_steps=20_000)
+    if dataset == "cifar10c":
+        return ClassifierConfig(arch="resnet18", lr=1e-3, batch_size=256, augment="crop_flip",
+                                normalize=True, num_steps=50_000)
+    if dataset == "bffhq":
+        return ClassifierConfig(arch="resnet18", lr=1e-4, batch_size=64, augment="crop_flip",
+                                normalize=True, resize=224, num_steps=50_000)
+    if dataset == "dogs_and_cats":
+        return ClassifierConfig(arch="resnet18", lr=1e-4, batch_size=64, augment="none",
+                                normalize=True, resize=224, num_steps=50_000)
+    from .data.registry import get_dataset_spec
+
+    get_dataset_spec(dataset)  # raises the unknown-dataset error
+    raise ConfigError(f"no classifier preset for dataset {dataset!r}")
+
+
+def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False) -> ExperimentConfig:
+    """The paper's settings for `dataset`; `quick` is the CPU budget for Colored Digits."""
+    classifier = _classifier_preset(dataset)
+    bias_classifier = dataclasses.replace(classifier, select="last")
+    cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
+                           bias=BiasConfig(classifier=bias_classifier), classifier=classifier)
+    if quick:
+        cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
+        cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=500, select="last")
+    return cfg
+
+
+def _coerce(text: str, kind: Any, key: str) -> Any:
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.<field>=...")
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("1", "true", "yes")
+        if kind is int:
+            return int(float(text)) if float(text).is_integer() else int(text)
+        if kind is float:
+            return float(text)
+        return text
+    except ValueError:
+        raise ConfigError(f"invalid value {text!r} for {key}; expected {kind.__name__}") from None
+
+
+def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
+    """Apply `a.b.c=value` overrides in place, with the field's declared type."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"invalid override {item!r}; expected section.field=value")
+        key, value = item.split("=", 1)
+        target = cfg
+        parts = key.strip().split(".")
+        for depth, name in enumerate(parts):
+            hints = get_type_hints(type(target))
+            if name not in hints:
+                where = ".".join(parts[:depth]) or "config"
+                raise ConfigError(f"unknown config field {key!r}: {where} has "
+                                  f"{', '.join(f.name for f in dataclasses.fields(target))}")
+            if depth == len(parts) - 1:
+                setattr(target, name, _coerce(value, hints[name], key))
+            else:
+                target = getattr(target, name)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Reject values that would fail later, naming the field."""
+    from .data.registry import get_dataset_spec, normalize_ratio
+
+    spec = get_dataset_spec(cfg.data.dataset)
+    cfg.data.ratio = normalize_ratio(spec, cfg.data.ratio)
+    if cfg.bias.k <= 0:
+        raise ConfigError(f"bias.k must be a positive number of samples, got {cfg.bias.k}")
+    if not 0.0 < cfg.bias.q <= 1.0:
+        raise ConfigError(f"bias.q must be in (0, 1], got {cfg.bias.q}")
+    if cfg.bias.scope not in ("global", "per_class"):
+        raise ConfigError(f"bias.scope must be global or per_class, got {cfg.bias.scope!r}")
+    for name, clf in (("classifier", cfg.classifier), ("bias.classifier", cfg.bias.classifier)):
+        if clf.arch not in ("mlp", "resnet18"):
+            raise ConfigError(f"{name}.arch must be mlp or resnet18, got {clf.arch!r}")
+        if clf.augment not in ("none", "crop_flip"):
+            raise ConfigError(f"{name}.augment must be none or crop_flip, got {clf.augment!r}")
+        if clf.select not in ("valid", "test", "last"):
+            raise ConfigError(f"{name}.select must be valid, test or last, got {clf.select!r}")
+        for field_name in ("num_steps", "batch_size", "eval_every", "log_every"):
+            if getattr(clf, field_name) <= 0:
+                raise ConfigError(f"{name}.{field_name} must be positive, got {getattr(clf, field_name)}")
+        if clf.lr <= 0:
+            raise ConfigError(f"{name}.lr must be positive, got {clf.lr}")
+    if cfg.run.use_gpu not in ("auto", "true", "false"):
+        raise ConfigError(f"run.use_gpu must be auto, true or false, got {cfg.run.use_gpu!r}")
+    if cfg.run.num_workers < 0:
+        raise ConfigError(f"run.num_workers must be >= 0, got {cfg.run.num_workers}")
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
+    """{'classifier.lr': 0.001, ...}: the form logged as MLflow params."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(payload: dict[str, Any]) -> ExperimentConfig:
+    return ExperimentConfig(
+        data=DataConfig(**payload["data"]),
+        bias=BiasConfig(**{**payload["bias"], "classifier": ClassifierConfig(**payload["bias"]["classifier"])}),
+        classifier=ClassifierConfig(**payload["classifier"]),
+        run=RunConfig(**payload["run"]),
+    )

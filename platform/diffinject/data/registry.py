@@ -1,0 +1,92 @@
+"""Dataset registry: what each benchmark looks like on disk and where it comes from."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Static facts about one benchmark in the released DisEnt/BiasEnsemble layout.
+
+    `image_size` is the side length every image must have on disk (None: any size, but the
+    same for all images). `valid_in_ratio` says whether the validation split lives inside
+    each ratio folder (`<pct>/valid`) or once beside them (`<root>/valid`);
+    `valid_per_class` / `test_per_class` say whether those splits have class subfolders.
+    """
+
+    name: str
+    num_classes: int
+    num_biases: int
+    image_size: int | None
+    ratios: tuple[str, ...]
+    valid_in_ratio: bool
+    valid_per_class: bool
+    test_per_class: bool
+    source: str
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+register_dataset(DatasetSpec(
+    name="cmnist", num_classes=10, num_biases=10, image_size=28,
+    ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
+    source="build it with `diffinject data build cmnist --mnist DIR` (or --download), "
+           "or download the DisEnt release",
+))
+register_dataset(DatasetSpec(
+    name="cifar10c", num_classes=10, num_biases=10, image_size=32,
+    ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=True, test_per_class=True,
+    source="build it with `diffinject data build cifar10c --cifar DIR` (or --download), "
+           "or download the DisEnt release",
+))
+register_dataset(DatasetSpec(
+    name="bffhq", num_classes=2, num_biases=2, image_size=None,
+    ratios=("0.5", "1", "2", "5"), valid_in_ratio=False, valid_per_class=False, test_per_class=False,
+    source="it cannot be rebuilt: download the BFFHQ release of DisEnt (Lee et al., 2021)",
+))
+register_dataset(DatasetSpec(
+    name="dogs_and_cats", num_classes=2, num_biases=2, image_size=None,
+    ratios=("1", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
+    source="it cannot be rebuilt: download the Dogs & Cats release of BiasEnsemble (Lee et al., 2022)",
+))
+register_dataset(DatasetSpec(
+    name="colored_digits", num_classes=10, num_biases=10, image_size=28,
+    ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
+    source="built offline from scikit-learn's bundled digits by `diffinject data build colored_digits`",
+))
+
+
+def get_dataset_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}") from None
+
+
+def normalize_ratio(spec: DatasetSpec, ratio: str | float) -> str:
+    """Turn '1', 1, 1.0, '1pct' or '1%' into the canonical percent string of `spec`."""
+    text = str(ratio).strip().removesuffix("pct").removesuffix("%")
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    for known in spec.ratios:
+        if value is not None and abs(float(known) - value) < 1e-9:
+            return known
+    raise ConfigError(
+        f"invalid conflict ratio {ratio!r} for {spec.name}; expected one of "
+        f"{', '.join(spec.ratios)} (percent of bias-conflicting training samples)")
+
+
+def ratio_folder(ratio: str) -> str:
+    """'0.5' -> '0.5pct', the folder name used by the released data."""
+    return f"{ratio}pct"

@@ -1,0 +1,138 @@
+"""The method interface and registry (DomainBed style: one small class per algorithm)."""
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..config import ClassifierConfig
+from ..errors import ConfigError, TrainingError
+from ..models import build_classifier
+
+
+class NonFiniteLoss(TrainingError):
+    """Raised by a method when a loss is NaN or infinite; the harness adds the step."""
+
+
+class Method(abc.ABC):
+    """A training algorithm: owns its networks and optimisers; `update` does one step.
+
+    `index` in `update` is each sample's row in the training set, so a method can keep
+    per-sample state. `predict` returns the logits of the network that is evaluated.
+    """
+
+    name: str = ""
+    in_table: bool = True  # whether experiment drivers list it as a Table 1 method
+
+    def __init__(self, cfg: ClassifierConfig, num_classes: int, input_shape: tuple[int, int, int],
+                 num_train: int, options: dict | None = None):
+        self.cfg = cfg
+        self.options = dict(options or {})
+        self.num_classes = num_classes
+        self.input_shape = input_shape
+        self.num_train = num_train
+        self.nets: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.setup()
+
+    @abc.abstractmethod
+    def setup(self) -> None:
+        """Create self.nets and self.optimizers."""
+
+    @abc.abstractmethod
+    def update(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
+        """One training step on a batch; returns scalars to log (at least 'loss')."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.nets["model"](x)
+
+    def new_classifier(self) -> nn.Module:
+        return build_classifier(self.cfg.arch, self.num_classes, self.input_shape,
+                                self.cfg.mlp_divide_by_255)
+
+    def adam(self, module: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    @staticmethod
+    def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+        """Backward and step, unless the loss is non-finite on any rank (then every rank
+        raises together, so none is left waiting in a gradient all-reduce)."""
+        value = float(loss.detach())
+        finite = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=loss.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item() == 0.0:
+            raise NonFiniteLoss(f"non-finite loss {value}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return value
+
+    def to(self, device: torch.device) -> "Method":
+        for net in self.nets.values():
+            net.to(device)
+        return self
+
+    def wrap(self, wrapper) -> None:
+        """Wrap every network (e.g. in DistributedDataParallel); optimisers keep their params."""
+        self.nets = {name: wrapper(net) for name, net in self.nets.items()}
+
+    def train(self, mode: bool = True) -> None:
+        for net in self.nets.values():
+            net.train(mode)
+
+    def extra_state(self) -> dict:
+        """Per-method state beyond networks and optimisers, saved in checkpoints."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "extra": self.extra_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, net in self.nets.items():
+            unwrap(net).load_state_dict(state["nets"][name])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        self.load_extra_state(state.get("extra", {}))
+
+    def net_states(self) -> dict:
+        """Copies of the network weights only (what model selection keeps)."""
+        return {k: {n: t.detach().clone() for n, t in unwrap(v).state_dict().items()}
+                for k, v in self.nets.items()}
+
+    def load_net_states(self, states: dict) -> None:
+        for name, net in self.nets.items():
+            unwrap(net).load_state_dict(states[name])
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    return getattr(net, "module", net)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(sorted(METHODS))}") from None
+
+
+def table_methods() -> list[str]:
+    return [name for name, cls in METHODS.items() if cls.in_table]

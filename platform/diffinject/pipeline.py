@@ -1,0 +1,126 @@
+"""Driver-side orchestration of stage 1 and stage 4 runs, with MLflow bookkeeping.
+
+MLflow layout: one experiment per study; a `stage1` run per (dataset, ratio, seed) with
+the bias classifier's curves, precision@K, the top-K set and its image grid; a `cell`
+parent run per (dataset, ratio, method, seed) holding the final metrics and tags, with
+a nested `stage4` run that holds the training curves and the model checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import ExperimentConfig, flatten, to_dict, validate
+from .data.parquet import load_split, prepare_dataset
+from .data.registry import get_dataset_spec
+from .methods import get_method
+from .plots import image_grid
+from .ray_train import TrainJob, load_topk, run_train_job
+from .stage1 import precision_at_k
+from .tracking import Tracker
+
+FINAL_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc",
+              "valid_acc", "step")
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """Join RAY_ADDRESS's cluster, or start a local one without the dashboard."""
+    import ray
+
+    # Ray Train V2 answers each ray.train.report only at its controller's poll interval
+    # (2 s by default): far too slow for the frequent evaluations of small runs.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"])
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+@dataclass
+class StageOutcome:
+    run_id: str
+    metrics: dict
+    checkpoint_dir: Path
+
+
+def _tags(cfg: ExperimentConfig, method: str, role: str) -> dict:
+    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method,
+            "seed": cfg.run.seed, "diffinject.role": role}
+
+
+def _prepare(cfg: ExperimentConfig) -> Path:
+    validate(cfg)
+    spec = get_dataset_spec(cfg.data.dataset)
+    return prepare_dataset(Path(cfg.data.data_root), Path(cfg.data.cache_root), spec, cfg.data.ratio)
+
+
+def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None) -> StageOutcome:
+    """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid."""
+    tracker = tracker or Tracker()
+    parquet = _prepare(cfg)
+    exp = tracker.experiment(cfg.run.experiment)
+    run_id = tracker.start_run(exp, f"stage1-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
+                               _tags(cfg, "gce", "stage1"), flatten(cfg))
+    ok = False
+    try:
+        job = TrainJob(kind="bias", method="gce", config=to_dict(cfg), parquet=str(parquet),
+                       tracking_uri=tracker.uri, mlflow_run_id=run_id)
+        out = run_train_job(job)
+        topk = load_topk(out.checkpoint_dir)
+        train = load_split(parquet, "train")
+        precision = precision_at_k(topk["indices"], train.aligned)
+        metrics = {f"final_{k}": out.metrics[k] for k in FINAL_KEYS if k in out.metrics}
+        metrics[f"precision_at_{cfg.bias.k}"] = precision
+        metrics["precision_at_k"] = precision
+        tracker.log_metrics(run_id, metrics)
+        grid = image_grid(out.checkpoint_dir / "topk_grid.png", train.images[topk["indices"]],
+                          [f"y={y} loss={l:.2f}{' *' if not a else ''}" for y, l, a in
+                           zip(topk["labels"], topk["losses"], train.aligned[topk["indices"]])],
+                          f"top-{cfg.bias.k} by GCE bias classifier (* = truly bias-conflicting); "
+                          f"precision@{cfg.bias.k} = {precision:.2f}")
+        for name in ("topk.json", "model.pt"):
+            tracker.log_artifact(run_id, out.checkpoint_dir / name)
+        tracker.log_artifact(run_id, grid)
+        ok = True
+        return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
+    finally:
+        tracker.finish(run_id, ok)
+
+
+def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
+             extra_train: list[Path] | None = None) -> StageOutcome:
+    """Train and evaluate one registered method: a parent run with a nested stage4 run."""
+    get_method(method)
+    tracker = tracker or Tracker()
+    parquet = _prepare(cfg)
+    exp = tracker.experiment(cfg.run.experiment)
+    name = f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}"
+    parent = tracker.start_run(exp, name, _tags(cfg, method, "cell"), flatten(cfg))
+    child = tracker.start_run(exp, f"stage4-{name}", _tags(cfg, method, "stage4"), parent=parent)
+    ok = False
+    try:
+        job = TrainJob(kind="classifier", method=method, config=to_dict(cfg), parquet=str(parquet),
+                       extra_train=[str(p) for p in extra_train or []], tracking_uri=tracker.uri,
+                       mlflow_run_id=child)
+        out = run_train_job(job)
+        metrics = {k: out.metrics[k] for k in FINAL_KEYS if k in out.metrics}
+        tracker.log_metrics(parent, metrics)
+        tracker.log_metrics(child, {f"final_{k}": v for k, v in metrics.items()})
+        tracker.log_artifact(child, out.checkpoint_dir / "model.pt")
+        ok = True
+        return StageOutcome(run_id=parent, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
+    finally:
+        tracker.finish(child, ok)
+        tracker.finish(parent, ok)
+
+
+def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    out = copy.deepcopy(cfg)
+    out.run.seed = seed
+    return out

@@ -1,0 +1,205 @@
+"""The Ray Train layer: runs stage 1 and stage 4 trainings in a TorchTrainer.
+
+Each worker loads the Parquet shards itself, resumes from `ray.train.get_checkpoint()`
+after a failure, logs to MLflow from rank 0, and reports checkpoints through
+`ray.train.report`. The final report carries the selected weights (and for stage 1 the
+top-K set), which is what `Result.checkpoint` hands back to the driver.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import errors
+from .config import ExperimentConfig, from_dict, to_dict
+from .data.parquet import concat_splits, load_split
+from .data.registry import get_dataset_spec
+from .stage1 import train_bias_classifier
+from .stage4 import train_classifier
+from .tracking import Tracker
+from .train import TrainContext, TrainData
+
+STATE_FILE = "state.pt"
+KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class FaultInjection:
+    """Make rank 0 fail once, right after reporting the checkpoint of `step` (for tests and
+    drills). `marker` is a file whose existence means the fault already happened."""
+
+    step: int
+    marker: str
+    mode: str = "raise"  # raise | kill (SIGKILL of the worker process)
+
+
+@dataclass
+class TrainJob:
+    kind: str                      # "bias" (stage 1) | "classifier" (stage 4)
+    method: str                    # registered method for "classifier"
+    config: dict                   # ExperimentConfig as a dict
+    parquet: str                   # finished Parquet conversion of the dataset/ratio
+    extra_train: list[str] = field(default_factory=list)  # more Parquet folders added to train
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+    fault: FaultInjection | None = None
+
+
+@dataclass
+class JobOutput:
+    metrics: dict
+    checkpoint_dir: Path           # local copy of the final checkpoint
+    attempts_resumed_from: list[int]
+
+
+def load_train_data(job: TrainJob, cfg: ExperimentConfig) -> TrainData:
+    spec = get_dataset_spec(cfg.data.dataset)
+    train = load_split(job.parquet, "train")
+    if job.extra_train:
+        train = concat_splits(train, *(load_split(p, "train") for p in job.extra_train))
+    return TrainData(train=train, valid=load_split(job.parquet, "valid"), test=load_split(job.parquet, "test"),
+                     num_classes=spec.num_classes, num_biases=spec.num_biases)
+
+
+def _worker_loop(loop_config: dict) -> None:
+    import ray.train
+
+    job: TrainJob = loop_config["job"]
+    cfg = from_dict(job.config)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    use_cuda = loop_config["use_gpu"] and torch.cuda.is_available()
+    if use_cuda:
+        import ray.train.torch
+
+        device = ray.train.torch.get_device()
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+
+    resume_state, resumed_from = None, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume_state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+        resumed_from = [int(resume_state["step"])]
+    tracker = Tracker(job.tracking_uri) if rank == 0 and job.mlflow_run_id else None
+    last_checkpoint: list[str] = []
+
+    staging = Path(loop_config["staging_dir"])
+    staged: list[Path] = []
+
+    def report(metrics: dict, state: dict | None, extra_files: dict[str, bytes] | None = None) -> None:
+        metrics = {**metrics, "resumed_from": resumed_from[-1] if resumed_from else -1}
+        if rank == 0 and (state is not None or extra_files):
+            # Staged outside any temporary directory: in local mode (num_workers=0) Ray keeps
+            # referring to this folder instead of copying it to storage.
+            folder = staging / f"{len(staged):06d}-step{metrics.get('step')}"
+            folder.mkdir(parents=True, exist_ok=True)
+            if state is not None:
+                torch.save(state, folder / STATE_FILE)
+            for name, payload in (extra_files or {}).items():
+                (folder / name).write_bytes(payload)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(folder)))
+            staged.append(folder)
+            for old in staged[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old, ignore_errors=True)
+            last_checkpoint.append(str(folder))
+        else:
+            ray.train.report(metrics)
+        fault = job.fault
+        if rank == 0 and fault and metrics.get("step") == fault.step and not os.path.exists(fault.marker):
+            Path(fault.marker).touch()
+            if fault.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected worker failure after step {fault.step}")
+
+    def log(step: int, metrics: dict) -> None:
+        if tracker:
+            tracker.log_metrics(job.mlflow_run_id, metrics, step)
+
+    ctx = TrainContext(rank=rank, world_size=world, device=device, resume_state=resume_state,
+                       report=report, log=log, last_checkpoint=lambda: last_checkpoint[-1] if last_checkpoint else None)
+    try:
+        data = load_train_data(job, cfg)
+        files: dict[str, bytes] = {}
+        if job.kind == "bias":
+            result, topk = train_bias_classifier(cfg, data, ctx)
+            files["topk.json"] = json.dumps(topk.to_json(), indent=1).encode()
+        else:
+            result = train_classifier(job.method, cfg, data, ctx)
+        files["model.pt"] = _to_bytes({"nets": result.method.state_dict()["nets"]})
+        report({**result.metrics, "final": 1}, None, files)
+    except errors.DiffInjectError as exc:
+        payload = json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
+        report({"final": 1, "error": 1}, None, {"error.json": payload})
+
+
+def _to_bytes(state: dict) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def gpus_available() -> bool:
+    import ray
+
+    return torch.cuda.is_available() and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | None = None) -> JobOutput:
+    """Run one training on the Ray cluster (ray.init() must have been called) and copy its
+    final checkpoint to `output_dir`. A DiffInjectError inside the workers is re-raised here."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = from_dict(job.config)
+    use_gpu = {"true": True, "false": False}.get(cfg.run.use_gpu, None)
+    if use_gpu is None:
+        use_gpu = gpus_available()
+    name = name or f"{job.kind}-{cfg.data.dataset}-{cfg.data.ratio}-{job.method}-s{cfg.run.seed}-{uuid.uuid4().hex[:8]}"
+    storage = Path(cfg.run.storage_path).resolve()
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(storage / name / "staging")},
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=use_gpu and cfg.run.num_workers > 0),
+        run_config=RunConfig(name=name, storage_path=str(storage),
+                             failure_config=FailureConfig(max_failures=cfg.run.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    output_dir = Path(output_dir or storage / name / "final")
+    with result.checkpoint.as_directory() as folder:
+        if (Path(folder) / "error.json").exists():
+            info = json.loads((Path(folder) / "error.json").read_text())
+            raise getattr(errors, info["type"], errors.DiffInjectError)(info["message"])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for item in Path(folder).iterdir():
+            if item.name != STATE_FILE:
+                shutil.copy2(item, output_dir / item.name)
+    metrics = dict(result.metrics)
+    resumed = [int(metrics["resumed_from"])] if metrics.get("resumed_from", -1) >= 0 else []
+    return JobOutput(metrics=metrics, checkpoint_dir=output_dir, attempts_resumed_from=resumed)
+
+
+def load_model_state(checkpoint_dir: Path) -> dict:
+    return torch.load(Path(checkpoint_dir) / "model.pt", map_location="cpu", weights_only=True)
+
+
+def load_topk(checkpoint_dir: Path) -> dict:
+    payload = json.loads((Path(checkpoint_dir) / "topk.json").read_text())
+    payload["indices"] = np.asarray(payload["indices"], dtype=np.int64)
+    return payload

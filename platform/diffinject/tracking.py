@@ -1,0 +1,73 @@
+"""MLflow tracking: URI, experiments, runs with the project's tags, batched metric logging.
+
+The default tracking URI is a SQLite file in the working directory (MLflow's own default
+since 3.7); MLFLOW_TRACKING_URI overrides it. Experiments and runs are created on the
+driver before workers log, so SQLite never sees two processes creating the schema.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from . import __version__
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit of the source tree, when it is a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        sha = ""
+    return f"{__version__}+{sha}" if sha else __version__
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient that always addresses runs by id (no global state)."""
+
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        return found.experiment_id if found else self.client.create_experiment(name)
+
+    def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
+                  params: dict[str, Any] | None = None, parent: str | None = None) -> str:
+        all_tags = {"diffinject.code_version": code_version(), **{k: str(v) for k, v in tags.items()}}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(experiment_id, run_name=name, tags=all_tags)
+        if params:
+            self.client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not math.isnan(float(v))]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

@@ -1,0 +1,183 @@
+"""The classifier training loop shared by every method and by the stage-1 bias model.
+
+It knows nothing of Ray: a `TrainContext` tells it its rank, device and checkpoint to
+resume from, and gives it `report` (metrics + optional checkpoint state) and `log`
+callbacks. Under torch.distributed each rank takes a strided share of every global batch
+and networks are wrapped in DistributedDataParallel, so the effective batch size is the
+preset's whatever the number of workers. The sample order and augmentation depend only
+on (seed, step, rank), so a run resumed from a checkpoint continues exactly.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import CIFAR_MEAN, CIFAR_STD, ClassifierConfig
+from .data.parquet import ArraySplit
+from .errors import TrainingError
+from .methods import Method, NonFiniteLoss
+from .metrics import accuracy_metrics, all_reduce_sum, cell_counts
+
+
+@dataclass
+class TrainData:
+    train: ArraySplit
+    valid: ArraySplit
+    test: ArraySplit
+    num_classes: int
+    num_biases: int
+
+
+@dataclass
+class TrainContext:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    resume_state: dict | None = None
+    report: Callable[[dict, dict | None], None] = lambda metrics, state: None
+    log: Callable[[int, dict], None] = lambda step, metrics: None
+    last_checkpoint: Callable[[], str | None] = lambda: None
+
+
+@dataclass
+class FitResult:
+    method: Method
+    step: int
+    metrics: dict[str, float]  # final: test and valid metrics of the selected weights
+
+
+class Preprocess:
+    """uint8 N x H x W x 3 batches -> float N x 3 x H' x W' on the device (resize, augment,
+    normalise), done on tensors so it runs on the GPU when there is one."""
+
+    def __init__(self, cfg: ClassifierConfig, device: torch.device):
+        self.cfg = cfg
+        self.device = device
+        self.mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
+
+    def output_shape(self, image_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        h, w = image_shape[:2]
+        size = self.cfg.resize
+        return (3, size, size) if size else (3, h, w)
+
+    def __call__(self, images: np.ndarray, train: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        if self.cfg.resize and x.shape[-1] != self.cfg.resize:
+            x = F.interpolate(x, size=(self.cfg.resize, self.cfg.resize), mode="bilinear",
+                              align_corners=False, antialias=True)
+        if train and self.cfg.augment == "crop_flip":
+            x = random_crop_flip(x, padding=4, generator=generator)
+        if self.cfg.normalize:
+            x = (x - self.mean) / self.std
+        return x
+
+
+def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
+    """torchvision's RandomCrop(size, padding) + RandomHorizontalFlip, batched."""
+    n, c, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator).to(x.device)
+    flips = torch.rand(n, generator=generator).to(x.device) < 0.5
+    padded = F.pad(x, (padding, padding, padding, padding))
+    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)
+    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)
+    cols = torch.where(flips[:, None], cols.flip(1), cols)
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def batch_indices(num_samples: int, batch_size: int, seed: int, step: int, rank: int,
+                  world_size: int) -> np.ndarray:
+    """This rank's sample indices for global step `step` (epochs are seeded permutations)."""
+    steps_per_epoch = math.ceil(num_samples / batch_size)
+    epoch, position = divmod(step, steps_per_epoch)
+    order = np.random.default_rng([seed, epoch]).permutation(num_samples)
+    global_batch = order[position * batch_size:(position + 1) * batch_size]
+    return global_batch[rank::world_size]
+
+
+@torch.no_grad()
+def evaluate(method: Method, split: ArraySplit, prep: Preprocess, batch_size: int, num_classes: int,
+             num_biases: int, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """Accuracy metrics over `split`; each rank scores a strided shard, counts are summed."""
+    method.train(False)
+    device = prep.device
+    counts = torch.zeros(2, num_classes, num_biases, dtype=torch.float64, device=device)
+    mine = np.arange(rank, len(split), world_size)
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        logits = method.predict(prep(split.images[idx], train=False))
+        labels = torch.from_numpy(split.labels[idx]).to(device)
+        biases = torch.from_numpy(split.biases[idx]).to(device)
+        counts += cell_counts(logits.argmax(1), labels, biases, num_classes, num_biases)
+    method.train(True)
+    return accuracy_metrics(all_reduce_sum(counts))
+
+
+def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContext, seed: int) -> FitResult:
+    """Train `method` for cfg.num_steps, evaluating and checkpointing every cfg.eval_every steps.
+
+    Model selection (cfg.select): the weights with the best valid accuracy (default), the
+    best test accuracy (the reference repos' practice, for comparison only), or the last.
+    """
+    prep = Preprocess(cfg, ctx.device)
+    method.to(ctx.device)
+    if dist.is_available() and dist.is_initialized():
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        method.wrap(lambda net: DistributedDataParallel(net, device_ids=ids))
+    method.train(True)
+
+    step, best_score, best_nets = 0, -math.inf, None
+    if ctx.resume_state is not None:
+        method.load_state_dict(ctx.resume_state["method"])
+        step = ctx.resume_state["step"]
+        best_score = ctx.resume_state["best_score"]
+        best_nets = ctx.resume_state["best_nets"]
+
+    def scores() -> dict[str, float]:
+        args = (prep, cfg.batch_size * 2, data.num_classes, data.num_biases, ctx.rank, ctx.world_size)
+        out = {f"valid_{k}": v for k, v in evaluate(method, data.valid, *args).items()}
+        out.update({f"test_{k}": v for k, v in evaluate(method, data.test, *args).items()})
+        return out
+
+    started, start_step, last_log = time.perf_counter(), step, {}
+    while step < cfg.num_steps:
+        idx = batch_indices(len(data.train), cfg.batch_size, seed, step, ctx.rank, ctx.world_size)
+        generator = torch.Generator().manual_seed(hash((seed, step, ctx.rank)) & 0x7FFFFFFF)
+        x = prep(data.train.images[idx], train=True, generator=generator)
+        y = torch.from_numpy(data.train.labels[idx]).to(ctx.device)
+        try:
+            stats = method.update(x, y, torch.from_numpy(idx).to(ctx.device))
+        except NonFiniteLoss as exc:
+            last = ctx.last_checkpoint()
+            raise TrainingError(f"{exc} at step {step + 1}; last good checkpoint: "
+                                f"{last or 'none (no checkpoint was written yet)'}") from None
+        step += 1
+        if step % cfg.log_every == 0:
+            last_log = {f"train_{k}": v for k, v in stats.items()}
+            ctx.log(step, last_log)
+        if step % cfg.eval_every == 0 or step == cfg.num_steps:
+            metrics = scores()
+            key = {"valid": "valid_acc", "test": "test_acc", "last": None}[cfg.select]
+            score = metrics[key] if key else step
+            if score > best_score:
+                best_score, best_nets = score, method.net_states()
+            metrics.update(step=step, images_per_s=(step - start_step) * cfg.batch_size / (time.perf_counter() - started))
+            ctx.log(step, metrics)
+            state = {"method": method.state_dict(), "step": step, "best_score": best_score,
+                     "best_nets": best_nets}
+            ctx.report({**metrics, **last_log}, state)
+
+    method.load_net_states(best_nets)
+    final = scores()
+    final.update(step=step, selected_score=float(best_score))
+    return FitResult(method=method, step=step, metrics=final)
