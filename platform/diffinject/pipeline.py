@@ -8,14 +8,16 @@ a nested `stage4` run that holds the training curves and the model checkpoint.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, flatten, to_dict, validate
-from .data.parquet import load_split, prepare_dataset
+from .data.parquet import MARKER, load_split, prepare_dataset
 from .data.registry import get_dataset_spec
+from .errors import ConfigError
 from .methods import get_method
 from .plots import image_grid
 from .ray_train import TrainJob, load_topk, run_train_job
@@ -64,6 +66,10 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None) -> StageOu
     """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid."""
     tracker = tracker or Tracker()
     parquet = _prepare(cfg)
+    num_train = json.loads((parquet / MARKER).read_text())["counts"]["train"]
+    if cfg.bias.k > num_train:
+        raise ConfigError(f"bias.k = {cfg.bias.k} is larger than the training set of "
+                          f"{cfg.data.dataset} at {cfg.data.ratio}% ({num_train} samples)")
     exp = tracker.experiment(cfg.run.experiment)
     run_id = tracker.start_run(exp, f"stage1-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
                                _tags(cfg, "gce", "stage1"), flatten(cfg))

@@ -33,8 +33,8 @@ KEEP_CHECKPOINTS = 2
 
 @dataclass
 class FaultInjection:
-    """Make rank 0 fail once, right after reporting the checkpoint of `step` (for tests and
-    drills). `marker` is a file whose existence means the fault already happened."""
+    """Make rank 0 fail once when it logs `step` (a multiple of log_every), for tests and
+    drills. `marker` is a file whose existence means the fault already happened."""
 
     step: int
     marker: str
@@ -116,16 +116,16 @@ def _worker_loop(loop_config: dict) -> None:
             last_checkpoint.append(str(folder))
         else:
             ray.train.report(metrics)
-        fault = job.fault
-        if rank == 0 and fault and metrics.get("step") == fault.step and not os.path.exists(fault.marker):
-            Path(fault.marker).touch()
-            if fault.mode == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            raise RuntimeError(f"injected worker failure after step {fault.step}")
 
     def log(step: int, metrics: dict) -> None:
         if tracker:
             tracker.log_metrics(job.mlflow_run_id, metrics, step)
+        fault = job.fault
+        if rank == 0 and fault and step == fault.step and not os.path.exists(fault.marker):
+            Path(fault.marker).touch()
+            if fault.mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError(f"injected worker failure at step {fault.step}")
 
     ctx = TrainContext(rank=rank, world_size=world, device=device, resume_state=resume_state,
                        report=report, log=log, last_checkpoint=lambda: last_checkpoint[-1] if last_checkpoint else None)

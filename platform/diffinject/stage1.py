@@ -15,7 +15,7 @@ from .config import ExperimentConfig
 from .data.parquet import ArraySplit
 from .errors import ConfigError
 from .methods import Method, get_method
-from .train import FitResult, Preprocess, TrainContext, TrainData, fit
+from .train import seed_everything, FitResult, Preprocess, TrainContext, TrainData, fit
 
 
 @dataclass
@@ -74,6 +74,7 @@ def train_bias_classifier(cfg: ExperimentConfig, data: TrainData, ctx: TrainCont
     """Train f_B with GCE, then take the top-K by plain CE over the whole training split."""
     clf = cfg.bias.classifier
     prep = Preprocess(clf, ctx.device)
+    seed_everything(cfg.run.seed)
     method = get_method("gce")(clf, data.num_classes, prep.output_shape(data.train.images.shape[1:]),
                                len(data.train), options={"q": cfg.bias.q})
     result = fit(method, data, clf, ctx, seed=cfg.run.seed)

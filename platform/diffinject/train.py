@@ -41,6 +41,7 @@ class TrainContext:
     world_size: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     resume_state: dict | None = None
+    # report(metrics, state): `state` references live tensors; serialise it before returning.
     report: Callable[[dict, dict | None], None] = lambda metrics, state: None
     log: Callable[[int, dict], None] = lambda step, metrics: None
     last_checkpoint: Callable[[], str | None] = lambda: None
@@ -91,6 +92,12 @@ def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator |
     cols = torch.where(flips[:, None], cols.flip(1), cols)
     out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * padding))
     return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the generators that network initialisation uses (identically on every rank)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def batch_indices(num_samples: int, batch_size: int, seed: int, step: int, rank: int,

@@ -77,7 +77,8 @@ def sample_filename(sample_id: str, label: int, bias: int, suffix: str = ".png")
 def parse_sample_filename(path: Path) -> tuple[str, int, int]:
     """`<id>_<label>_<bias>.png` -> (id, label, bias); the id may itself contain '_'."""
     parts = path.stem.rsplit("_", 2)
-    if len(parts) != 3 or not parts[0] or not parts[1].isdigit() or not parts[2].isdigit():
+    # isdecimal, not isdigit: '²'.isdigit() is True but int('²') raises ValueError
+    if len(parts) != 3 or not parts[0] or not parts[1].isdecimal() or not parts[2].isdecimal():
         raise DataError(f"{path}: unparsable file name; expected <id>_<label>_<bias>.png "
                         "with integer label and bias")
     return parts[0], int(parts[1]), int(parts[2])
@@ -114,7 +115,7 @@ def _class_dirs(folder: Path, spec: DatasetSpec) -> list[tuple[int, Path]]:
                 raise DataError(f"{child}: image directly in {folder}; expected class subfolders "
                                 f"0..{spec.num_classes - 1}")
             continue
-        if not child.name.isdigit() or int(child.name) >= spec.num_classes:
+        if not child.name.isdecimal() or int(child.name) >= spec.num_classes:
             raise DataError(f"{child}: unexpected folder; expected class subfolders "
                             f"0..{spec.num_classes - 1}")
         out.append((int(child.name), child))

@@ -61,9 +61,11 @@ def fingerprint(index: LayoutIndex) -> str:
     return digest.hexdigest()
 
 
-def _write_split(folder: Path, split: str, index: LayoutIndex) -> int:
+def _write_split(folder: Path, split: str, index: LayoutIndex,
+                 size: tuple[int, int] | None = None) -> tuple[int, tuple[int, int] | None]:
+    """Write one split's shards; `size` (W, H) is the image size every image must have,
+    taken from the first image when None. Returns the shard count and that size."""
     records = index.splits[split]
-    size = None
     rows = {name: [] for name in SCHEMA.names}
     shard = 0
 
@@ -90,7 +92,7 @@ def _write_split(folder: Path, split: str, index: LayoutIndex) -> int:
             flush()
     if rows["id"] or shard == 0:
         flush()
-    return shard
+    return shard, size
 
 
 def convert_to_parquet(data_root: Path, cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
@@ -102,7 +104,9 @@ def convert_to_parquet(data_root: Path, cache_root: Path, spec: DatasetSpec, rat
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == key:
         return out
     with atomic_dir(out) as tmp:
-        shards = {split: _write_split(tmp, split, index) for split in SPLITS}
+        shards, size = {}, None  # one image size for the whole dataset, as `data check` demands
+        for split in SPLITS:
+            shards[split], size = _write_split(tmp, split, index, size)
         counts = {split: len(index.splits[split]) for split in SPLITS}
         write_json(tmp / MARKER, {"fingerprint": key, "dataset": spec.name, "ratio": ratio,
                                   "shards": shards, "counts": counts, "source": str(index.root)})

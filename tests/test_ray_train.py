@@ -1,0 +1,52 @@
+"""Trainings through Ray Train's TorchTrainer: local mode, DDP workers, failure and resume, errors."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffinject.config import to_dict
+from diffinject.errors import TrainingError
+from diffinject.ray_train import FaultInjection, TrainJob, load_model_state, load_topk, run_train_job
+
+
+def test_classifier_job_in_process(ray_session, quick_cfg, digits_parquet):
+    out = run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
+                                 parquet=str(digits_parquet)))
+    assert out.metrics["step"] == quick_cfg.classifier.num_steps
+    assert out.metrics["resumed_from"] == -1 and out.attempts_resumed_from == []
+    assert 0.0 <= out.metrics["test_acc"] <= 1.0
+    state = load_model_state(out.checkpoint_dir)  # weights_only load
+    assert state["nets"]["model"]["classifier.weight"].shape == (10, 16)
+
+
+def test_bias_job_returns_the_topk_set(ray_session, quick_cfg, digits_parquet):
+    quick_cfg.bias.k = 7
+    out = run_train_job(TrainJob(kind="bias", method="gce", config=to_dict(quick_cfg), parquet=str(digits_parquet)))
+    topk = load_topk(out.checkpoint_dir)
+    assert len(topk["indices"]) == 7 and len(set(topk["indices"].tolist())) == 7
+    assert topk["losses"] == sorted(topk["losses"], reverse=True)
+    assert out.metrics["step"] == quick_cfg.bias.classifier.num_steps
+
+
+def test_nan_loss_in_a_worker_is_a_clear_error(ray_session, quick_cfg, digits_parquet):
+    quick_cfg.classifier.lr = 1e30
+    with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+"):
+        run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
+                               parquet=str(digits_parquet)))
+
+
+@pytest.mark.slow
+def test_killed_ddp_worker_resumes_from_its_checkpoint(ray_session, quick_cfg, digits_parquet, tmp_path):
+    """Two gloo DDP workers; rank 0 is SIGKILLed at step 25, between the checkpoints of steps
+    20 and 30; the run restarts the worker group, resumes from the last checkpoint Ray had
+    registered (20, or 10 if the step-20 report was still in flight) and ends at step 40."""
+    quick_cfg.run.num_workers = 2
+    quick_cfg.run.max_failures = 1
+    marker = tmp_path / "fault-happened"
+    job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet),
+                   fault=FaultInjection(step=25, marker=str(marker), mode="kill"))
+    out = run_train_job(job)
+    assert marker.exists()
+    assert out.metrics["resumed_from"] in (10, 20)
+    assert out.metrics["step"] == 40
