@@ -90,7 +90,7 @@ def trace(source_images: np.ndarray):
     return keys
 
 
-def load_split(records):
+def decoded(records):
     out = []
     for r in records:
         out.append((r, load_image(r.path, SPEC, (28, 28))))
@@ -114,6 +114,7 @@ def test_build_counts_and_protocol(built, source):
 
     valid_sources = None
     train_sources = None
+    colour_errors = {}  # path -> full-intensity RGB / 255 - mu_bias
     for ratio in RATIOS:
         index = read_layout(built, SPEC, ratio)
         assert [len(index.splits[s]) for s in ("train", "valid", "test")] == [N_TRAIN - VALID, VALID, N_TEST]
@@ -125,7 +126,7 @@ def test_build_counts_and_protocol(built, source):
                 ("valid", train_keys, src_train_images, src_train_labels),
                 ("test", test_keys, src_test_images, src_test_labels)):
             used[split] = set()
-            for record, image in load_split(index.splits[split]):
+            for record, image in decoded(index.splits[split]):
                 colour = image.reshape(-1, 3).max(axis=0).astype(float) / 255.0
                 strongest = int(np.argmax(CMNIST_COLORS[record.bias]))
                 i = keys[support_key(image[..., strongest] > 0)]
@@ -135,8 +136,8 @@ def test_build_counts_and_protocol(built, source):
                 full = src_images[i] == 255
                 assert full.any()
                 np.testing.assert_array_equal(image[full], np.broadcast_to(image[full][0], image[full].shape))
-                assert np.all(np.abs(image[full][0] / 255.0 - CMNIST_COLORS[record.bias])
-                              <= 4 * CMNIST_COLOR_STD + 1 / 255), record.path
+                colour_errors[record.path] = image[full][0] / 255.0 - CMNIST_COLORS[record.bias]
+                assert np.all(np.abs(colour_errors[record.path]) <= 4 * CMNIST_COLOR_STD + 1 / 255), record.path
                 # the whole stroke is the grey image times that colour
                 expected = np.round(src_images[i][..., None].astype(float) * colour)
                 assert np.abs(image.astype(int) - expected).max() <= 1, record.path
@@ -174,6 +175,13 @@ def test_build_counts_and_protocol(built, source):
                 assert max(per_colour) - min(per_colour) <= 1, (split, c, per_colour)
         # balanced test of 10 per class: every colour exactly once
         assert all(counts["test"][c] == (1, 9) for c in range(10))
+
+    # the colour noise is N(0, sigma^2) per image: unbiased, with standard deviation sigma
+    # (plus the uniform rounding error of 1/255 / sqrt(12))
+    errors = np.array(list(colour_errors.values()))
+    assert len(errors) == len(RATIOS) * N_TRAIN + N_TEST  # valid lives in each ratio folder
+    assert np.all(np.abs(errors.mean(axis=0)) < 0.001), errors.mean(axis=0)
+    assert np.all((errors.std(axis=0) > 0.8 * CMNIST_COLOR_STD) & (errors.std(axis=0) < 1.3 * CMNIST_COLOR_STD))
 
 
 def test_gzip_source_gives_the_same_dataset(built, source, tmp_path):

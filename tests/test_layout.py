@@ -126,7 +126,7 @@ def test_ids_with_underscores_and_filenames(tmp_path):
     assert parse_sample_filename(Path("a/b/img_7_3_4.png")) == ("img_7", 3, 4)
     assert parse_sample_filename(Path("x__1_12_0.jpg")) == ("x__1", 12, 0)
     assert parse_sample_filename(Path("00017_0_1.png")) == ("00017", 0, 1)
-    spec, written = write_tiny(tmp_path, "dogs_and_cats")
+    spec, _ = write_tiny(tmp_path, "dogs_and_cats")
     ids = {r.id for r in read_layout(tmp_path, spec, "1").splits["train"]}
     assert "a_0_1" in ids and "a_1_0" in ids  # ids that look like labels/biases themselves
 

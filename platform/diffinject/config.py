@@ -97,7 +97,7 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
                            bias=BiasConfig(classifier=bias_classifier), classifier=classifier)
     if quick:
         cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
-        cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=500, select="last")
+        cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300, select="last")
     return cfg
 
 

@@ -28,7 +28,8 @@ def load_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(find_idx(folder, f"{prefix}-images-idx3-ubyte"))
         labels = read_idx(find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
-        if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1 or len(images) != len(labels):
+        if (images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1
+                or len(images) != len(labels)):
             from ..errors import DataError
             raise DataError(f"{folder}: MNIST {prefix} images {images.shape} and labels {labels.shape} "
                             "do not match (expected N x 28 x 28 and N)")
