@@ -1,9 +1,6 @@
 """Trainings through Ray Train's TorchTrainer: local mode, DDP workers, failure and resume, errors."""
-import json
-from pathlib import Path
 
 import pytest
-import torch
 
 from diffinject.config import to_dict
 from diffinject.errors import TrainingError

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import errors
-from .config import ExperimentConfig, from_dict, to_dict
+from .config import ExperimentConfig, from_dict
 from .data.parquet import concat_splits, load_split
 from .data.registry import get_dataset_spec
 from .stage1 import train_bias_classifier

@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .colored_mnist import UNBIASED, colored_split
-from .layout import write_layout
-from .registry import get_dataset_spec, normalize_ratio
+from .colored_mnist import write_colored_dataset
 
 TEST_PER_CLASS = 40
 VALID_SIZE = 197
@@ -29,7 +27,6 @@ def upscaled_digits() -> tuple[np.ndarray, np.ndarray]:
 
 def build_colored_digits(data_root: Path, ratios=("0.5", "1", "2", "5"), seed: int = 0) -> Path:
     """Train 1,200 / valid 197 / test 400 (unbiased: each colour 4 times per class)."""
-    spec = get_dataset_spec("colored_digits")
     gray, labels = upscaled_digits()
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(labels))
@@ -38,11 +35,6 @@ def build_colored_digits(data_root: Path, ratios=("0.5", "1", "2", "5"), seed: i
     rest = rest[rng.permutation(len(rest))]
     valid_idx, train_idx = rest[:VALID_SIZE], rest[VALID_SIZE:]
 
-    test = colored_split(gray[test_idx], labels[test_idx], UNBIASED, "t", np.random.default_rng(seed + 2))
-    valid = colored_split(gray[valid_idx], labels[valid_idx], UNBIASED, "v", np.random.default_rng(seed + 1))
-    for ratio in ratios:
-        ratio = normalize_ratio(spec, ratio)
-        train = colored_split(gray[train_idx], labels[train_idx], float(ratio) / 100.0, "",
-                              np.random.default_rng([seed, int(float(ratio) * 10)]))
-        write_layout(data_root, spec, ratio, train, valid, test)
-    return Path(data_root) / spec.name
+    return write_colored_dataset("colored_digits", (gray[train_idx], labels[train_idx]),
+                                 (gray[valid_idx], labels[valid_idx]), (gray[test_idx], labels[test_idx]),
+                                 data_root, ratios, seed)

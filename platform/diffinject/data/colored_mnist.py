@@ -45,22 +45,29 @@ def colored_split(gray: np.ndarray, labels: np.ndarray, conflict_fraction: float
                          ids=[f"{prefix}{i}" for i in range(len(labels))])
 
 
-def build_colored_mnist(mnist_dir: Path, data_root: Path, ratios=("0.5", "1", "2", "5"),
-                        seed: int = 0, valid_size: int = VALID_SIZE) -> Path:
-    spec = get_dataset_spec("cmnist")
-    mnist = load_mnist(mnist_dir)
-    gray_train, labels_train = mnist["train"]
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels_train))
-    valid_idx, train_idx = order[:valid_size], order[valid_size:]
-    gray = gray_train.astype(np.float64) / 255.0
-    valid = colored_split(gray[valid_idx], labels_train[valid_idx], UNBIASED, "v", np.random.default_rng(seed + 1))
-    test_gray, test_labels = mnist["test"]
-    test = colored_split(test_gray.astype(np.float64) / 255.0, test_labels, UNBIASED, "t",
-                         np.random.default_rng(seed + 2))
+def write_colored_dataset(spec_name: str, train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
+                          test: tuple[np.ndarray, np.ndarray], data_root: Path, ratios, seed: int) -> Path:
+    """Colour (grey in [0, 1], labels) splits by the protocol and write every ratio: valid and
+    test unbiased and shared by all ratios, train at each ratio's conflict fraction."""
+    spec = get_dataset_spec(spec_name)
+    valid_split = colored_split(*valid, UNBIASED, "v", np.random.default_rng(seed + 1))
+    test_split = colored_split(*test, UNBIASED, "t", np.random.default_rng(seed + 2))
     for ratio in ratios:
         ratio = normalize_ratio(spec, ratio)
-        train = colored_split(gray[train_idx], labels_train[train_idx], float(ratio) / 100.0, "",
-                              np.random.default_rng([seed, int(float(ratio) * 10)]))
-        write_layout(data_root, spec, ratio, train, valid, test)
+        train_split = colored_split(*train, float(ratio) / 100.0, "",
+                                    np.random.default_rng([seed, int(float(ratio) * 10)]))
+        write_layout(data_root, spec, ratio, train_split, valid_split, test_split)
     return Path(data_root) / spec.name
+
+
+def build_colored_mnist(mnist_dir: Path, data_root: Path, ratios=("0.5", "1", "2", "5"),
+                        seed: int = 0, valid_size: int = VALID_SIZE) -> Path:
+    mnist = load_mnist(mnist_dir)
+    gray_train, labels_train = mnist["train"]
+    order = np.random.default_rng(seed).permutation(len(labels_train))
+    valid_idx, train_idx = order[:valid_size], order[valid_size:]
+    gray = gray_train.astype(np.float64) / 255.0
+    test_gray, test_labels = mnist["test"]
+    return write_colored_dataset("cmnist", (gray[train_idx], labels_train[train_idx]),
+                                 (gray[valid_idx], labels_train[valid_idx]),
+                                 (test_gray.astype(np.float64) / 255.0, test_labels), data_root, ratios, seed)
