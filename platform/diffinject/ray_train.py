@@ -55,9 +55,8 @@ class TrainJob:
 
 @dataclass
 class JobOutput:
-    metrics: dict
-    checkpoint_dir: Path           # local copy of the final checkpoint
-    attempts_resumed_from: list[int]
+    metrics: dict  # final metrics; "resumed_from" is the step of the checkpoint resumed from, or -1
+    checkpoint_dir: Path  # local copy of the final checkpoint (model.pt, topk.json)
 
 
 def load_train_data(job: TrainJob, cfg: ExperimentConfig) -> TrainData:
@@ -86,24 +85,22 @@ def _worker_loop(loop_config: dict) -> None:
     else:
         device = torch.device("cpu")
 
-    resume_state, resumed_from = None, []
+    resume_state, resumed_from = None, -1
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             resume_state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-        resumed_from = [int(resume_state["step"])]
+        resumed_from = int(resume_state["step"])
     tracker = Tracker(job.tracking_uri) if rank == 0 and job.mlflow_run_id else None
-    last_checkpoint: list[str] = []
-
     staging = Path(loop_config["staging_dir"])
     staged: list[Path] = []
 
     def report(metrics: dict, state: dict | None, extra_files: dict[str, bytes] | None = None) -> None:
-        metrics = {**metrics, "resumed_from": resumed_from[-1] if resumed_from else -1}
+        metrics = {**metrics, "resumed_from": resumed_from}
         if rank == 0 and (state is not None or extra_files):
             # Staged outside any temporary directory: in local mode (num_workers=0) Ray keeps
             # referring to this folder instead of copying it to storage.
-            folder = staging / f"{len(staged):06d}-step{metrics.get('step')}"
+            folder = staging / ("final" if extra_files else f"step{int(metrics['step']):09d}")
             folder.mkdir(parents=True, exist_ok=True)
             if state is not None:
                 torch.save(state, folder / STATE_FILE)
@@ -113,7 +110,6 @@ def _worker_loop(loop_config: dict) -> None:
             staged.append(folder)
             for old in staged[:-KEEP_CHECKPOINTS]:
                 shutil.rmtree(old, ignore_errors=True)
-            last_checkpoint.append(str(folder))
         else:
             ray.train.report(metrics)
 
@@ -127,8 +123,13 @@ def _worker_loop(loop_config: dict) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             raise RuntimeError(f"injected worker failure at step {fault.step}")
 
+    def last_checkpoint() -> str | None:
+        if staged:
+            return str(staged[-1])
+        return f"the step-{resumed_from} checkpoint this attempt resumed from" if resumed_from >= 0 else None
+
     ctx = TrainContext(rank=rank, world_size=world, device=device, resume_state=resume_state,
-                       report=report, log=log, last_checkpoint=lambda: last_checkpoint[-1] if last_checkpoint else None)
+                       report=report, log=log, last_checkpoint=last_checkpoint)
     try:
         data = load_train_data(job, cfg)
         files: dict[str, bytes] = {}
@@ -190,9 +191,7 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
         for item in Path(folder).iterdir():
             if item.name != STATE_FILE:
                 shutil.copy2(item, output_dir / item.name)
-    metrics = dict(result.metrics)
-    resumed = [int(metrics["resumed_from"])] if metrics.get("resumed_from", -1) >= 0 else []
-    return JobOutput(metrics=metrics, checkpoint_dir=output_dir, attempts_resumed_from=resumed)
+    return JobOutput(metrics=dict(result.metrics), checkpoint_dir=output_dir)
 
 
 def load_model_state(checkpoint_dir: Path) -> dict:

@@ -47,7 +47,9 @@ class Method(abc.ABC):
         """One training step on a batch; returns scalars to log (at least 'loss')."""
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.nets["model"](x)
+        """Inference logits. Uses the unwrapped network: a DDP forward is a collective
+        (buffer broadcast), and ranks evaluate shards of different lengths."""
+        return unwrap(self.nets["model"])(x)
 
     def new_classifier(self) -> nn.Module:
         return build_classifier(self.cfg.arch, self.num_classes, self.input_shape,
