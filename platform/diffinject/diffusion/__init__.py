@@ -1,7 +1,8 @@
 """Stage 2: diffusion models (diffusers' UNet2DModel presets), schedule, P2 loss, h-space access."""
 from .hspace import HSpace
 from .models import PRESETS, UNetPreset, build_unet, get_preset
-from .schedule import linear_alphas_cumprod, p2_loss, p2_weights
+from .schedule import diffusion_loss, linear_alphas_cumprod, p2_loss, p2_weights
+from .vlb import GaussianPosterior, vb_term
 
-__all__ = ["HSpace", "PRESETS", "UNetPreset", "build_unet", "get_preset", "linear_alphas_cumprod",
-           "p2_loss", "p2_weights"]
+__all__ = ["GaussianPosterior", "HSpace", "PRESETS", "UNetPreset", "build_unet", "diffusion_loss", "get_preset",
+           "linear_alphas_cumprod", "p2_loss", "p2_weights", "vb_term"]

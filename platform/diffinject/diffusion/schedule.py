@@ -25,3 +25,17 @@ def p2_loss(eps: torch.Tensor, eps_pred: torch.Tensor, t: torch.Tensor, weights:
     """Per-sample mean over C, H, W of w_t * (eps - eps_pred)^2."""
     w = weights.to(eps.device, torch.float32)[t]
     return w * (eps.float() - eps_pred.float()).pow(2).flatten(1).mean(1)
+
+
+def diffusion_loss(model_output: torch.Tensor, eps: torch.Tensor, x0: torch.Tensor, xt: torch.Tensor,
+                   t: torch.Tensor, weights: torch.Tensor, posterior=None) -> torch.Tensor:
+    """Per-sample training loss: the P2-weighted epsilon loss, plus (learned variance, 6 output
+    channels) the unweighted variational-bound term. gamma = 0 weights give plain DDPM."""
+    loss = p2_loss(eps, model_output[:, :3], t, weights)
+    if model_output.shape[1] == 6:
+        from .vlb import vb_term
+
+        if posterior is None:
+            raise ValueError("a learned-variance model needs the GaussianPosterior for its vb term")
+        loss = loss + vb_term(posterior, model_output, x0, xt, t)
+    return loss
