@@ -44,7 +44,13 @@ class Tracker:
 
     def experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
-        return found.experiment_id if found else self.client.create_experiment(name)
+        return found.experiment_id if found else self.client.create_experiment(name, self._artifact_location(name))
+
+    def _artifact_location(self, name: str) -> str | None:
+        """Beside a SQLite database (MLflow would otherwise use ./mlruns of the current directory)."""
+        if not self.uri.startswith("sqlite:///"):
+            return None
+        return (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
 
     def start_run(self, experiment_id: str, name: str, tags: dict[str, Any],
                   params: dict[str, Any] | None = None, parent: str | None = None) -> str:
