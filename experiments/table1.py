@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from diffinject.config import apply_overrides, preset
 from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import ensure_ray, run_cell, run_stage1, with_seed
-from diffinject.results import COLUMNS, format_table
+from diffinject.results import collect, format_table
 from diffinject.tracking import Tracker
 
 PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 configs.append(apply_overrides(cfg, args.set))
         ensure_ray()
         tracker = Tracker()
-        table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        run_ids: set[str] = set()
         total = len(configs) * len(args.seeds) * (len(methods) + 1)
         done, started = 0, time.perf_counter()
         for base in configs:
@@ -66,24 +65,20 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 cfg = with_seed(base, seed)
                 stage1 = run_stage1(cfg, tracker)
-                row = table[key]["stage-1 bias classifier (GCE)"]
-                row["precision_at_k"].append(stage1.metrics["precision_at_k"])
-                for metric, _ in COLUMNS:
-                    row[metric].append(stage1.metrics[f"final_{metric}"])
+                run_ids.add(stage1.run_id)
                 done += 1
                 print(f"[{done}/{total} {time.perf_counter() - started:6.0f}s] {key[0]} {key[1]}% seed {seed} "
                       f"stage 1: precision@{cfg.bias.k} {stage1.metrics['precision_at_k']:.2f}", flush=True)
                 for method in methods:
                     cell = run_cell(cfg, method, tracker)
-                    for metric, _ in COLUMNS:
-                        table[key][method][metric].append(cell.metrics[metric])
+                    run_ids.add(cell.run_id)
                     done += 1
                     print(f"[{done}/{total} {time.perf_counter() - started:6.0f}s] {key[0]} {key[1]}% seed {seed} "
                           f"{method}: unbiased {100 * cell.metrics['test_acc']:.2f}", flush=True)
     except DiffInjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = format_table(table)
+    text = format_table(collect(experiment, tracker, run_ids))  # this invocation's runs only
     print("\n" + text)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,14 +8,13 @@ a nested `stage4` run that holds the training curves and the model checkpoint.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, flatten, to_dict, validate
-from .data.parquet import MARKER, load_split, prepare_dataset
+from .data.parquet import conversion_counts, load_labels, prepare_dataset
 from .data.registry import get_dataset_spec
 from .errors import ConfigError
 from .methods import get_method
@@ -66,7 +65,7 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None) -> StageOu
     """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid."""
     tracker = tracker or Tracker()
     parquet = _prepare(cfg)
-    num_train = json.loads((parquet / MARKER).read_text())["counts"]["train"]
+    num_train = conversion_counts(parquet)["train"]
     if cfg.bias.k > num_train:
         raise ConfigError(f"bias.k = {cfg.bias.k} is larger than the training set of "
                           f"{cfg.data.dataset} at {cfg.data.ratio}% ({num_train} samples)")
@@ -79,15 +78,16 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None) -> StageOu
                        tracking_uri=tracker.uri, mlflow_run_id=run_id)
         out = run_train_job(job)
         topk = load_topk(out.checkpoint_dir)
-        train = load_split(parquet, "train")
-        precision = precision_at_k(topk["indices"], train.aligned)
+        labels, biases = load_labels(parquet, "train")
+        aligned = labels == biases  # bias labels score stage 1; they never train anything
+        precision = precision_at_k(topk["indices"], aligned)
         metrics = {f"final_{k}": out.metrics[k] for k in FINAL_KEYS if k in out.metrics}
         metrics[f"precision_at_{cfg.bias.k}"] = precision
         metrics["precision_at_k"] = precision
         tracker.log_metrics(run_id, metrics)
-        grid = image_grid(out.checkpoint_dir / "topk_grid.png", train.images[topk["indices"]],
+        grid = image_grid(out.checkpoint_dir / "topk_grid.png", topk["images"],
                           [f"y={y} loss={l:.2f}{' *' if not a else ''}" for y, l, a in
-                           zip(topk["labels"], topk["losses"], train.aligned[topk["indices"]])],
+                           zip(topk["labels"], topk["losses"], aligned[topk["indices"]])],
                           f"top-{cfg.bias.k} by GCE bias classifier (* = truly bias-conflicting); "
                           f"precision@{cfg.bias.k} = {precision:.2f}")
         for name in ("topk.json", "model.pt"):

@@ -7,6 +7,7 @@ top-K set), which is what `Result.checkpoint` hands back to the driver.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -136,20 +137,20 @@ def _worker_loop(loop_config: dict) -> None:
         if job.kind == "bias":
             result, topk = train_bias_classifier(cfg, data, ctx)
             files["topk.json"] = json.dumps(topk.to_json(), indent=1).encode()
+            files["topk_images.npy"] = _to_bytes(lambda buffer: np.save(buffer, topk.images))
         else:
             result = train_classifier(job.method, cfg, data, ctx)
-        files["model.pt"] = _to_bytes({"nets": result.method.state_dict()["nets"]})
+        files["model.pt"] = _to_bytes(lambda buffer: torch.save({"nets": result.method.state_dict()["nets"]}, buffer))
         report({**result.metrics, "final": 1}, None, files)
     except errors.DiffInjectError as exc:
         payload = json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
         report({"final": 1, "error": 1}, None, {"error.json": payload})
 
 
-def _to_bytes(state: dict) -> bytes:
-    import io
-
+def _to_bytes(write) -> bytes:
+    """What `write(buffer)` writes into an in-memory buffer."""
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    write(buffer)
     return buffer.getvalue()
 
 
@@ -199,6 +200,8 @@ def load_model_state(checkpoint_dir: Path) -> dict:
 
 
 def load_topk(checkpoint_dir: Path) -> dict:
+    """The top-K set of a stage-1 job: indices, ids, labels, losses and images."""
     payload = json.loads((Path(checkpoint_dir) / "topk.json").read_text())
     payload["indices"] = np.asarray(payload["indices"], dtype=np.int64)
+    payload["images"] = np.load(Path(checkpoint_dir) / "topk_images.npy")
     return payload

@@ -22,8 +22,9 @@ class Cell:
         return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f} (n={len(v)})"
 
 
-def collect(experiment: str, tracker: Tracker | None = None) -> dict:
-    """{(dataset, ratio): {row: {metric: [values over seeds]}}} from finished runs."""
+def collect(experiment: str, tracker: Tracker | None = None, run_ids: set[str] | None = None) -> dict:
+    """{(dataset, ratio): {row: {metric: [values over seeds]}}} from finished runs (all of the
+    experiment's, or only `run_ids`)."""
     tracker = tracker or Tracker()
     found = tracker.client.get_experiment_by_name(experiment)
     if found is None:
@@ -32,6 +33,8 @@ def collect(experiment: str, tracker: Tracker | None = None) -> dict:
         [found.experiment_id], "attributes.status = 'FINISHED'", max_results=50_000)
     table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for run in runs:
+        if run_ids is not None and run.info.run_id not in run_ids:
+            continue
         tags, metrics = run.data.tags, run.data.metrics
         role = tags.get("diffinject.role")
         key = (tags.get("dataset"), tags.get("ratio"))

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from .config import ExperimentConfig
 from .data.parquet import ArraySplit
 from .errors import ConfigError
-from .methods import Method, get_method
-from .train import seed_everything, FitResult, Preprocess, TrainContext, TrainData, fit
+from .methods import Method
+from .train import FitResult, Preprocess, TrainContext, TrainData, train_method
 
 
 @dataclass
@@ -24,6 +24,7 @@ class TopK:
     ids: list[str]
     labels: np.ndarray
     losses: np.ndarray
+    images: np.ndarray  # uint8 K x H x W x 3, so nobody reloads the training split for a grid
 
     def to_json(self) -> dict:
         return {"indices": self.indices.tolist(), "ids": list(self.ids),
@@ -73,13 +74,9 @@ def precision_at_k(indices: np.ndarray, aligned: np.ndarray) -> float:
 def train_bias_classifier(cfg: ExperimentConfig, data: TrainData, ctx: TrainContext) -> tuple[FitResult, TopK]:
     """Train f_B with GCE, then take the top-K by plain CE over the whole training split."""
     clf = cfg.bias.classifier
-    prep = Preprocess(clf, ctx.device)
-    seed_everything(cfg.run.seed)
-    method = get_method("gce")(clf, data.num_classes, prep.output_shape(data.train.images.shape[1:]),
-                               len(data.train), options={"q": cfg.bias.q})
-    result = fit(method, data, clf, ctx, seed=cfg.run.seed)
-    losses = per_sample_ce(result.method, data.train, prep)
+    result = train_method("gce", clf, data, ctx, cfg.run.seed, options={"q": cfg.bias.q})
+    losses = per_sample_ce(result.method, data.train, Preprocess(clf, ctx.device))
     indices = select_topk(losses, data.train.labels, data.train.ids, cfg.bias.k, cfg.bias.scope)
     topk = TopK(indices=indices, ids=[str(i) for i in data.train.ids[indices]],
-                labels=data.train.labels[indices], losses=losses[indices])
+                labels=data.train.labels[indices], losses=losses[indices], images=data.train.images[indices])
     return result, topk

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .config import CIFAR_MEAN, CIFAR_STD, ClassifierConfig
 from .data.parquet import ArraySplit
 from .errors import TrainingError
-from .methods import Method, NonFiniteLoss
+from .methods import Method, NonFiniteLoss, get_method
 from .metrics import accuracy_metrics, all_reduce_sum, cell_counts
 
 
@@ -188,3 +188,12 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
     final = scores()
     final.update(step=step, selected_score=float(best_score))
     return FitResult(method=method, step=step, metrics=final)
+
+
+def train_method(name: str, cfg: ClassifierConfig, data: TrainData, ctx: TrainContext, seed: int,
+                 options: dict | None = None) -> FitResult:
+    """Build registered method `name` for `data` (seeded init) and fit it."""
+    shape = Preprocess(cfg, ctx.device).output_shape(data.train.images.shape[1:])
+    seed_everything(seed)
+    method = get_method(name)(cfg, data.num_classes, shape, len(data.train), options)
+    return fit(method, data, cfg, ctx, seed=seed)

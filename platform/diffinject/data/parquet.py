@@ -113,11 +113,26 @@ def convert_to_parquet(data_root: Path, cache_root: Path, spec: DatasetSpec, rat
     return out
 
 
+def conversion_counts(folder: Path) -> dict[str, int]:
+    """Samples per split of a finished conversion (from its marker; no shard is read)."""
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        raise DataError(f"{folder}: no finished Parquet conversion here ({MARKER} missing)")
+    return json.loads(marker.read_text())["counts"]
+
+
+def load_labels(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, biases) of one split, reading only those two columns."""
+    conversion_counts(folder)
+    files = sorted(Path(folder).glob(f"{split}-*.parquet"))
+    table = pa.concat_tables([pq.read_table(f, columns=["label", "bias"]) for f in files])
+    return table["label"].to_numpy().astype(np.int64), table["bias"].to_numpy().astype(np.int64)
+
+
 def load_split(folder: Path, split: str) -> ArraySplit:
     """Read one split of a finished conversion into memory."""
     folder = Path(folder)
-    if not (folder / MARKER).is_file():
-        raise DataError(f"{folder}: no finished Parquet conversion here ({MARKER} missing)")
+    conversion_counts(folder)
     files = sorted(folder.glob(f"{split}-*.parquet"))
     if not files:
         raise DataError(f"{folder}: no Parquet shards for split {split!r}")
