@@ -15,3 +15,7 @@ class ConfigError(DiffInjectError):
 
 class TrainingError(DiffInjectError):
     """Training could not continue (for example a non-finite loss)."""
+
+
+class CheckpointError(DiffInjectError):
+    """A checkpoint file is unreadable or does not fit the requested architecture."""
