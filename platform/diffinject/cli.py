@@ -1,4 +1,4 @@
-"""The `diffinject` command line: data build/check, train, topk, results."""
+"""The `diffinject` command line: data build/check, train, topk, diffusion train/sample, results."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +101,53 @@ def cmd_topk(args: argparse.Namespace) -> None:
     print(f"top-K set and grid: {out.checkpoint_dir}")
 
 
+def cmd_diffusion_train(args: argparse.Namespace) -> None:
+    from .pipeline import diffusion_checkpoint, ensure_ray, run_stage2
+
+    cfg = _config(args)
+    ensure_ray()
+    d = cfg.diffusion
+    print(f"training {d.preset} for {d.num_steps} steps (batch {d.batch_size}, gamma {d.gamma}) on "
+          f"{cfg.data.dataset if d.train_data == 'train' else d.train_data}; "
+          f"loss curve and sample grids go to MLflow experiment {cfg.run.experiment!r}", flush=True)
+    out = run_stage2(cfg)
+    print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
+    print(f"EMA checkpoint: {diffusion_checkpoint(out)}")
+
+
+def cmd_diffusion_sample(args: argparse.Namespace) -> None:
+    import time
+
+    import torch
+
+    from .atomic import atomic_file
+    from .diffusion import ddim_sample, get_preset
+    from .diffusion.checkpoint import load_unet_checkpoint
+    from .plots import png_bytes, tile_images
+    from .stage2 import to_uint8
+
+    if args.format == "guided-diffusion":
+        from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
+
+        if not args.preset:
+            raise DiffInjectError("--format guided-diffusion needs --preset (e.g. p2_256)")
+        unet, preset = load_guided_diffusion_checkpoint(args.checkpoint, args.preset), get_preset(args.preset)
+    else:
+        unet, meta = load_unet_checkpoint(args.checkpoint, args.preset)
+        preset = get_preset(meta["preset"])
+    if args.steps < 1 or args.num < 1:
+        raise DiffInjectError(f"--steps and --num must be positive, got {args.steps} and {args.num}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"sampling {args.num} images from {preset.name} with {args.steps} DDIM steps (eta {args.eta}) "
+          f"on {device}", flush=True)
+    started = time.perf_counter()
+    x = ddim_sample(unet.to(device), args.num, preset.image_size, steps=args.steps, eta=args.eta,
+                    generator=torch.Generator().manual_seed(args.seed), device=device)
+    with atomic_file(args.out, "wb") as handle:
+        handle.write(png_bytes(tile_images(to_uint8(x), columns=args.columns), scale=args.scale))
+    print(f"wrote {args.out} ({time.perf_counter() - started:.1f} s)")
+
+
 def cmd_results(args: argparse.Namespace) -> None:
     from .results import collect, format_table
 
@@ -134,6 +181,25 @@ def build_parser() -> argparse.ArgumentParser:
     topk = sub.add_parser("topk", help="stage 1: GCE bias classifier and top-K extraction")
     _add_run_args(topk)
     topk.set_defaults(func=cmd_topk)
+
+    diffusion = sub.add_parser("diffusion", help="stage 2: train or sample a diffusion model").add_subparsers(
+        dest="diffusion_command", required=True)
+    dtrain = diffusion.add_parser("train", help="train a P2-weighted diffusion model on Ray Train")
+    _add_run_args(dtrain)
+    dtrain.set_defaults(func=cmd_diffusion_train)
+    sample = diffusion.add_parser("sample", help="DDIM samples from a checkpoint, as a PNG grid")
+    sample.add_argument("--checkpoint", type=Path, required=True)
+    sample.add_argument("--format", choices=("diffinject", "guided-diffusion"), default="diffinject",
+                        help="diffinject (stage 2's diffusion.pt) or a released guided-diffusion / P2 state dict")
+    sample.add_argument("--preset", help="U-Net preset (required for guided-diffusion; checked for diffinject)")
+    sample.add_argument("--num", type=int, default=64)
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    sample.add_argument("--eta", type=float, default=0.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--columns", type=int, default=8)
+    sample.add_argument("--scale", type=int, default=1, help="enlarge the grid (nearest neighbour)")
+    sample.add_argument("--out", type=Path, default=Path("samples.png"))
+    sample.set_defaults(func=cmd_diffusion_sample)
 
     results = sub.add_parser("results", help="print the results table from MLflow")
     results.add_argument("--experiment", default="diffinject")

@@ -53,6 +53,32 @@ class BiasConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """Stage 2: the P2-weighted diffusion model (DESIGN.md 2.2)."""
+
+    preset: str = "adm_32"            # U-Net preset (diffinject.diffusion.PRESETS)
+    train_data: str = "train"         # "train": this dataset's training split at data.ratio;
+                                      # "DATASET@RATIO": another dataset's training split
+    resize: bool = True               # resize images to the preset's resolution (28 -> 32 for digits)
+    hflip: bool = True                # random horizontal flips (off for digits)
+    gamma: float = 1.0                # P2 weighting; 0 is plain DDPM
+    k: float = 1.0
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 128             # global batch, split over the workers
+    num_steps: int = 100_000
+    ema_decay: float = 0.9999         # with diffusers' (1 + n) / (10 + n) ramp at the start
+    grad_clip: float = 1.0            # max gradient norm; 0 disables clipping
+    bf16: bool = True                 # autocast on GPU (CPU always trains in float32)
+    log_every: int = 100
+    checkpoint_every: int = 5_000
+    sample_every: int = 10_000        # EMA sample grid to MLflow; 0 disables
+    sample_images: int = 64
+    sample_steps: int = 50            # DDIM steps of the sample grids
+    check_sync_every: int = 0         # DDP: compare parameters across ranks every N steps (0: never)
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     num_workers: int = 0              # Ray Train workers; 0 runs the loop in-process
@@ -67,6 +93,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -89,15 +116,33 @@ def _classifier_preset(dataset: str) -> ClassifierConfig:
     raise ConfigError(f"no classifier preset for dataset {dataset!r}")
 
 
+# The CPU budget of the quick run's diffusion model (found by measurement; see bench/ and
+# the closing note of the diffusion issue).
+QUICK_DIFFUSION = dict(preset="small_32", lr=2e-3, batch_size=64, num_steps=1_000, ema_decay=0.995,
+                       log_every=20, checkpoint_every=250, sample_every=500, sample_images=50, sample_steps=25)
+
+
+def _diffusion_preset(dataset: str) -> DiffusionConfig:
+    """32x32 models for the small datasets (CMNIST resized 28 -> 32, as in the paper); the
+    256x256 ones normally use released P2 checkpoints, whose architecture p2_256 is."""
+    if dataset in ("cmnist", "colored_digits"):
+        return DiffusionConfig(preset="adm_32", hflip=False, lr=1e-4)
+    if dataset == "cifar10c":
+        return DiffusionConfig(preset="adm_32", hflip=True, lr=1e-4)
+    return DiffusionConfig(preset="p2_256", hflip=True, lr=2e-5, batch_size=32, gamma=0.5)
+
+
 def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False) -> ExperimentConfig:
     """The paper's settings for `dataset`; `quick` is the CPU budget for Colored Digits."""
     classifier = _classifier_preset(dataset)
     bias_classifier = dataclasses.replace(classifier, select="last")
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
-                           bias=BiasConfig(classifier=bias_classifier), classifier=classifier)
+                           bias=BiasConfig(classifier=bias_classifier), classifier=classifier,
+                           diffusion=_diffusion_preset(dataset))
     if quick:
         cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
         cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300, select="last")
+        cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
     return cfg
 
 
@@ -165,10 +210,31 @@ def validate(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"{name}.{field_name} must be positive, got {getattr(clf, field_name)}")
         if clf.lr <= 0:
             raise ConfigError(f"{name}.lr must be positive, got {clf.lr}")
+    _validate_diffusion(cfg.diffusion)
     if cfg.run.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"run.use_gpu must be auto, true or false, got {cfg.run.use_gpu!r}")
     if cfg.run.num_workers < 0:
         raise ConfigError(f"run.num_workers must be >= 0, got {cfg.run.num_workers}")
+
+
+def _validate_diffusion(d: DiffusionConfig) -> None:
+    from .diffusion.models import get_preset
+
+    get_preset(d.preset)  # unknown preset: ConfigError naming the choices
+    if d.train_data != "train" and "@" not in d.train_data:
+        raise ConfigError(f"diffusion.train_data must be 'train' or 'DATASET@RATIO', got {d.train_data!r}")
+    for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "sample_images", "sample_steps"):
+        if getattr(d, name) <= 0:
+            raise ConfigError(f"diffusion.{name} must be positive, got {getattr(d, name)}")
+    for name in ("sample_every", "check_sync_every"):
+        if getattr(d, name) < 0:
+            raise ConfigError(f"diffusion.{name} must be >= 0, got {getattr(d, name)}")
+    if d.lr <= 0:
+        raise ConfigError(f"diffusion.lr must be positive, got {d.lr}")
+    if not 0.0 <= d.ema_decay < 1.0:
+        raise ConfigError(f"diffusion.ema_decay must be in [0, 1), got {d.ema_decay}")
+    if d.gamma < 0 or d.k <= 0:
+        raise ConfigError(f"diffusion.gamma must be >= 0 and diffusion.k > 0, got gamma={d.gamma}, k={d.k}")
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
@@ -193,5 +259,6 @@ def from_dict(payload: dict[str, Any]) -> ExperimentConfig:
         data=DataConfig(**payload["data"]),
         bias=BiasConfig(**{**payload["bias"], "classifier": ClassifierConfig(**payload["bias"]["classifier"])}),
         classifier=ClassifierConfig(**payload["classifier"]),
+        diffusion=DiffusionConfig(**payload.get("diffusion", {})),
         run=RunConfig(**payload["run"]),
     )

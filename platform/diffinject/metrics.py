@@ -1,6 +1,8 @@
 """Accuracy metrics from (label, bias) cell counts, so shards can be summed across ranks."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -19,6 +21,15 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def all_ranks_finite(value: float, device: torch.device) -> bool:
+    """Whether `value` is finite on every rank. All ranks learn the answer together, so on a
+    non-finite loss they stop together and none is left waiting in a gradient all-reduce."""
+    finite = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite.item() == 1.0)
 
 
 def accuracy_metrics(counts: torch.Tensor | np.ndarray) -> dict[str, float]:

@@ -1,7 +1,8 @@
-"""Driver-side orchestration of stage 1 and stage 4 runs, with MLflow bookkeeping.
+"""Driver-side orchestration of stage 1, 2 and 4 runs, with MLflow bookkeeping.
 
 MLflow layout: one experiment per study; a `stage1` run per (dataset, ratio, seed) with
-the bias classifier's curves, precision@K, the top-K set and its image grid; a `cell`
+the bias classifier's curves, precision@K, the top-K set and its image grid; a `stage2`
+run per diffusion model with its loss curve, sample grids and EMA checkpoint; a `cell`
 parent run per (dataset, ratio, method, seed) holding the final metrics and tags, with
 a nested `stage4` run that holds the training curves and the model checkpoint.
 """
@@ -19,7 +20,8 @@ from .data.registry import get_dataset_spec
 from .errors import ConfigError
 from .methods import get_method
 from .plots import image_grid
-from .ray_train import TrainJob, load_topk, run_train_job
+from .plots import curve_plot
+from .ray_train import DIFFUSION_FILE, TrainJob, load_topk, run_train_job
 from .stage1 import precision_at_k
 from .tracking import Tracker
 
@@ -97,6 +99,54 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None) -> StageOu
         return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
     finally:
         tracker.finish(run_id, ok)
+
+
+def diffusion_training_data(cfg: ExperimentConfig) -> tuple[str, str, Path]:
+    """(dataset, ratio, Parquet folder) of the images stage 2 trains on (diffusion.train_data)."""
+    from .data.registry import normalize_ratio
+
+    if cfg.diffusion.train_data == "train":
+        return cfg.data.dataset, cfg.data.ratio, _prepare(cfg)
+    dataset, _, ratio = cfg.diffusion.train_data.partition("@")
+    spec = get_dataset_spec(dataset)
+    ratio = normalize_ratio(spec, ratio)
+    return spec.name, ratio, prepare_dataset(Path(cfg.data.data_root), Path(cfg.data.cache_root), spec, ratio)
+
+
+def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None) -> StageOutcome:
+    """Train the P2-weighted diffusion model; its EMA checkpoint is `diffusion.pt` in the
+    outcome's folder and an MLflow artifact, beside sample grids and the loss curve."""
+    tracker = tracker or Tracker()
+    validate(cfg)
+    dataset, ratio, parquet = diffusion_training_data(cfg)
+    exp = tracker.experiment(cfg.run.experiment)
+    tags = {"dataset": dataset, "ratio": ratio, "seed": cfg.run.seed, "diffinject.role": "stage2",
+            "preset": cfg.diffusion.preset}
+    run_id = tracker.start_run(exp, f"stage2-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.run.seed}", tags,
+                               flatten(cfg))
+    ok = False
+    try:
+        job = TrainJob(kind="diffusion", method="", config=to_dict(cfg), parquet=str(parquet),
+                       tracking_uri=tracker.uri, mlflow_run_id=run_id, fault=fault)
+        out = run_train_job(job, name=f"diffusion-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.run.seed}-"
+                                      f"{run_id[:8]}")
+        metrics = {f"final_{k}": out.metrics[k] for k in ("loss", "step") if k in out.metrics}
+        tracker.log_metrics(run_id, metrics)
+        history = tracker.client.get_metric_history(run_id, "loss")
+        if history:
+            curve = curve_plot(out.checkpoint_dir / "loss_curve.png",
+                               {"loss": ([m.step for m in history], [m.value for m in history])},
+                               f"{cfg.diffusion.preset} on {dataset} @ {ratio}% (gamma={cfg.diffusion.gamma})",
+                               "step", "P2 loss (+ VB term)", log_y=True)
+            tracker.log_artifact(run_id, curve)
+        ok = True
+        return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
+    finally:
+        tracker.finish(run_id, ok)
+
+
+def diffusion_checkpoint(outcome: StageOutcome) -> Path:
+    return outcome.checkpoint_dir / DIFFUSION_FILE
 
 
 def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,

@@ -29,3 +29,54 @@ def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def tile_images(images: np.ndarray, columns: int = 10, gap: int = 2) -> np.ndarray:
+    """uint8 N x H x W x 3 images tiled row by row into one uint8 image (white gaps)."""
+    n, h, w, c = images.shape
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    out = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, c), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, col = divmod(i, cols)
+        out[gap + r * (h + gap):gap + r * (h + gap) + h, gap + col * (w + gap):gap + col * (w + gap) + w] = image
+    return out
+
+
+def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
+    """A uint8 H x W x 3 image as PNG bytes, enlarged `scale` times (nearest neighbour)."""
+    import io
+
+    from PIL import Image
+
+    picture = Image.fromarray(image)
+    if scale > 1:
+        picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
+               ylabel: str, log_y: bool = False) -> Path:
+    """Save one line per {label: (x, y)} in a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, label=label)
+    if log_y:
+        ax.set_yscale("log")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

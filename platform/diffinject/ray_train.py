@@ -1,9 +1,10 @@
-"""The Ray Train layer: runs stage 1 and stage 4 trainings in a TorchTrainer.
+"""The Ray Train layer: runs stage 1, 2 and 4 trainings in a TorchTrainer.
 
 Each worker loads the Parquet shards itself, resumes from `ray.train.get_checkpoint()`
 after a failure, logs to MLflow from rank 0, and reports checkpoints through
 `ray.train.report`. The final report carries the selected weights (and for stage 1 the
-top-K set), which is what `Result.checkpoint` hands back to the driver.
+top-K set; for stage 2 the EMA diffusion checkpoint), which is what `Result.checkpoint`
+hands back to the driver.
 """
 from __future__ import annotations
 
@@ -24,11 +25,13 @@ from .config import ExperimentConfig, from_dict
 from .data.parquet import concat_splits, load_split
 from .data.registry import get_dataset_spec
 from .stage1 import train_bias_classifier
+from .stage2 import train_diffusion
 from .stage4 import train_classifier
 from .tracking import Tracker
 from .train import TrainContext, TrainData
 
 STATE_FILE = "state.pt"
+DIFFUSION_FILE = "diffusion.pt"
 KEEP_CHECKPOINTS = 2
 
 
@@ -44,10 +47,10 @@ class FaultInjection:
 
 @dataclass
 class TrainJob:
-    kind: str                      # "bias" (stage 1) | "classifier" (stage 4)
+    kind: str                      # "bias" (stage 1) | "diffusion" (stage 2) | "classifier" (stage 4)
     method: str                    # registered method for "classifier"
     config: dict                   # ExperimentConfig as a dict
-    parquet: str                   # finished Parquet conversion of the dataset/ratio
+    parquet: str                   # finished Parquet conversion of the dataset/ratio (stage 2: its images)
     extra_train: list[str] = field(default_factory=list)  # more Parquet folders added to train
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
@@ -57,7 +60,7 @@ class TrainJob:
 @dataclass
 class JobOutput:
     metrics: dict  # final metrics; "resumed_from" is the step of the checkpoint resumed from, or -1
-    checkpoint_dir: Path  # local copy of the final checkpoint (model.pt, topk.json)
+    checkpoint_dir: Path  # local copy of the final checkpoint (model.pt, topk.json or diffusion.pt)
 
 
 def load_train_data(job: TrainJob, cfg: ExperimentConfig) -> TrainData:
@@ -101,7 +104,7 @@ def _worker_loop(loop_config: dict) -> None:
         if rank == 0 and (state is not None or extra_files):
             # Staged outside any temporary directory: in local mode (num_workers=0) Ray keeps
             # referring to this folder instead of copying it to storage.
-            folder = staging / ("final" if extra_files else f"step{int(metrics['step']):09d}")
+            folder = staging / ("final" if metrics.get("final") else f"step{int(metrics['step']):09d}")
             folder.mkdir(parents=True, exist_ok=True)
             if state is not None:
                 torch.save(state, folder / STATE_FILE)
@@ -129,11 +132,23 @@ def _worker_loop(loop_config: dict) -> None:
             return str(staged[-1])
         return f"the step-{resumed_from} checkpoint this attempt resumed from" if resumed_from >= 0 else None
 
+    def log_artifact(name: str, payload: bytes, folder: str) -> None:
+        if tracker:
+            path = staging / "artifacts" / folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(payload)
+            tracker.log_artifact(job.mlflow_run_id, path, folder)
+
     ctx = TrainContext(rank=rank, world_size=world, device=device, resume_state=resume_state,
-                       report=report, log=log, last_checkpoint=last_checkpoint)
+                       report=report, log=log, last_checkpoint=last_checkpoint, log_artifact=log_artifact)
     try:
-        data = load_train_data(job, cfg)
         files: dict[str, bytes] = {}
+        if job.kind == "diffusion":
+            images = load_split(job.parquet, "train").images
+            result = train_diffusion(cfg.diffusion, images, ctx, cfg.run.seed)
+            report({**result.metrics, "final": 1}, None, {DIFFUSION_FILE: result.checkpoint})
+            return
+        data = load_train_data(job, cfg)
         if job.kind == "bias":
             result, topk = train_bias_classifier(cfg, data, ctx)
             files["topk.json"] = json.dumps(topk.to_json(), indent=1).encode()

@@ -45,6 +45,8 @@ class TrainContext:
     report: Callable[[dict, dict | None], None] = lambda metrics, state: None
     log: Callable[[int, dict], None] = lambda step, metrics: None
     last_checkpoint: Callable[[], str | None] = lambda: None
+    # log_artifact(name, payload, folder): a file for the run's MLflow artifacts (rank 0)
+    log_artifact: Callable[[str, bytes, str], None] = lambda name, payload, folder: None
 
 
 @dataclass

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import abc
-import math
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from ..config import ClassifierConfig
 from ..errors import ConfigError, TrainingError
+from ..metrics import all_ranks_finite
 from ..models import build_classifier
 
 
@@ -63,10 +62,7 @@ class Method(abc.ABC):
         """Backward and step, unless the loss is non-finite on any rank (then every rank
         raises together, so none is left waiting in a gradient all-reduce)."""
         value = float(loss.detach())
-        finite = torch.tensor([1.0 if math.isfinite(value) else 0.0], device=loss.device)
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        if finite.item() == 0.0:
+        if not all_ranks_finite(value, loss.device):
             raise NonFiniteLoss(f"non-finite loss {value}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

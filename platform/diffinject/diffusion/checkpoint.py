@@ -1,0 +1,76 @@
+"""The project's diffusion checkpoint file: EMA U-Net weights plus the preset that builds them.
+
+    {"format": "diffinject-unet/1", "preset": "small_32", "weights": {...}, "step": 1000,
+     "config": {...DiffusionConfig...}}
+
+This is what stage 2 produces and stages 3-4 consume. Training state (optimiser, raw
+weights) lives in Ray Train checkpoints instead. Released guided-diffusion checkpoints are
+read by `guided_diffusion.load_guided_diffusion_checkpoint`.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+from .models import UNetPreset, build_unet, get_preset
+
+FORMAT = "diffinject-unet/1"
+
+
+def unet_checkpoint_bytes(weights: dict[str, torch.Tensor], preset: UNetPreset, step: int, config: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "preset": preset.name, "weights": {k: v.detach().cpu() for k, v in weights.items()},
+                "step": int(step), "config": config}, buffer)
+    return buffer.getvalue()
+
+
+def read_checkpoint_file(path: Path) -> object:
+    """torch.load(weights_only=True) with a clear error for missing or unreadable files."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
+                              f"expected a file written by torch.save") from None
+
+
+def load_unet_checkpoint(path: Path, expect_preset: str | None = None) -> tuple[nn.Module, dict]:
+    """The U-Net of a diffinject checkpoint (eval mode) and its metadata (preset, step, config)."""
+    payload = read_checkpoint_file(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a diffinject diffusion checkpoint (no format {FORMAT!r}); "
+                              f"a released guided-diffusion / P2 file is loaded with "
+                              f"--format guided-diffusion --preset NAME")
+    preset = get_preset(payload["preset"])
+    if expect_preset and expect_preset != preset.name:
+        raise CheckpointError(f"{path} holds a {preset.name} model, but {expect_preset} was asked for")
+    unet = build_unet(preset)
+    load_strict(unet, payload["weights"], f"{path} ({preset.name})")
+    meta = {k: v for k, v in payload.items() if k != "weights"}
+    return unet.eval(), meta
+
+
+def load_strict(unet: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """load_state_dict(strict=True), with key and shape mismatches reported as one clear error."""
+    expected = unet.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [(k, tuple(weights[k].shape), tuple(v.shape)) for k, v in expected.items()
+             if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if wrong:
+            key, found, want = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {key}: found {found}, expected {want})")
+        raise CheckpointError(f"{what}: the weights are for another architecture: {'; '.join(parts)}")
+    unet.load_state_dict(weights, strict=True)
