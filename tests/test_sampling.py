@@ -41,3 +41,17 @@ def test_eta_zero_is_deterministic_and_learned_sigma_is_handled():
 def test_bad_step_count():
     with pytest.raises(ValueError, match="at least one step"):
         ddim_sample(OracleDenoiser(torch.zeros(1, 3, 8, 8)), 1, 8, steps=0)
+
+
+def test_predicted_x0_is_clipped_at_every_step():
+    """A denoiser that predicts eps = 0 says x0 = x_t / sqrt(abar_t): ~160 x_T at t = 999. With
+    guided-diffusion's clip_denoised, every later x_t = sqrt(abar) * clip(x0) stays in [-1, 1]."""
+    seen = []
+
+    def zero_eps(x, t):
+        seen.append(x.clone())
+        return SimpleNamespace(sample=torch.zeros_like(x))
+
+    ddim_sample(zero_eps, 2, 8, steps=5, generator=torch.Generator().manual_seed(0))
+    assert seen[0].abs().max() > 1.5  # x_T is plain noise
+    assert all(x.abs().max() <= 1.0 for x in seen[1:])

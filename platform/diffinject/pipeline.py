@@ -132,6 +132,7 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
                                       f"{run_id[:8]}")
         metrics = {f"final_{k}": out.metrics[k] for k in ("loss", "step") if k in out.metrics}
         tracker.log_metrics(run_id, metrics)
+        metrics["resumed_from"] = out.metrics["resumed_from"]
         history = tracker.client.get_metric_history(run_id, "loss")
         if history:
             curve = curve_plot(out.checkpoint_dir / "loss_curve.png",

@@ -1,0 +1,81 @@
+"""`diffinject diffusion train|sample`: output files and one-line errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffinject.cli import main
+from diffinject.config import DiffusionConfig
+from diffinject.diffusion.checkpoint import FORMAT
+from diffinject.diffusion.models import PRESETS
+from diffinject.stage2 import train_diffusion
+from diffinject.train import TrainContext
+from test_guided_diffusion import GD_TINY, random_openai_state
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    cfg = DiffusionConfig(preset="tiny_32", batch_size=4, num_steps=2, checkpoint_every=2, sample_every=0)
+    images = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np.uint8)
+    path = tmp_path_factory.mktemp("ckpt") / "diffusion.pt"
+    path.write_bytes(train_diffusion(cfg, images, TrainContext(), seed=0).checkpoint)
+    return path
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_sample_writes_a_png_grid(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["diffusion", "sample", "--checkpoint", str(tiny_checkpoint), "--num", "4", "--steps", "2",
+                 "--columns", "2", "--out", str(out)]) == 0
+    assert Image.open(out).size == (2 * 34 + 2, 2 * 34 + 2)  # 2 x 2 tiles of 32 px with 2 px gaps
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_sample_from_a_guided_diffusion_file(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(PRESETS, GD_TINY.name, GD_TINY)
+    path, out = tmp_path / "released.pt", tmp_path / "grid.png"
+    torch.save(random_openai_state(GD_TINY), path)
+    assert main(["diffusion", "sample", "--checkpoint", str(path), "--format", "guided-diffusion", "--preset",
+                 GD_TINY.name, "--num", "2", "--steps", "2", "--out", str(out)]) == 0
+    assert out.is_file()
+    # the same file read as a diffinject checkpoint is a clear error that says what to do
+    assert main(["diffusion", "sample", "--checkpoint", str(path), "--out", str(out)]) == 2
+    assert "is not a diffinject diffusion checkpoint" in _error(capsys)
+
+
+def test_sample_errors(tiny_checkpoint, tmp_path, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 50)
+    wrong_arch = tmp_path / "wrong.pt"
+    payload = torch.load(tiny_checkpoint, weights_only=True)
+    torch.save({**payload, "format": FORMAT, "preset": "small_32"}, wrong_arch)
+    cases = [
+        (["--checkpoint", str(tmp_path / "none.pt")], "does not exist"),
+        (["--checkpoint", str(garbage)], "is unreadable"),
+        (["--checkpoint", str(tiny_checkpoint), "--preset", "small_32"], "holds a tiny_32 model, but small_32"),
+        (["--checkpoint", str(wrong_arch)], "the weights are for another architecture"),
+        (["--checkpoint", str(tiny_checkpoint), "--format", "guided-diffusion"], "needs --preset"),
+        (["--checkpoint", str(tiny_checkpoint), "--steps", "0"], "--steps and --num must be positive"),
+    ]
+    for argv, message in cases:
+        assert main(["diffusion", "sample", *argv, "--out", str(tmp_path / "x.png")]) == 2, argv
+        assert message in _error(capsys), argv
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_train_command(ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = ["diffusion", "train", "--quick", "--data-root", str(digits_root / "data"), "--cache-root",
+            str(digits_root / "cache"), "--experiment", "t-diffusion-cli"]
+    for item in ("preset=tiny_32", "num_steps=2", "batch_size=4", "sample_every=0", "log_every=1"):
+        argv += ["--set", f"diffusion.{item}"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    checkpoint = out.split("EMA checkpoint: ")[1].strip()
+    assert torch.load(checkpoint, weights_only=True)["step"] == 2
+    assert main(argv[:-2] + ["--set", "diffusion.preset=nope"]) == 2
+    assert "unknown U-Net preset 'nope'" in _error(capsys)
