@@ -89,3 +89,12 @@ def test_p2_loss_is_per_sample_mean_of_weight_times_squared_error():
     loss = p2_loss(eps, eps_pred, t, weights)
     for i in range(3):
         assert loss[i] == pytest.approx(float(weights[t[i]] * ((eps[i] - eps_pred[i]) ** 2).mean()), rel=1e-6)
+
+
+def test_public_entry_points():
+    import diffinject
+    from diffinject.diffusion.guided_diffusion import load_guided_diffusion_checkpoint
+
+    abar = linear_alphas_cumprod()
+    assert torch.allclose(diffinject.p2_weights(abar, 1.0, 1.0), 1.0 / (1.0 + abar / (1.0 - abar)), rtol=1e-6)
+    assert diffinject.load_guided_diffusion_checkpoint is load_guided_diffusion_checkpoint

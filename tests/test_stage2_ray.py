@@ -49,3 +49,18 @@ def test_ddp_keeps_ranks_identical_and_a_killed_worker_resumes(ray_session, quic
     assert all(m.value == 0.0 for m in spread)
     _, meta = load_unet_checkpoint(diffusion_checkpoint(out))
     assert meta["step"] == 12
+
+
+def test_progress_lines_report_what_rank_zero_logged(mlflow_uri, capsys):
+    import time
+
+    from diffinject.pipeline import progress_lines
+    from diffinject.tracking import Tracker
+
+    tracker = Tracker()
+    run_id = tracker.start_run(tracker.experiment("t-progress"), "r", {})
+    with progress_lines(tracker, run_id, 800, "stage 2 (small_32)", every_s=0.05):
+        tracker.log_metrics(run_id, {"loss": 0.25, "images_per_s": 140.0}, step=200)
+        time.sleep(0.5)
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["stage 2 (small_32): step 200/800, loss 0.2500, 140 img/s"]

@@ -75,6 +75,7 @@ class DiffusionConfig:
     sample_every: int = 10_000        # EMA sample grid to MLflow; 0 disables
     sample_images: int = 64
     sample_steps: int = 50            # DDIM steps of the sample grids
+    sample_eta: float = 0.0           # DDIM eta of the sample grids (1.0: DDPM-like, stochastic)
     check_sync_every: int = 0         # DDP: compare parameters across ranks every N steps (0: never)
 
 
@@ -118,8 +119,9 @@ def _classifier_preset(dataset: str) -> ClassifierConfig:
 
 # The CPU budget of the quick run's diffusion model (found by measurement; see bench/ and
 # the closing note of the diffusion issue).
-QUICK_DIFFUSION = dict(preset="small_32", lr=2e-3, batch_size=64, num_steps=1_000, ema_decay=0.995,
-                       log_every=20, checkpoint_every=250, sample_every=500, sample_images=50, sample_steps=25)
+QUICK_DIFFUSION = dict(preset="small_32", lr=2e-3, batch_size=64, num_steps=800, ema_decay=0.995,
+                       log_every=20, checkpoint_every=200, sample_every=400, sample_images=50, sample_steps=100,
+                       sample_eta=1.0)
 
 
 def _diffusion_preset(dataset: str) -> DiffusionConfig:
@@ -233,6 +235,8 @@ def _validate_diffusion(d: DiffusionConfig) -> None:
         raise ConfigError(f"diffusion.lr must be positive, got {d.lr}")
     if not 0.0 <= d.ema_decay < 1.0:
         raise ConfigError(f"diffusion.ema_decay must be in [0, 1), got {d.ema_decay}")
+    if d.sample_eta < 0:
+        raise ConfigError(f"diffusion.sample_eta must be >= 0, got {d.sample_eta}")
     if d.gamma < 0 or d.k <= 0:
         raise ConfigError(f"diffusion.gamma must be >= 0 and diffusion.k > 0, got gamma={d.gamma}, k={d.k}")
 

@@ -8,15 +8,18 @@ a nested `stage4` run that holds the training curves and the model checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ExperimentConfig, flatten, to_dict, validate
 from .data.parquet import conversion_counts, load_labels, prepare_dataset
 from .data.registry import get_dataset_spec
+from .diffusion.models import get_preset
 from .errors import ConfigError
 from .methods import get_method
 from .plots import image_grid
@@ -113,6 +116,34 @@ def diffusion_training_data(cfg: ExperimentConfig) -> tuple[str, str, Path]:
     return spec.name, ratio, prepare_dataset(Path(cfg.data.data_root), Path(cfg.data.cache_root), spec, ratio)
 
 
+@contextlib.contextmanager
+def progress_lines(tracker: Tracker, run_id: str, total_steps: int, label: str, every_s: float = 15.0):
+    """Print "label: step N/total, loss L, R img/s" while a job runs, from what its rank 0 logs
+    to MLflow (workers' own output is not forwarded to the driver)."""
+    stop = threading.Event()
+
+    def poll() -> None:
+        shown = -1
+        while not stop.wait(every_s):
+            try:
+                history = tracker.client.get_metric_history(run_id, "loss")
+                speed = tracker.client.get_metric_history(run_id, "images_per_s")
+            except Exception:  # a busy SQLite file: try again next time
+                continue
+            if history and history[-1].step != shown:
+                shown = history[-1].step
+                rate = f", {speed[-1].value:.0f} img/s" if speed else ""
+                print(f"{label}: step {shown}/{total_steps}, loss {history[-1].value:.4f}{rate}", flush=True)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None) -> StageOutcome:
     """Train the P2-weighted diffusion model; its EMA checkpoint is `diffusion.pt` in the
     outcome's folder and an MLflow artifact, beside sample grids and the loss curve."""
@@ -128,8 +159,9 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
     try:
         job = TrainJob(kind="diffusion", method="", config=to_dict(cfg), parquet=str(parquet),
                        tracking_uri=tracker.uri, mlflow_run_id=run_id, fault=fault)
-        out = run_train_job(job, name=f"diffusion-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.run.seed}-"
-                                      f"{run_id[:8]}")
+        with progress_lines(tracker, run_id, cfg.diffusion.num_steps, f"stage 2 ({cfg.diffusion.preset})"):
+            out = run_train_job(job, name=f"diffusion-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.run.seed}-"
+                                          f"{run_id[:8]}")
         metrics = {f"final_{k}": out.metrics[k] for k in ("loss", "step") if k in out.metrics}
         tracker.log_metrics(run_id, metrics)
         metrics["resumed_from"] = out.metrics["resumed_from"]
@@ -138,7 +170,8 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
             curve = curve_plot(out.checkpoint_dir / "loss_curve.png",
                                {"loss": ([m.step for m in history], [m.value for m in history])},
                                f"{cfg.diffusion.preset} on {dataset} @ {ratio}% (gamma={cfg.diffusion.gamma})",
-                               "step", "P2 loss (+ VB term)", log_y=True)
+                               "step", "P2 loss + VB term" if get_preset(cfg.diffusion.preset).learned_sigma
+                               else "P2 loss", log_y=True)
             tracker.log_artifact(run_id, curve)
         ok = True
         return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out.checkpoint_dir)

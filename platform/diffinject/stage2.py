@@ -88,8 +88,8 @@ def ema_copy(unet: nn.Module, ema) -> nn.Module:
 def sample_grid(model: nn.Module, cfg: DiffusionConfig, preset: UNetPreset, seed: int, device) -> np.ndarray:
     """The EMA model's samples from fixed noise (the same each time, so grids show progress)."""
     generator = torch.Generator().manual_seed(seed + 12345)
-    x = ddim_sample(model, cfg.sample_images, preset.image_size, steps=cfg.sample_steps, generator=generator,
-                    device=device)
+    x = ddim_sample(model, cfg.sample_images, preset.image_size, steps=cfg.sample_steps, eta=cfg.sample_eta,
+                    generator=generator, device=device)
     return tile_images(to_uint8(x), columns=10)
 
 

@@ -31,8 +31,9 @@ PRESETS: dict[str, UNetPreset] = {p.name: p for p in (
     UNetPreset("p2_256", 256, (128, 128, 256, 256, 512, 512), 1, (4,), True, "resnet", 64),
     # Improved DDPM's CIFAR-10 layout; bottleneck 256 x 4 x 4.
     UNetPreset("adm_32", 32, (128, 256, 256, 256), 3, (1, 2), True, "conv", 64, dropout=0.3),
-    # CPU-sized 32x32 model for the quick run (bottleneck 128 x 4 x 4).
-    UNetPreset("small_32", 32, (32, 64, 64, 128), 1, (2,), False, "conv", 32, norm_num_groups=16),
+    # CPU-sized 32x32 model for the quick run (2.6 M parameters, bottleneck 128 x 4 x 4): 16
+    # channels at full resolution keep it at ~140 training images/s on 2 CPU cores.
+    UNetPreset("small_32", 32, (16, 32, 64, 128), 1, (2,), False, "conv", 32, norm_num_groups=8),
     # Unit-test model: seconds per step on a CPU.
     UNetPreset("tiny_32", 32, (16, 32), 1, (), False, "conv", 16, norm_num_groups=8),
 )}
