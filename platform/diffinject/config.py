@@ -80,6 +80,26 @@ class DiffusionConfig:
 
 
 @dataclass
+class InjectionConfig:
+    """Stage 3: content injection in h-space (DESIGN.md 2.3)."""
+
+    gamma: float = 0.9                # slerp weight of the content's h
+    mode: str = "local"               # local (masked region of h) | global
+    mask: str = "0.5,0.375,0.875,0.625"  # local region: top,left,bottom,right as fractions of h's H and W
+    t_edit: int = 500                 # inject at generation steps with t >= t_edit
+    calibrate_t_edit: bool = False    # pick t_edit where mean LPIPS(x0, predicted x0) reaches lpips_threshold
+    lpips_threshold: float = 0.33
+    calibration_images: int = 100
+    t_boost: int = 200                # stochastic (eta = 1) steps at t <= t_boost; -1 disables boosting
+    inversion_steps: int = 50         # the released scripts use 1000 / 1000
+    generation_steps: int = 50
+    dt_lambda: float = 1.0            # eps scale at steps with t > 950 (the released option: 0.9985)
+    conflict_ratio: float = 0.1       # N_syn = round(conflict_ratio * |train|)
+    originals: str = "non_topk"       # non_topk | aligned (the released code's choice; uses bias labels)
+    batch_size: int = 32              # pairs per U-Net pass
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     num_workers: int = 0              # Ray Train workers; 0 runs the loop in-process
@@ -95,6 +115,7 @@ class ExperimentConfig:
     bias: BiasConfig = field(default_factory=BiasConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 
@@ -134,13 +155,21 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
     return DiffusionConfig(preset="p2_256", hflip=True, lr=2e-5, batch_size=32, gamma=0.5)
 
 
+def _injection_preset(dataset: str) -> InjectionConfig:
+    """The paper's per-dataset gamma, injection mode and conflict ratio (DESIGN.md 2.3, item 8)."""
+    gamma, mode, ratio = {"cmnist": (0.9, "local", 0.1), "colored_digits": (0.9, "local", 0.1),
+                          "cifar10c": (0.3, "global", 0.1), "bffhq": (0.7, "local", 0.6),
+                          "dogs_and_cats": (0.2, "local", 0.6)}[dataset]
+    return InjectionConfig(gamma=gamma, mode=mode, conflict_ratio=ratio)
+
+
 def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False) -> ExperimentConfig:
     """The paper's settings for `dataset`; `quick` is the CPU budget for Colored Digits."""
     classifier = _classifier_preset(dataset)
     bias_classifier = dataclasses.replace(classifier, select="last")
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
                            bias=BiasConfig(classifier=bias_classifier), classifier=classifier,
-                           diffusion=_diffusion_preset(dataset))
+                           diffusion=_diffusion_preset(dataset), injection=_injection_preset(dataset))
     if quick:
         cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
         cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300, select="last")
@@ -213,6 +242,7 @@ def validate(cfg: ExperimentConfig) -> None:
         if clf.lr <= 0:
             raise ConfigError(f"{name}.lr must be positive, got {clf.lr}")
     _validate_diffusion(cfg.diffusion)
+    _validate_injection(cfg.injection)
     if cfg.run.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"run.use_gpu must be auto, true or false, got {cfg.run.use_gpu!r}")
     if cfg.run.num_workers < 0:
@@ -241,6 +271,42 @@ def _validate_diffusion(d: DiffusionConfig) -> None:
         raise ConfigError(f"diffusion.gamma must be >= 0 and diffusion.k > 0, got gamma={d.gamma}, k={d.k}")
 
 
+def parse_mask(text: str) -> tuple[float, float, float, float]:
+    """'top,left,bottom,right' fractions in [0, 1] with top < bottom and left < right."""
+    try:
+        top, left, bottom, right = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"injection.mask must be 'top,left,bottom,right' fractions, got {text!r}") from None
+    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+        raise ConfigError(f"injection.mask {text!r} must satisfy 0 <= top < bottom <= 1 and 0 <= left < right <= 1")
+    return top, left, bottom, right
+
+
+def _validate_injection(inj: InjectionConfig) -> None:
+    if not 0.0 <= inj.gamma <= 1.0:
+        raise ConfigError(f"injection.gamma must be in [0, 1], got {inj.gamma}")
+    if inj.mode not in ("local", "global"):
+        raise ConfigError(f"injection.mode must be local or global, got {inj.mode!r}")
+    parse_mask(inj.mask)
+    if not 0 <= inj.t_edit <= 999:
+        raise ConfigError(f"injection.t_edit must be in [0, 999], got {inj.t_edit}")
+    if not (inj.t_boost == -1 or 0 <= inj.t_boost <= 999):
+        raise ConfigError(f"injection.t_boost must be in [0, 999] (or -1 to disable), got {inj.t_boost}")
+    for name in ("inversion_steps", "generation_steps"):
+        if getattr(inj, name) < 2:
+            raise ConfigError(f"injection.{name} must be at least 2, got {getattr(inj, name)}")
+    if not 0.0 < inj.lpips_threshold < 1.0:
+        raise ConfigError(f"injection.lpips_threshold must be in (0, 1), got {inj.lpips_threshold}")
+    if inj.calibration_images < 1 or inj.batch_size < 1:
+        raise ConfigError("injection.calibration_images and injection.batch_size must be positive")
+    if inj.conflict_ratio <= 0:
+        raise ConfigError(f"injection.conflict_ratio must be positive, got {inj.conflict_ratio}")
+    if inj.originals not in ("non_topk", "aligned"):
+        raise ConfigError(f"injection.originals must be non_topk or aligned, got {inj.originals!r}")
+    if inj.dt_lambda <= 0:
+        raise ConfigError(f"injection.dt_lambda must be positive, got {inj.dt_lambda}")
+
+
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:
     """{'classifier.lr': 0.001, ...}: the form logged as MLflow params."""
     out: dict[str, Any] = {}
@@ -264,5 +330,6 @@ def from_dict(payload: dict[str, Any]) -> ExperimentConfig:
         bias=BiasConfig(**{**payload["bias"], "classifier": ClassifierConfig(**payload["bias"]["classifier"])}),
         classifier=ClassifierConfig(**payload["classifier"]),
         diffusion=DiffusionConfig(**payload.get("diffusion", {})),
+        injection=InjectionConfig(**payload.get("injection", {})),
         run=RunConfig(**payload["run"]),
     )

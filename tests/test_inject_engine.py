@@ -1,0 +1,181 @@
+"""Stage 3 math and engines: grid, slerp, masks, DDIM steps, batched engine vs reference."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from diffinject.config import InjectionConfig, apply_overrides, preset
+from diffinject.diffusion import build_unet, linear_alphas_cumprod
+from diffinject.errors import ConfigError
+from diffinject.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
+                               region_mask, slerp, timestep_grid)
+from diffinject.inject import engine as engine_module
+
+
+def test_timestep_grid_is_the_released_one():
+    grid = timestep_grid(50)
+    assert grid[:4] == [0, 20, 40, 61] and grid[-2:] == [978, 999] and len(grid) == 50
+    assert grid == [int(s + 1e-6) for s in np.linspace(0, 1, 50) * 999]
+    assert timestep_grid(2) == [0, 999]
+    with pytest.raises(ConfigError, match="at least 2 steps"):
+        timestep_grid(1)
+
+
+def test_slerp_end_points_are_exact_and_norms_are_kept():
+    g = torch.Generator().manual_seed(0)
+    h, c = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 8, 4, 4, generator=g)
+    assert torch.equal(slerp(h, c, 0.0), h) and torch.equal(slerp(h, c, 1.0), c)
+    c_eq = c * (h.flatten(1).norm(dim=1) / c.flatten(1).norm(dim=1)).view(-1, 1, 1, 1)
+    for gamma in (0.1, 0.5, 0.9):
+        out = slerp(h, c_eq, gamma)
+        assert torch.allclose(out.flatten(1).norm(dim=1), h.flatten(1).norm(dim=1), rtol=1e-5)
+
+
+def test_slerp_matches_the_formula_and_handles_parallel_and_zero_inputs():
+    h, c = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert torch.allclose(slerp(h, c, 0.5), torch.tensor([[1.0, 1.0]]) / math.sqrt(2))
+    theta, gamma = math.pi / 2, 0.3
+    expected = math.sin((1 - gamma) * theta) * h + math.sin(gamma * theta) * c
+    assert torch.allclose(slerp(h, c, gamma), expected)
+    parallel = slerp(h, 2 * h, 0.25)  # theta = 0: the limit, lerp
+    assert torch.isfinite(parallel).all() and torch.allclose(parallel, torch.tensor([[1.25, 0.0]]))
+    assert torch.isfinite(slerp(torch.zeros(1, 2), c, 0.5)).all()
+    with pytest.raises(ConfigError, match=r"gamma must be in \[0, 1\]"):
+        slerp(h, c, 1.5)
+
+
+def test_region_mask_in_relative_coordinates():
+    released = (0.5, 0.375, 0.875, 0.625)
+    m8 = region_mask(8, 8, released)[0, 0]
+    assert m8.nonzero().tolist() == [[r, c] for r in (4, 5, 6) for c in (3, 4)]
+    m4 = region_mask(4, 4, released)[0, 0]
+    assert m4.nonzero().tolist() == [[2, 2], [3, 2]]
+    with pytest.raises(ConfigError, match="empty at the model's h resolution 4x4"):
+        region_mask(4, 4, (0.5, 0.5, 0.55, 0.55))
+
+
+def test_local_injection_only_touches_the_masked_region_and_global_rescales():
+    g = torch.Generator().manual_seed(1)
+    h, c = torch.randn(2, 4, 8, 8, generator=g), 5 * torch.randn(2, 4, 8, 8, generator=g)
+    mask = region_mask(8, 8, (0.5, 0.375, 0.875, 0.625))
+    local = inject_h(h, c, 0.9, mask)
+    assert torch.equal(local * (1 - mask), h * (1 - mask)) and not torch.allclose(local * mask, h * mask)
+    glob = inject_h(h, c, 1.0, None)  # gamma 1: the content direction at h's norm
+    assert torch.allclose(glob.flatten(1).norm(dim=1), h.flatten(1).norm(dim=1), rtol=1e-5)
+
+
+def test_ddim_steps_follow_the_formulas():
+    abar = linear_alphas_cumprod().double()
+    g = torch.Generator().manual_seed(2)
+    x, eps, eps2, z = (torch.randn(1, 3, 2, 2, generator=g, dtype=torch.float64) for _ in range(4))
+    a, a2 = float(abar[600]), float(abar[400])
+    x0 = (x - math.sqrt(1 - a) * eps2) / math.sqrt(a)
+    assert torch.allclose(ddim_step(x, eps2, eps, a, a2), math.sqrt(a2) * x0 + math.sqrt(1 - a2) * eps)
+    c1 = math.sqrt((1 - a / a2) * (1 - a2) / (1 - a))
+    c2 = math.sqrt(1 - a2 - c1 ** 2)
+    assert torch.allclose(ddim_step(x, eps2, eps, a, a2, z), math.sqrt(a2) * x0 + c2 * eps + c1 * z)
+    # with a fixed eps, an inversion step and the generation step back are exact inverses
+    up = ddim_step(x, eps, eps, a2, a)
+    assert torch.allclose(ddim_step(up, eps, eps, a, a2), x)
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    torch.manual_seed(0)
+    return build_unet("tiny_32").double()
+
+
+def _pairs(n=8, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    originals = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+    contents = rng.integers(0, 256, (k, 28, 28, 3), dtype=np.uint8)
+    return originals, contents, np.arange(n) % k, np.arange(n) + 100
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_batched_engine_equals_the_reference_path(tiny64, mode):
+    originals, contents, content_index, seeds = _pairs()
+    cfg = InjectionConfig(inversion_steps=8, generation_steps=10, t_edit=300, t_boost=200, mode=mode, batch_size=3)
+    batched = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals, content_index, seeds)
+    reference = torch.cat([reference_inject_tensor(tiny64, cfg, originals[i], contents[content_index[i]], seeds[i])
+                           for i in range(len(originals))])
+    assert torch.allclose(batched, reference, rtol=1e-9, atol=1e-9)
+    gamma0 = InjectionConfig(**{**cfg.__dict__, "gamma": 0.0})
+    assert not torch.allclose(batched, InjectionEngine(tiny64, gamma0, contents).generate_tensor(
+        originals, content_index, seeds))
+
+
+def test_a_pair_does_not_depend_on_its_batch(tiny64):
+    originals, contents, content_index, seeds = _pairs()
+    cfg = InjectionConfig(inversion_steps=6, generation_steps=6, t_edit=0, t_boost=999, batch_size=8)
+    together = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals, content_index, seeds)
+    cfg.batch_size = 2
+    order = np.array([5, 2, 7, 0, 1, 6, 3, 4])
+    apart = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals[order], content_index[order], seeds[order])
+    assert torch.allclose(together[order], apart, rtol=1e-9, atol=1e-9)
+
+
+def test_gamma_zero_without_boosting_is_plain_ddim_reconstruction(tiny64):
+    originals, contents, content_index, seeds = _pairs(n=3)
+    cfg = InjectionConfig(inversion_steps=7, generation_steps=9, t_edit=0, t_boost=-1, gamma=0.0, batch_size=3)
+    engine = InjectionEngine(tiny64, cfg, contents)
+    out = engine.generate_tensor(originals, content_index, seeds)
+    x, _ = engine.invert(engine_module.model_pixels(originals, 32, torch.device("cpu"), torch.float64))
+    abar, grid = linear_alphas_cumprod().double(), timestep_grid(9)
+    with torch.no_grad():
+        for t, t_next in zip(grid[::-1][:-1], grid[::-1][1:]):
+            eps = tiny64(x, torch.full((3,), t)).sample
+            x0 = (x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+            x = abar[t_next].sqrt() * x0 + (1 - abar[t_next]).sqrt() * eps
+    assert torch.allclose(out, x, rtol=1e-9, atol=1e-9)
+
+
+def test_no_second_decoder_pass_below_t_edit(tiny64, monkeypatch):
+    originals, contents, content_index, seeds = _pairs(n=2)
+    cfg = InjectionConfig(inversion_steps=5, generation_steps=11, t_edit=500, batch_size=2)
+    engine = InjectionEngine(tiny64, cfg, contents)
+    calls = {"decode": 0}
+    real = engine_module.decode
+
+    def counting(*args, **kwargs):
+        calls["decode"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "decode", counting)
+    engine.generate_tensor(originals, content_index, seeds)
+    injected = sum(t >= 500 for t in timestep_grid(11)[1:])
+    assert injected == len(engine.plan.content_step) == 5
+    assert calls["decode"] == (5 - 1) + (11 - 1) + injected  # inversion + generation + injected steps
+
+
+def test_content_trajectories_keep_only_the_steps_generation_uses(tiny64):
+    _, contents, _, _ = _pairs(k=4)
+    cfg = InjectionConfig(inversion_steps=20, generation_steps=5, t_edit=500, batch_size=3)
+    engine = InjectionEngine(tiny64, cfg, contents)
+    assert engine.content_h.shape[:2] == (4, len(set(engine.plan.content_step.values())))
+    plan = engine.plan  # each injected generation step uses the nearest inversion timestep
+    for i, j in plan.content_step.items():
+        t = plan.generation_grid[i]
+        assert all(abs(plan.inversion_grid[j] - t) <= abs(s - t) for s in plan.inversion_grid)
+
+
+def test_bad_input_is_a_clear_error(tiny64):
+    _, contents, _, _ = _pairs()
+    with pytest.raises(ConfigError, match="content .*set is empty"):
+        InjectionEngine(tiny64, InjectionConfig(), contents[:0])
+    with pytest.raises(ConfigError, match=r"t_edit must be in \[0, 999\]"):
+        InjectionPlan.from_config(InjectionConfig(), t_edit=1200)
+    engine = InjectionEngine(tiny64, InjectionConfig(inversion_steps=3, generation_steps=3), contents)
+    with pytest.raises(ConfigError, match="content index out of range: the content set has 3 images"):
+        engine.generate_tensor(contents[:1], np.array([3]), np.array([0]))
+    thin = InjectionConfig(inversion_steps=3, generation_steps=3, mask="0.5,0.5,0.52,0.52", t_edit=0)
+    with pytest.raises(ConfigError, match="empty at the model's h resolution 16x16"):
+        InjectionEngine(tiny64, thin, contents).generate_tensor(contents[:1], np.array([0]), np.array([0]))
+    for override, message in [("injection.gamma=1.2", r"injection.gamma must be in \[0, 1\]"),
+                              ("injection.t_edit=1000", r"injection.t_edit must be in \[0, 999\]"),
+                              ("injection.t_boost=-5", "injection.t_boost must be in"),
+                              ("injection.generation_steps=1", "injection.generation_steps must be at least 2"),
+                              ("injection.mask=0.5,0.5", "injection.mask must be 'top,left,bottom,right'")]:
+        with pytest.raises(ConfigError, match=message):
+            apply_overrides(preset("colored_digits", "1"), [override])
