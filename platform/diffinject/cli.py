@@ -1,4 +1,5 @@
-"""The `diffinject` command line: data build/check, train, topk, diffusion train/sample, results."""
+"""The `diffinject` command line: data build/check, train, topk, diffusion train/sample,
+calibrate, inject, results."""
 from __future__ import annotations
 
 import argparse
@@ -148,6 +149,54 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({time.perf_counter() - started:.1f} s)")
 
 
+def cmd_inject(args: argparse.Namespace) -> None:
+    from .pipeline import ensure_ray, run_stage1, run_stage3
+
+    cfg = _config(args)
+    ensure_ray()
+    topk_dir = args.topk_dir
+    if topk_dir is None:
+        print("no --topk-dir given: running stage 1 (bias classifier, top-K) first", flush=True)
+        topk_dir = run_stage1(cfg).checkpoint_dir
+    inj = cfg.injection
+    print(f"stage 3: {inj.mode} injection, gamma {inj.gamma}, {inj.inversion_steps}/{inj.generation_steps} DDIM "
+          f"steps, conflict ratio {inj.conflict_ratio}", flush=True)
+    out = run_stage3(cfg, Path(topk_dir), args.checkpoint, out_dir=args.out,
+                     random_lpips_backbone=args.random_lpips_backbone)
+    m = out.metrics
+    print(f"wrote {m['n_syn']} synthetic samples to {out.checkpoint_dir} (t_edit {m['t_edit']}, "
+          f"{m['samples_per_s']:.2f} samples/s; MLflow run {out.run_id}, triptych.png among its artifacts)")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from .data.parquet import load_split
+    from .diffusion.checkpoint import load_unet_checkpoint
+    from .pipeline import _prepare, check_checkpoint_resolution, resolve_t_edit
+    from .tracking import Tracker
+
+    cfg = _config(args)
+    cfg.injection.calibrate_t_edit = True
+    unet, meta = load_unet_checkpoint(args.checkpoint)
+    check_checkpoint_resolution(cfg, meta["preset"], args.checkpoint)
+    images = load_split(_prepare(cfg), "train").images[:cfg.injection.calibration_images]
+    if args.random_lpips_backbone:
+        print("warning: LPIPS with a randomly initialised AlexNet: the curve and t_edit are not meaningful")
+    tracker = Tracker()
+    run_id = tracker.start_run(tracker.experiment(cfg.run.experiment), f"calibrate-{cfg.data.dataset}-{cfg.data.ratio}",
+                               {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "diffinject.role": "calibrate"})
+    ok = False
+    try:
+        folder = Path(args.out or ".")
+        folder.mkdir(parents=True, exist_ok=True)
+        t_edit = resolve_t_edit(cfg, unet, images, tracker, run_id, folder, args.random_lpips_backbone)
+        tracker.log_metrics(run_id, {"t_edit": t_edit})
+        ok = True
+    finally:
+        tracker.finish(run_id, ok)
+    print(f"t_edit = {t_edit} (first t where the mean LPIPS over {len(images)} images reaches "
+          f"{cfg.injection.lpips_threshold}); curve: {folder / 't_edit_calibration.png'} (MLflow run {run_id})")
+
+
 def cmd_results(args: argparse.Namespace) -> None:
     from .results import collect, format_table
 
@@ -200,6 +249,22 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--scale", type=int, default=1, help="enlarge the grid (nearest neighbour)")
     sample.add_argument("--out", type=Path, default=Path("samples.png"))
     sample.set_defaults(func=cmd_diffusion_sample)
+
+    calibrate = sub.add_parser("calibrate", help="stage 3: pick t_edit from the LPIPS curve of a checkpoint")
+    _add_run_args(calibrate)
+    calibrate.add_argument("--checkpoint", type=Path, required=True, help="a diffinject diffusion.pt")
+    calibrate.add_argument("--out", type=Path, help="folder for the curve plot (default: .)")
+    calibrate.add_argument("--random-lpips-backbone", action="store_true",
+                           help="no AlexNet weights: exercise the code path only (t_edit is not meaningful)")
+    calibrate.set_defaults(func=cmd_calibrate)
+
+    inject = sub.add_parser("inject", help="stage 3: make the synthetic set (Ray Data)")
+    _add_run_args(inject)
+    inject.add_argument("--checkpoint", type=Path, required=True, help="a diffinject diffusion.pt")
+    inject.add_argument("--topk-dir", type=Path, help="a stage-1 output folder (default: run stage 1 first)")
+    inject.add_argument("--out", type=Path, help="synthetic set folder (default under run.storage_path)")
+    inject.add_argument("--random-lpips-backbone", action="store_true", help=argparse.SUPPRESS)
+    inject.set_defaults(func=cmd_inject)
 
     results = sub.add_parser("results", help="print the results table from MLflow")
     results.add_argument("--experiment", default="diffinject")

@@ -16,14 +16,15 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .config import ExperimentConfig, flatten, to_dict, validate
 from .data.parquet import conversion_counts, load_labels, prepare_dataset
 from .data.registry import get_dataset_spec
 from .diffusion.models import get_preset
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .methods import get_method
-from .plots import image_grid
-from .plots import curve_plot
+from .plots import curve_plot, image_grid
 from .ray_train import DIFFUSION_FILE, TrainJob, load_topk, run_train_job
 from .stage1 import precision_at_k
 from .tracking import Tracker
@@ -181,6 +182,89 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
 
 def diffusion_checkpoint(outcome: StageOutcome) -> Path:
     return outcome.checkpoint_dir / DIFFUSION_FILE
+
+
+def check_checkpoint_resolution(cfg: ExperimentConfig, checkpoint_preset: str, checkpoint: Path) -> None:
+    """A diffusion checkpoint serves a dataset only at the resolution its diffusion preset says."""
+    want, have = get_preset(cfg.diffusion.preset).image_size, get_preset(checkpoint_preset).image_size
+    if want != have:
+        raise CheckpointError(f"{checkpoint} is a {have}x{have} model ({checkpoint_preset}), but {cfg.data.dataset} "
+                              f"uses {want}x{want} diffusion models (diffusion.preset={cfg.diffusion.preset})")
+
+
+def resolve_t_edit(cfg: ExperimentConfig, unet, images, tracker: Tracker, run_id: str, folder: Path,
+                   random_lpips_backbone: bool = False) -> int:
+    """The fixed injection.t_edit, or the LPIPS calibration's choice (curve logged as a plot)."""
+    if not cfg.injection.calibrate_t_edit:
+        return cfg.injection.t_edit
+    import torch
+
+    from .inject import InjectionEngine
+    from .inject.calibrate import calibrate_t_edit, load_lpips
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    engine = InjectionEngine(unet, cfg.injection, images[:1], device=device)
+    lpips_model = load_lpips(random_backbone=random_lpips_backbone)
+    t_edit, timesteps, curve = calibrate_t_edit(engine, images, cfg.injection, lpips_model,
+                                                plot_path=folder / "t_edit_calibration.png")
+    for t, value in zip(timesteps, curve):
+        tracker.log_metrics(run_id, {"calibration_lpips": float(value)}, step=int(t))
+    tracker.log_artifact(run_id, folder / "t_edit_calibration.png")
+    return t_edit
+
+
+def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker: Tracker | None = None,
+               out_dir: Path | None = None, random_lpips_backbone: bool = False) -> StageOutcome:
+    """Make the synthetic set: N_syn pairs (original, top-K content) injected with the diffusion
+    checkpoint on Ray Data actors; a `stage3` MLflow run with t_edit, N_syn, speed and the
+    paper's Fig. 2 triptych. The outcome's folder is the synthetic set (Parquet, split train)."""
+    import time
+
+    from .data.parquet import load_split
+    from .diffusion.checkpoint import load_unet_checkpoint
+    from .inject.manifest import build_manifest
+    from .plots import triptych
+    from .ray_inject import run_injection_job
+
+    tracker = tracker or Tracker()
+    parquet = _prepare(cfg)
+    unet, meta = load_unet_checkpoint(checkpoint)
+    check_checkpoint_resolution(cfg, meta["preset"], checkpoint)
+    train, topk = load_split(parquet, "train"), load_topk(topk_dir)
+    manifest = build_manifest(len(train), topk["indices"], train.labels, train.biases, cfg.injection.conflict_ratio,
+                              cfg.injection.originals, cfg.run.seed)
+    exp = tracker.experiment(cfg.run.experiment)
+    run_id = tracker.start_run(exp, f"stage3-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
+                               _tags(cfg, "diffinject", "stage3"), flatten(cfg))
+    out_dir = Path(out_dir or Path(cfg.run.storage_path) / "synthetic" / f"{cfg.data.dataset}-{cfg.data.ratio}-"
+                   f"s{cfg.run.seed}-{run_id[:8]}")
+    ok = False
+    try:
+        folder = out_dir.parent / f".{out_dir.name}-figures"
+        folder.mkdir(parents=True, exist_ok=True)
+        t_edit = resolve_t_edit(cfg, unet, train.images[:cfg.injection.calibration_images], tracker, run_id, folder,
+                                random_lpips_backbone)
+        started = time.perf_counter()
+        run_injection_job(manifest, train.images, train.ids, train.labels, train.biases, topk["images"],
+                          np.asarray(topk["ids"], dtype=object), np.asarray(topk["labels"]), checkpoint,
+                          cfg.injection, out_dir, t_edit=t_edit,
+                          use_gpu={"true": True, "false": False}.get(cfg.run.use_gpu, "auto"))
+        seconds = time.perf_counter() - started
+        synthetic = load_split(out_dir, "train")
+        metrics = {"t_edit": t_edit, "n_syn": len(synthetic), "injection_seconds": seconds,
+                   "samples_per_s": len(synthetic) / seconds}
+        tracker.log_metrics(run_id, metrics)
+        shown = min(10, len(synthetic))
+        rows = manifest.slice(0, shown).to_pydict()
+        grid = triptych(folder / "triptych.png", train.images[rows["original_index"]],
+                        topk["images"][rows["content_index"]], synthetic.images[:shown],
+                        f"{cfg.data.dataset} @ {cfg.data.ratio}%: gamma {cfg.injection.gamma}, t_edit {t_edit}, "
+                        f"{cfg.injection.mode}", [f"y={y}" for y in synthetic.labels[:shown]])
+        tracker.log_artifact(run_id, grid)
+        ok = True
+        return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out_dir)
+    finally:
+        tracker.finish(run_id, ok)
 
 
 def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,

@@ -80,3 +80,33 @@ def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], t
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def triptych(path: Path, originals: np.ndarray, contents: np.ndarray, generated: np.ndarray, title: str,
+             captions: list[str] | None = None) -> Path:
+    """The paper's Fig. 2 layout: rows original | content | generated, one pair per column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(generated)
+    fig, axes = plt.subplots(3, max(n, 1), figsize=(1.3 * max(n, 1) + 0.8, 4.4), squeeze=False)
+    for row, (name, images) in enumerate((("original", originals), ("content", contents), ("generated", generated))):
+        for col in range(max(n, 1)):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col < n:
+                ax.imshow(images[col], interpolation="nearest")
+            if col == 0:
+                ax.set_ylabel(name, fontsize=9)
+            if row == 0 and captions and col < n:
+                ax.set_title(captions[col], fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,145 @@
+"""On-disk format of the synthetic set D_syn and the per-batch helpers of the injection job.
+
+While the job runs, every batch of pairs is written as its own part file
+`OUT/_parts/part-<first pair_id>-<uuid>.parquet` (temporary name, then rename). `finalize`
+checks that every expected pair_id is there (a pair written twice by a retried batch is kept
+once), and rewrites the parts, sorted by pair_id, into a folder that
+`data.parquet.load_split(OUT, "train")` and `conversion_counts(OUT)` read like a converted
+dataset: `train-00000.parquet`..., empty `valid`/`test` shards and `_SUCCESS.json`.
+
+Rows have the columns of `data.parquet.SCHEMA` (id `syn-<pair_id>`, label = the content's
+label, bias = the original's bias, aligned = label == bias, split "train") plus provenance:
+pair_id, original_id, content_id (dataset ids), seed, gamma, t_edit, inversion_steps,
+generation_steps and checkpoint_hash (first 16 hex digits of the checkpoint's sha256).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..atomic import atomic_dir, write_json
+from ..config import InjectionConfig
+from ..data.parquet import MARKER, ROWS_PER_SHARD, SCHEMA
+from ..errors import DataError
+
+PARTS = "_parts"
+SYNTHETIC_SCHEMA = pa.schema(list(SCHEMA) + [
+    ("pair_id", pa.int64()), ("original_id", pa.string()), ("content_id", pa.string()), ("seed", pa.int64()),
+    ("gamma", pa.float64()), ("t_edit", pa.int32()), ("inversion_steps", pa.int32()),
+    ("generation_steps", pa.int32()), ("checkpoint_hash", pa.string()),
+])
+
+
+def checkpoint_hash(path: Path) -> str:
+    """First 16 hex digits of the sha256 of a checkpoint file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def provenance(cfg: InjectionConfig, t_edit: int, checkpoint_digest: str) -> dict:
+    return {"gamma": float(cfg.gamma), "t_edit": int(t_edit), "inversion_steps": int(cfg.inversion_steps),
+            "generation_steps": int(cfg.generation_steps), "checkpoint_hash": checkpoint_digest}
+
+
+def batch_table(pair_ids, original_index, content_index, seeds, images: np.ndarray, train_ids, train_biases,
+                topk_ids, topk_labels, prov: dict) -> pa.Table:
+    """Rows of the synthetic set for one batch of manifest pairs and their generated images
+    (uint8 N x H x W x 3, in the pairs' order)."""
+    pair_ids = np.asarray(pair_ids, dtype=np.int64)
+    original_index = np.asarray(original_index, dtype=np.int64)
+    content_index = np.asarray(content_index, dtype=np.int64)
+    n = len(pair_ids)
+    if images.shape[0] != n or images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"expected {n} uint8 H x W x 3 images, got {images.dtype} {images.shape}")
+    labels = np.asarray(topk_labels)[content_index].astype(np.int64)
+    biases = np.asarray(train_biases)[original_index].astype(np.int64)
+    height, width = images.shape[1], images.shape[2]
+    columns = {
+        "id": [f"syn-{int(p):07d}" for p in pair_ids],
+        "label": labels, "bias": biases, "aligned": labels == biases,
+        "split": ["train"] * n, "height": np.full(n, height), "width": np.full(n, width),
+        "pixels": [np.ascontiguousarray(img).tobytes() for img in images],
+        "source_path": [""] * n,
+        "pair_id": pair_ids,
+        "original_id": [str(v) for v in np.asarray(train_ids)[original_index]],
+        "content_id": [str(v) for v in np.asarray(topk_ids)[content_index]],
+        "seed": np.asarray(seeds, dtype=np.int64),
+        "gamma": np.full(n, prov["gamma"]), "t_edit": np.full(n, prov["t_edit"]),
+        "inversion_steps": np.full(n, prov["inversion_steps"]),
+        "generation_steps": np.full(n, prov["generation_steps"]),
+        "checkpoint_hash": [prov["checkpoint_hash"]] * n,
+    }
+    arrays = [pa.array(columns[f.name], type=f.type) for f in SYNTHETIC_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=SYNTHETIC_SCHEMA)
+
+
+def write_part(parts_dir: Path, table: pa.Table) -> Path:
+    """Write one batch's rows as a part file, atomically (hidden temporary name, then rename)."""
+    parts_dir = Path(parts_dir)
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    first = int(pc.min(table["pair_id"]).as_py()) if table.num_rows else 0
+    final = parts_dir / f"part-{first:07d}-{uuid.uuid4().hex[:12]}.parquet"
+    tmp = parts_dir / f".{final.name}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, final)
+    return final
+
+
+def part_files(parts_dir: Path) -> list[Path]:
+    """The finished part files (temporary ones, whose names start with '.', are ignored)."""
+    parts_dir = Path(parts_dir)
+    return sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
+
+
+def written_pair_ids(parts_dir: Path) -> np.ndarray:
+    """The pair_ids already present in finished part files (unique, sorted)."""
+    ids = [pq.read_table(f, columns=["pair_id"])["pair_id"].to_numpy() for f in part_files(parts_dir)]
+    return np.unique(np.concatenate(ids)).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
+
+
+def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
+    """Turn `folder/_parts` into the finished synthetic set in `folder` (atomically).
+
+    Every expected pair_id must be present (DataError naming the missing ones otherwise); a
+    pair_id found more than once (a retried batch) is kept once; rows of other pair_ids are
+    dropped. The result is sorted by pair_id.
+    """
+    folder = Path(folder)
+    expected = np.unique(np.asarray(expected_pair_ids, dtype=np.int64))
+    files = part_files(folder / PARTS)
+    if not files:
+        raise DataError(f"{folder / PARTS}: no part files to finalize")
+    table = pa.concat_tables([pq.read_table(f, schema=SYNTHETIC_SCHEMA) for f in files])
+    pair_ids = table["pair_id"].to_numpy()
+    unique, first = np.unique(pair_ids, return_index=True)  # first occurrence of each pair_id
+    missing = np.setdiff1d(expected, unique)
+    if len(missing):
+        raise DataError(f"{folder}: {len(missing)} of {len(expected)} synthetic pairs are missing "
+                        f"(e.g. pair_id {', '.join(str(int(p)) for p in missing[:5])}); re-run the injection job")
+    keep = first[np.isin(unique, expected)]  # sorted by pair_id, since np.unique sorts
+    table = table.take(pa.array(keep))
+    duplicates = len(pair_ids) - len(unique)
+    with atomic_dir(folder) as tmp:
+        shards = 0
+        for start in range(0, max(table.num_rows, 1), ROWS_PER_SHARD):
+            pq.write_table(table.slice(start, ROWS_PER_SHARD), tmp / f"train-{shards:05d}.parquet",
+                           compression="zstd")
+            shards += 1
+        empty = SYNTHETIC_SCHEMA.empty_table()
+        for split in ("valid", "test"):
+            pq.write_table(empty, tmp / f"{split}-00000.parquet", compression="zstd")
+        write_json(tmp / MARKER, {**(meta or {}), "dataset": "synthetic",
+                                  "shards": {"train": shards, "valid": 1, "test": 1},
+                                  "counts": {"train": int(table.num_rows), "valid": 0, "test": 0},
+                                  "duplicates_dropped": int(duplicates), "parts": len(files)})
+    return folder

@@ -1,0 +1,205 @@
+"""Stage 3 on Ray Data: the injection manifest -> actor pool of injection engines -> Parquet.
+
+    manifest (pair_id, original_index, content_index, seed), minus pairs already written
+      -> ray.data.from_arrow(one block per batch of pairs)
+      -> map_batches(InjectorActor, compute=ActorPoolStrategy(size=n), num_gpus=1 if GPUs)
+         (each actor loads the checkpoint and inverts the contents once, in __init__; each
+          batch writes its own part file OUT/_parts/part-<first pair_id>-<uuid>.parquet)
+      -> synthetic.finalize(OUT): every pair_id exactly once, train-*.parquet + _SUCCESS.json
+
+Resume: a re-run with the same manifest, config, t_edit and checkpoint computes only the
+pair_ids missing from `OUT/_parts` (parts of a different job there are discarded); a finished
+`OUT` of the same job is returned as is. Fault tolerance: Ray Data restarts a dead actor and
+retries its batch (Ray 2.60 defaults `max_restarts=-1`, `max_task_retries=-1` for actor
+pools); a pair written twice by a retried batch is kept once by `finalize`.
+
+Actors write the part files themselves, so on a multi-node cluster `out_dir` (and the
+checkpoint path) must be on storage that every node sees.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import InjectionConfig
+from .data.parquet import MARKER
+from .errors import ConfigError
+from .inject.manifest import MANIFEST_SCHEMA
+from .inject.synthetic import PARTS, batch_table, checkpoint_hash, finalize, provenance, write_part, written_pair_ids
+
+JOB_FILE = "_job.json"
+
+
+class InjectorActor:
+    """One injection engine per actor; called with batches of manifest rows (numpy format)."""
+
+    def __init__(self, checkpoint_path: str, cfg: dict, t_edit: int, arrays, parts_dir: str, prov: dict,
+                 device: str = "cpu", fail_once_marker: str | None = None):
+        import ray
+        import torch
+
+        from .diffusion.checkpoint import load_unet_checkpoint
+        from .inject.engine import InjectionEngine
+
+        if isinstance(arrays, list):  # [ObjectRef], so that Ray does not copy it per task
+            arrays = arrays[0]
+        if isinstance(arrays, ray.ObjectRef):
+            arrays = ray.get(arrays)
+        self.arrays = arrays
+        self.parts_dir = Path(parts_dir)
+        self.prov = prov
+        self.fail_once_marker = fail_once_marker
+        if device == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+        unet, _ = load_unet_checkpoint(Path(checkpoint_path))
+        self.engine = InjectionEngine(unet, InjectionConfig(**cfg), arrays["topk_images"], device, t_edit=t_edit)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
+            # fault injection for tests: die once, mid-job, before writing anything
+            Path(self.fail_once_marker).write_text(str(os.getpid()))
+            os._exit(1)
+        # copies: Ray's zero-copy batches are read-only, which torch.as_tensor warns about
+        pair_ids, original_index, content_index, seeds = (
+            np.array(batch[name], dtype=np.int64) for name in ("pair_id", "original_index", "content_index", "seed"))
+        a = self.arrays
+        images = self.engine.generate(a["train_images"][original_index], content_index, seeds)
+        table = batch_table(pair_ids, original_index, content_index, seeds, images, a["train_ids"],
+                            a["train_biases"], a["topk_ids"], a["topk_labels"], self.prov)
+        write_part(self.parts_dir, table)
+        return {"pair_id": pair_ids}
+
+
+def _manifest_table(manifest) -> pa.Table:
+    if isinstance(manifest, dict):
+        manifest = pa.table({name: np.asarray(manifest[name], dtype=np.int64) for name in MANIFEST_SCHEMA.names})
+    missing = [n for n in MANIFEST_SCHEMA.names if n not in manifest.column_names]
+    if missing:
+        raise ConfigError(f"the injection manifest lacks columns {missing}")
+    table = manifest.select(MANIFEST_SCHEMA.names).cast(MANIFEST_SCHEMA)
+    if len(np.unique(table["pair_id"].to_numpy())) != table.num_rows:
+        raise ConfigError("the injection manifest has repeated pair_ids")
+    return table
+
+
+def _job_key(manifest: pa.Table, cfg: InjectionConfig, t_edit: int, digest: str, image_shape) -> str:
+    h = hashlib.sha256()
+    for name in MANIFEST_SCHEMA.names:
+        h.update(np.ascontiguousarray(manifest[name].to_numpy()).tobytes())
+    h.update(json.dumps({"cfg": dataclasses.asdict(cfg), "t_edit": int(t_edit), "checkpoint": digest,
+                         "shape": list(image_shape)}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _resolve_gpu(use_gpu) -> bool:
+    import ray
+
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if use_gpu in ("auto", None):
+        return gpus > 0
+    wanted = use_gpu if isinstance(use_gpu, bool) else str(use_gpu).lower() in ("1", "true", "yes")
+    if wanted and gpus == 0:  # a GPU request on a CPU-only cluster would wait forever
+        raise ConfigError("use_gpu=true, but the Ray cluster has no GPUs")
+    return wanted
+
+
+def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_labels, train_biases,
+                      topk_images: np.ndarray, topk_ids, topk_labels, checkpoint_path: Path,
+                      cfg: InjectionConfig, out_dir: Path, t_edit: int | None = None, num_actors: int | None = None,
+                      use_gpu="auto", fail_once_marker: str | None = None, finalize_output: bool = True,
+                      verbose: bool = True) -> Path:
+    """Generate the synthetic set of `manifest` into `out_dir` on the running Ray cluster.
+
+    `manifest`: a pyarrow Table (or dict of arrays) from `inject.manifest.build_manifest`;
+    `original_index` rows `train_*`, `content_index` rows `topk_*`. `train_labels` is kept for
+    the signature's symmetry (labels of synthetic rows come from the contents). Returns
+    `out_dir`, readable by `load_split(out_dir, "train")`. `fail_once_marker` (tests): the
+    first batch that finds no file at that path creates it and kills its actor.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        raise ConfigError("run_injection_job needs a running Ray cluster (ray.init / pipeline.ensure_ray)")
+    t_edit = cfg.t_edit if t_edit is None else int(t_edit)
+    checkpoint_path, out_dir = Path(checkpoint_path).resolve(), Path(out_dir).resolve()
+    table = _manifest_table(manifest)
+    train_images, topk_images = np.asarray(train_images), np.asarray(topk_images)
+    if train_images.ndim != 4 or train_images.dtype != np.uint8:
+        raise ConfigError(f"train_images must be uint8 N x H x W x 3, got {train_images.dtype} {train_images.shape}")
+    if table.num_rows and (pc.max(table["original_index"]).as_py() >= len(train_images)
+                           or pc.max(table["content_index"]).as_py() >= len(topk_images)
+                           or pc.min(table["original_index"]).as_py() < 0 or pc.min(table["content_index"]).as_py() < 0):
+        raise ConfigError("the manifest's original_index / content_index do not fit the given training / top-K sets")
+    digest = checkpoint_hash(checkpoint_path)
+    key = _job_key(table, cfg, t_edit, digest, train_images.shape[1:])
+    meta = {"job": key, **provenance(cfg, t_edit, digest), "checkpoint": str(checkpoint_path),
+            "injection": dataclasses.asdict(cfg)}
+    expected = table["pair_id"].to_numpy()
+
+    marker = out_dir / MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("job") == key:
+        if verbose:
+            print(f"[inject] {out_dir} already holds this job's {len(expected)} synthetic samples", flush=True)
+        return out_dir
+    parts = out_dir / PARTS
+    job_file = parts / JOB_FILE
+    if parts.is_dir() and (not job_file.is_file() or json.loads(job_file.read_text()).get("job") != key):
+        if verbose:
+            print(f"[inject] discarding part files of a different job in {parts}", flush=True)
+        shutil.rmtree(parts)
+    parts.mkdir(parents=True, exist_ok=True)
+    if not job_file.is_file():
+        (parts / (JOB_FILE + ".tmp")).write_text(json.dumps({"job": key}))
+        os.replace(parts / (JOB_FILE + ".tmp"), job_file)
+
+    done = written_pair_ids(parts)
+    todo = table.filter(pc.invert(pc.is_in(table["pair_id"], value_set=pa.array(done, type=pa.int64()))))
+    total = table.num_rows
+    if verbose:
+        print(f"[inject] {total} pairs, {total - todo.num_rows} already written, {todo.num_rows} to generate",
+              flush=True)
+    if todo.num_rows:
+        gpu = _resolve_gpu(use_gpu)
+        resources = ray.cluster_resources()
+        if num_actors is None:
+            num_actors = int(resources.get("GPU", 0)) if gpu else max(1, int(resources.get("CPU", 1)) // 2)
+        bs = cfg.batch_size
+        num_actors = max(1, min(num_actors, -(-todo.num_rows // bs)))
+        arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids),
+                  "train_biases": np.asarray(train_biases), "topk_images": topk_images,
+                  "topk_ids": np.asarray(topk_ids), "topk_labels": np.asarray(topk_labels)}
+        ref = ray.put(arrays)  # once; every actor gets it from the object store
+        # one block per batch: blocks are the unit Ray Data spreads over actors (and retries)
+        blocks = [todo.slice(start, bs) for start in range(0, todo.num_rows, bs)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            InjectorActor,
+            fn_constructor_kwargs=dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg),
+                                       t_edit=t_edit, arrays=[ref], parts_dir=str(parts),
+                                       prov=provenance(cfg, t_edit, digest), device="cuda" if gpu else "cpu",
+                                       fail_once_marker=fail_once_marker),
+            compute=ray.data.ActorPoolStrategy(size=num_actors),
+            batch_size=bs, batch_format="numpy",
+            num_gpus=1 if gpu else None, num_cpus=None if gpu else 1,
+        )
+        started, finished, next_report = time.time(), total - todo.num_rows, 0.1
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            finished += len(batch["pair_id"])
+            if verbose and (finished / total >= next_report or finished == total):
+                print(f"[inject] {finished}/{total} pairs ({100 * finished / total:.0f}%), "
+                      f"{time.time() - started:.0f} s", flush=True)
+                next_report = np.floor(finished / total * 10 + 1) / 10
+    if not finalize_output:
+        return out_dir
+    finalize(out_dir, expected, meta)
+    if verbose:
+        print(f"[inject] wrote {len(expected)} synthetic samples to {out_dir}", flush=True)
+    return out_dir
