@@ -5,7 +5,6 @@ an empty temp dir with the downloaders patched to fail: nothing is fetched.
 """
 import logging
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np

@@ -48,3 +48,18 @@ def test_checkpoint_of_another_resolution_is_refused(digits_root, tiny_checkpoin
     assert main(argv + ["--topk-dir", str(tmp_path)]) == 2
     assert "is a 32x32 model (tiny_32), but colored_digits uses 256x256 diffusion models" in \
         capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_calibrate_prints_t_edit_and_writes_the_curve(digits_root, tiny_checkpoint, tmp_path, mlflow_uri,
+                                                      monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # proves nothing is downloaded
+    argv = ["calibrate", "--quick", "--data-root", str(digits_root / "data"), "--cache-root",
+            str(digits_root / "cache"), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "figs"),
+            "--set", "diffusion.preset=tiny_32", "--set", "injection.inversion_steps=6",
+            "--set", "injection.calibration_images=4"]
+    assert main(argv + ["--random-lpips-backbone", "--set", "injection.lpips_threshold=0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "t_edit = " in out and (tmp_path / "figs" / "t_edit_calibration.png").is_file()
+    assert main(argv) == 2  # no AlexNet weights in the empty TORCH_HOME: say where they go
+    assert "alexnet-owt-7be5be79.pth, which is missing: put it at" in capsys.readouterr().err

@@ -8,6 +8,7 @@ import torch
 from diffinject.config import InjectionConfig, apply_overrides, preset
 from diffinject.diffusion import build_unet, linear_alphas_cumprod
 from diffinject.errors import ConfigError
+import diffinject
 from diffinject.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
                                region_mask, slerp, timestep_grid)
 from diffinject.inject import engine as engine_module
@@ -18,6 +19,7 @@ def test_timestep_grid_is_the_released_one():
     assert grid[:4] == [0, 20, 40, 61] and grid[-2:] == [978, 999] and len(grid) == 50
     assert grid == [int(s + 1e-6) for s in np.linspace(0, 1, 50) * 999]
     assert timestep_grid(2) == [0, 999]
+    assert diffinject.timestep_grid(50) == grid and diffinject.slerp is slerp
     with pytest.raises(ConfigError, match="at least 2 steps"):
         timestep_grid(1)
 

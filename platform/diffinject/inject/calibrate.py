@@ -69,7 +69,8 @@ def load_lpips(random_backbone: bool = False, allow_download: bool = False,
         warnings.filterwarnings("ignore", category=UserWarning, module=r"torchvision\.models\._utils")
         model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=True, verbose=False)
     if random_backbone:
-        log.warning("LPIPS with a randomly initialised AlexNet backbone: %s", RANDOM_BACKBONE_NOTE)
+        log.warning("LPIPS built with a randomly initialised AlexNet backbone (tests only): "
+                    "its distances are not meaningful")
     else:
         path, url = alexnet_checkpoint()
         if not path.is_file() and not allow_download:
@@ -197,7 +198,7 @@ def calibrate_t_edit(engine, images: np.ndarray, cfg: InjectionConfig, lpips_mod
         t_edit = pick_t_edit(timesteps, curve, threshold)
         outcome = f"t_edit = {t_edit}"
     except ConfigError:
-        t_edit, outcome = None, f"threshold never reached (max {curve.max():.3f})"
+        outcome = f"threshold never reached (max {curve.max():.3f})"
         raise
     finally:
         if plot_path is not None:
