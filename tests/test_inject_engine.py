@@ -95,10 +95,11 @@ def _pairs(n=8, k=3, seed=0):
     return originals, contents, np.arange(n) % k, np.arange(n) + 100
 
 
-@pytest.mark.parametrize("mode", ["local", "global"])
-def test_batched_engine_equals_the_reference_path(tiny64, mode):
+@pytest.mark.parametrize("mode,omega,dt_lambda", [("local", 0.0, 1.0), ("global", 0.0, 1.0), ("global", 0.3, 0.9985)])
+def test_batched_engine_equals_the_reference_path(tiny64, mode, omega, dt_lambda):
     originals, contents, content_index, seeds = _pairs()
-    cfg = InjectionConfig(inversion_steps=8, generation_steps=10, t_edit=300, t_boost=200, mode=mode, batch_size=3)
+    cfg = InjectionConfig(inversion_steps=8, generation_steps=10, t_edit=300, t_boost=200, mode=mode, batch_size=3,
+                          omega=omega, dt_lambda=dt_lambda)
     batched = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals, content_index, seeds)
     reference = torch.cat([reference_inject_tensor(tiny64, cfg, originals[i], contents[content_index[i]], seeds[i])
                            for i in range(len(originals))])
@@ -131,6 +132,34 @@ def test_gamma_zero_without_boosting_is_plain_ddim_reconstruction(tiny64):
             x0 = (x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
             x = abar[t_next].sqrt() * x0 + (1 - abar[t_next]).sqrt() * eps
     assert torch.allclose(out, x, rtol=1e-9, atol=1e-9)
+
+
+def test_latent_calibration_formula():
+    from diffinject.inject.formulas import calibrated_latent, predict_x0
+
+    g = torch.Generator().manual_seed(3)
+    x, eps, eps2 = (torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    a, omega = float(linear_alphas_cumprod()[700]), 0.3
+    plain, inj = predict_x0(x, eps, a), predict_x0(x, eps2, a)
+    pd, idev = plain - plain.mean(dim=(1, 2, 3), keepdim=True), inj - inj.mean(dim=(1, 2, 3), keepdim=True)
+    inj = inj.mean(dim=(1, 2, 3), keepdim=True) + idev * (pd.flatten(1).std(1) / idev.flatten(1).std(1)).view(-1, 1, 1, 1)
+    expected = x + math.sqrt(a) * (inj - plain) + omega * math.sqrt(1 - a) * (eps2 - eps)
+    assert torch.allclose(calibrated_latent(x, eps, eps2, a, omega), expected)
+    assert torch.allclose(calibrated_latent(x, eps, eps, a, omega), x)  # nothing injected: nothing moves
+
+
+def test_dt_lambda_scales_the_direction_term_from_t_950(tiny64):
+    originals, contents, content_index, seeds = _pairs(n=2)
+    cfg = InjectionConfig(inversion_steps=3, generation_steps=2, t_edit=999, gamma=0.0, t_boost=-1, dt_lambda=0.5,
+                          batch_size=2)
+    engine = InjectionEngine(tiny64, cfg, contents)
+    out = engine.generate_tensor(originals, content_index, seeds)
+    x, _ = engine.invert(engine_module.model_pixels(originals, 32, torch.device("cpu"), torch.float64))
+    abar = linear_alphas_cumprod().double()
+    with torch.no_grad():
+        eps = tiny64(x, torch.full((2,), 999)).sample
+    x0 = (x - (1 - abar[999]).sqrt() * eps) / abar[999].sqrt()
+    assert torch.allclose(out, abar[0].sqrt() * x0 + (1 - abar[0]).sqrt() * 0.5 * eps, rtol=1e-9, atol=1e-9)
 
 
 def test_no_second_decoder_pass_below_t_edit(tiny64, monkeypatch):
@@ -178,7 +207,8 @@ def test_bad_input_is_a_clear_error(tiny64):
                               ("injection.t_edit=1000", r"injection.t_edit must be in \[0, 999\]"),
                               ("injection.t_boost=-5", "injection.t_boost must be in"),
                               ("injection.generation_steps=1", "injection.generation_steps must be at least 2"),
-                              ("injection.mask=0.5,0.5", "injection.mask must be 'top,left,bottom,right'")]:
+                              ("injection.mask=0.5,0.5", "injection.mask must be 'top,left,bottom,right'"),
+                              ("injection.omega=-1", "injection.omega must be >= 0")]:
         with pytest.raises(ConfigError, match=message):
             apply_overrides(preset("colored_digits", "1"), [override])
 

@@ -93,7 +93,8 @@ class InjectionConfig:
     t_boost: int = 200                # stochastic (eta = 1) steps at t <= t_boost; -1 disables boosting
     inversion_steps: int = 50         # the released scripts use 1000 / 1000
     generation_steps: int = 50
-    dt_lambda: float = 1.0            # eps scale at steps with t > 950 (the released option: 0.9985)
+    dt_lambda: float = 1.0            # scale of the direction eps at steps with t >= 950 (released option: 0.9985)
+    omega: float = 0.0                # InjectFusion's latent calibration (0: off, as in the released scripts)
     conflict_ratio: float = 0.1       # N_syn = round(conflict_ratio * |train|)
     originals: str = "non_topk"       # non_topk | aligned (the released code's choice; uses bias labels)
     batch_size: int = 32              # pairs per U-Net pass
@@ -303,6 +304,8 @@ def _validate_injection(inj: InjectionConfig) -> None:
         raise ConfigError(f"injection.conflict_ratio must be positive, got {inj.conflict_ratio}")
     if inj.originals not in ("non_topk", "aligned"):
         raise ConfigError(f"injection.originals must be non_topk or aligned, got {inj.originals!r}")
+    if inj.omega < 0:
+        raise ConfigError(f"injection.omega must be >= 0, got {inj.omega}")
     if inj.dt_lambda <= 0:
         raise ConfigError(f"injection.dt_lambda must be positive, got {inj.dt_lambda}")
 

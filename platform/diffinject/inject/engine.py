@@ -3,7 +3,9 @@
 Both follow DESIGN.md 2.3: DDIM-invert the original to x_T; DDIM-invert the content and
 record its h along the way; generate from x_T, and at every step with t >= t_edit mix the
 content's h into h_t (slerp) and take the asymmetric step (x0 from the injected eps, the
-direction from the plain eps); quality boosting (eta = 1) at t <= t_boost.
+direction from the plain eps); quality boosting (eta = 1) at t <= t_boost. Optional:
+dt_lambda (the direction term scaled at t >= 950) and omega (InjectFusion's latent
+calibration: x_t moved towards the injection, then a plain step; one more U-Net pass).
 
 * `InjectionEngine` (batched): many pairs per U-Net pass; each content is inverted once and
   only the h it needs is kept; one encoder pass and two decoder passes at injected steps
@@ -27,7 +29,7 @@ from ..config import InjectionConfig, parse_mask
 from ..diffusion.hspace import HSpace, decode, encode
 from ..diffusion.schedule import linear_alphas_cumprod
 from ..errors import ConfigError
-from .formulas import ddim_step, inject_h, region_mask, timestep_grid
+from .formulas import calibrated_latent, ddim_step, inject_h, region_mask, timestep_grid
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class InjectionPlan:
     gamma: float
     t_boost: int
     dt_lambda: float
+    omega: float
     mask_box: tuple[float, float, float, float] | None
 
     @classmethod
@@ -52,7 +55,7 @@ class InjectionPlan:
         inv, gen = timestep_grid(cfg.inversion_steps), timestep_grid(cfg.generation_steps)
         inv_arr = np.asarray(inv)
         content_step = {i: int(np.abs(inv_arr - t).argmin()) for i, t in enumerate(gen) if i > 0 and t >= t_edit}
-        return cls(inv, gen, content_step, cfg.gamma, cfg.t_boost, cfg.dt_lambda,
+        return cls(inv, gen, content_step, cfg.gamma, cfg.t_boost, cfg.dt_lambda, cfg.omega,
                    None if cfg.mode == "global" else parse_mask(cfg.mask))
 
     def mask(self, h: torch.Tensor) -> torch.Tensor | None:
@@ -83,8 +86,11 @@ class _Schedule:
         return self.abar[t]
 
 
-def _scale(eps: torch.Tensor, t: int, dt_lambda: float) -> torch.Tensor:
-    return eps * dt_lambda if dt_lambda != 1.0 and t > 950 else eps
+DT_LAMBDA_FROM = 950  # dt_lambda scales the direction term at steps with t >= this
+
+
+def _direction(eps: torch.Tensor, t: int, dt_lambda: float) -> torch.Tensor:
+    return eps * dt_lambda if dt_lambda != 1.0 and t >= DT_LAMBDA_FROM else eps
 
 
 class InjectionEngine:
@@ -180,11 +186,14 @@ class InjectionEngine:
                 h = encoded.h.to(self.dtype)
                 content = self.content_h[index, self._slot[plan.content_step[i]]]
                 eps_x0 = self._decode(encoded, inject_h(h, content, plan.gamma, plan.mask(h)))
+                if plan.omega:
+                    x = calibrated_latent(x, eps, eps_x0, self.abar[t], plan.omega)
+                    _, eps = self._eps(x, t)
+                    eps_x0 = eps
             noise = None
             if plan.t_boost >= 0 and t <= plan.t_boost:
                 noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(self.device, x.dtype)
-            x = ddim_step(x, _scale(eps_x0, t, plan.dt_lambda), _scale(eps, t, plan.dt_lambda),
-                          self.abar[t], self.abar[t_next], noise)
+            x = ddim_step(x, eps_x0, _direction(eps, t, plan.dt_lambda), self.abar[t], self.abar[t_next], noise)
         return x
 
 
@@ -231,9 +240,11 @@ def reference_inject_tensor(unet: nn.Module, cfg: InjectionConfig, original: np.
                 h = space.captured
                 space.replace_with(inject_h(h, content_h[plan.content_step[i]], plan.gamma, plan.mask(h)))
                 eps_x0 = eps_of(x, t)
+                if plan.omega:
+                    x = calibrated_latent(x, eps, eps_x0, abar[t], plan.omega)
+                    eps = eps_x0 = eps_of(x, t)
             noise = None
             if plan.t_boost >= 0 and t <= plan.t_boost:
                 noise = torch.randn(x.shape[1:], generator=generator).to(device, dtype)[None]
-            x = ddim_step(x, _scale(eps_x0, t, plan.dt_lambda), _scale(eps, t, plan.dt_lambda),
-                          abar[t], abar[t_next], noise)
+            x = ddim_step(x, eps_x0, _direction(eps, t, plan.dt_lambda), abar[t], abar[t_next], noise)
     return x.cpu()

@@ -92,3 +92,22 @@ def ddim_step(x: torch.Tensor, eps_x0: torch.Tensor, eps_dir: torch.Tensor, abar
     c1 = math.sqrt((1.0 - abar_t / abar_next) * (1.0 - abar_next) / (1.0 - abar_t))
     c2 = math.sqrt(max(1.0 - abar_next - c1 * c1, 0.0))
     return math.sqrt(abar_next) * x0 + c2 * eps_dir + c1 * noise
+
+
+def calibrated_latent(x: torch.Tensor, eps: torch.Tensor, eps_injected: torch.Tensor, abar_t: float,
+                      omega: float) -> torch.Tensor:
+    """InjectFusion's latent calibration: move x_t so that the plain model sees the injection.
+
+    With P = x0 predicted from eps and P~ from the injected eps~, P~ is first given P's
+    per-sample spread around its own mean, then
+    x_t + sqrt(abar) (P~ - P) + omega sqrt(1 - abar) (eps~ - eps);
+    the caller then takes a plain DDIM step from the returned latent.
+    """
+    plain, injected = predict_x0(x, eps, abar_t), predict_x0(x, eps_injected, abar_t)
+    dims = tuple(range(1, x.dim()))
+    plain_dev = plain - plain.mean(dim=dims, keepdim=True)
+    mean = injected.mean(dim=dims, keepdim=True)
+    injected_dev = injected - mean
+    scale = plain_dev.flatten(1).std(dim=1) / injected_dev.flatten(1).std(dim=1).clamp_min(1e-12)
+    injected = mean + injected_dev * scale.view(-1, *([1] * (x.dim() - 1)))
+    return x + math.sqrt(abar_t) * (injected - plain) + omega * math.sqrt(1.0 - abar_t) * (eps_injected - eps)
