@@ -53,6 +53,25 @@ class BiasConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """Hyperparameters of the comparison methods (LfF, DisEnt, BiasEnsemble), per dataset."""
+
+    q: float = 0.7                    # GCE of the biased models
+    ema_alpha: float = 0.7            # per-sample loss EMA (LfF, DisEnt)
+    lambda_dis_align: float = 10.0    # DisEnt
+    lambda_swap_align: float = 10.0
+    lambda_swap: float = 1.0
+    curr_step: int = 10_000           # DisEnt: feature swapping (and lr decay counting) start here
+    disent_lr: float = 0.01
+    lr_decay_step: int = 10_000       # DisEnt step decay after curr_step; 0 disables
+    lr_gamma: float = 0.5
+    num_bias_models: int = 5          # BiasEnsemble committee
+    agreement: int = 3                # pseudo-aligned when >= agreement models give p(y|x) > tau
+    tau: float = 0.99
+    committee_steps: int = 1_000      # training steps of each committee model
+
+
+@dataclass
 class DiffusionConfig:
     """Stage 2: the P2-weighted diffusion model (DESIGN.md 2.2)."""
 
@@ -115,6 +134,7 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     bias: BiasConfig = field(default_factory=BiasConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -156,6 +176,20 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
     return DiffusionConfig(preset="p2_256", hflip=True, lr=2e-5, batch_size=32, gamma=0.5)
 
 
+def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
+    """The reference implementations' settings: DisEnt's lambdas dis/swap_b/swap per dataset
+    (DESIGN.md 3), its lr and decay; BiasEnsemble's committee of 5 with agreement 3, tau 0.99."""
+    if dataset in ("cmnist", "colored_digits"):
+        return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, disent_lr=0.01)
+    if dataset == "cifar10c":
+        low = float(ratio) < 2
+        return BaselinesConfig(lambda_dis_align=1 if low else 5, lambda_swap_align=1 if low else 5, lambda_swap=1,
+                               disent_lr=0.0005)
+    if dataset == "bffhq":
+        return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, disent_lr=1e-4)
+    return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, disent_lr=1e-4)
+
+
 def _injection_preset(dataset: str) -> InjectionConfig:
     """The paper's per-dataset gamma, injection mode and conflict ratio (DESIGN.md 2.3, item 8)."""
     gamma, mode, ratio = {"cmnist": (0.9, "local", 0.1), "colored_digits": (0.9, "local", 0.1),
@@ -170,11 +204,14 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
     bias_classifier = dataclasses.replace(classifier, select="last")
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
                            bias=BiasConfig(classifier=bias_classifier), classifier=classifier,
-                           diffusion=_diffusion_preset(dataset), injection=_injection_preset(dataset))
+                           baselines=_baselines_preset(dataset, str(ratio)), diffusion=_diffusion_preset(dataset),
+                           injection=_injection_preset(dataset))
     if quick:
         cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
         cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300, select="last")
         cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
+        # the reference schedules scaled to 1,000 steps: swapping and lr decay from step 500
+        cfg.baselines = dataclasses.replace(cfg.baselines, curr_step=500, lr_decay_step=250, committee_steps=200)
     return cfg
 
 
@@ -242,12 +279,27 @@ def validate(cfg: ExperimentConfig) -> None:
                 raise ConfigError(f"{name}.{field_name} must be positive, got {getattr(clf, field_name)}")
         if clf.lr <= 0:
             raise ConfigError(f"{name}.lr must be positive, got {clf.lr}")
+    _validate_baselines(cfg.baselines)
     _validate_diffusion(cfg.diffusion)
     _validate_injection(cfg.injection)
     if cfg.run.use_gpu not in ("auto", "true", "false"):
         raise ConfigError(f"run.use_gpu must be auto, true or false, got {cfg.run.use_gpu!r}")
     if cfg.run.num_workers < 0:
         raise ConfigError(f"run.num_workers must be >= 0, got {cfg.run.num_workers}")
+
+
+def _validate_baselines(b: BaselinesConfig) -> None:
+    if not 0.0 < b.q <= 1.0 or not 0.0 <= b.ema_alpha < 1.0:
+        raise ConfigError(f"baselines.q must be in (0, 1] and baselines.ema_alpha in [0, 1), got {b.q}, {b.ema_alpha}")
+    if not 1 <= b.agreement <= b.num_bias_models:
+        raise ConfigError(f"baselines.agreement must be in [1, num_bias_models={b.num_bias_models}], got {b.agreement}")
+    if not 0.0 < b.tau < 1.0:
+        raise ConfigError(f"baselines.tau must be in (0, 1), got {b.tau}")
+    for name in ("curr_step", "lr_decay_step"):
+        if getattr(b, name) < 0:
+            raise ConfigError(f"baselines.{name} must be >= 0, got {getattr(b, name)}")
+    if b.committee_steps <= 0 or b.disent_lr <= 0:
+        raise ConfigError("baselines.committee_steps and baselines.disent_lr must be positive")
 
 
 def _validate_diffusion(d: DiffusionConfig) -> None:
@@ -332,6 +384,7 @@ def from_dict(payload: dict[str, Any]) -> ExperimentConfig:
         data=DataConfig(**payload["data"]),
         bias=BiasConfig(**{**payload["bias"], "classifier": ClassifierConfig(**payload["bias"]["classifier"])}),
         classifier=ClassifierConfig(**payload["classifier"]),
+        baselines=BaselinesConfig(**payload.get("baselines", {})),
         diffusion=DiffusionConfig(**payload.get("diffusion", {})),
         injection=InjectionConfig(**payload.get("injection", {})),
         run=RunConfig(**payload["run"]),

@@ -198,4 +198,5 @@ def train_method(name: str, cfg: ClassifierConfig, data: TrainData, ctx: TrainCo
     shape = Preprocess(cfg, ctx.device).output_shape(data.train.images.shape[1:])
     seed_everything(seed)
     method = get_method(name)(cfg, data.num_classes, shape, len(data.train), options)
+    method.prepare(data, ctx, seed)
     return fit(method, data, cfg, ctx, seed=seed)

@@ -41,6 +41,11 @@ class Method(abc.ABC):
     def setup(self) -> None:
         """Create self.nets and self.optimizers."""
 
+    def prepare(self, data, ctx, seed: int) -> None:
+        """Work before the first step that needs the training set (e.g. per-sample labels, or
+        BiasEnsemble's committee). Runs on every rank; on a resumed run `ctx.resume_state`
+        is set and the state comes back through `load_extra_state`."""
+
     @abc.abstractmethod
     def update(self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> dict[str, float]:
         """One training step on a batch; returns scalars to log (at least 'loss')."""
@@ -58,15 +63,19 @@ class Method(abc.ABC):
         return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     @staticmethod
-    def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-        """Backward and step, unless the loss is non-finite on any rank (then every rank
-        raises together, so none is left waiting in a gradient all-reduce)."""
+    def optimize(optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], loss: torch.Tensor) -> float:
+        """Backward and step (every optimiser in a list: one joint step of models that share
+        no parameters), unless the loss is non-finite on any rank (then every rank raises
+        together, so none is left waiting in a gradient all-reduce)."""
         value = float(loss.detach())
         if not all_ranks_finite(value, loss.device):
             raise NonFiniteLoss(f"non-finite loss {value}")
-        optimizer.zero_grad(set_to_none=True)
+        optimizers = optimizer if isinstance(optimizer, list) else [optimizer]
+        for opt in optimizers:
+            opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        for opt in optimizers:
+            opt.step()
         return value
 
     def to(self, device: torch.device) -> "Method":

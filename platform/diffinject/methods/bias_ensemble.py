@@ -1,0 +1,55 @@
+"""BiasEnsemble's detector: a committee of briefly trained GCE models votes which training
+samples are bias-aligned (Lee et al., 2022). Used by `lff_be` and `disent_be`."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # the training harness imports the method registry
+    from ..train import Preprocess, TrainContext, TrainData
+
+
+def committee_vote(probabilities: np.ndarray, tau: float, agreement: int) -> np.ndarray:
+    """probabilities: M x N values of p(y_i | x_i) from M models. Pseudo-aligned when at least
+    `agreement` models exceed tau."""
+    return (np.asarray(probabilities) > tau).sum(axis=0) >= agreement
+
+
+@torch.no_grad()
+def true_label_probabilities(net, data: TrainData, prep: Preprocess, batch_size: int) -> np.ndarray:
+    net.eval()
+    out = []
+    for start in range(0, len(data.train), batch_size):
+        x = prep(data.train.images[start:start + batch_size], train=False)
+        y = torch.from_numpy(data.train.labels[start:start + batch_size]).to(prep.device)
+        out.append(torch.softmax(net(x), dim=1).gather(1, y[:, None])[:, 0].cpu())
+    return torch.cat(out).numpy()
+
+
+def detect_aligned(clf_cfg, options: dict, data: TrainData, ctx: TrainContext, seed: int) -> tuple[np.ndarray, dict]:
+    """Train the committee (GCE, `committee_steps` each, seeds seed*100+m) and vote.
+
+    Returns the pseudo-aligned mask over the training rows and the detector's precision and
+    recall against the true alignment flags (for logging only: they train nothing).
+    """
+    from ..train import Preprocess, TrainContext, train_method
+
+    quiet = TrainContext(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
+    cfg = dataclasses.replace(clf_cfg, num_steps=options["committee_steps"], select="last",
+                              eval_every=options["committee_steps"])
+    probabilities = []
+    for m in range(options["num_bias_models"]):
+        result = train_method("gce", cfg, data, quiet, seed * 100 + m, {"q": options["q"]})
+        net = result.method.nets["model"]
+        probabilities.append(true_label_probabilities(getattr(net, "module", net), data,
+                                                      Preprocess(cfg, ctx.device), cfg.batch_size * 2))
+    mask = committee_vote(np.stack(probabilities), options["tau"], options["agreement"])
+    aligned = data.train.aligned
+    hits = float((mask & aligned).sum())
+    stats = {"be_pseudo_aligned": float(mask.sum()),
+             "be_precision": hits / max(float(mask.sum()), 1.0),
+             "be_recall": hits / max(float(aligned.sum()), 1.0)}
+    return mask, stats

@@ -1,0 +1,73 @@
+"""LfF (Nam et al., 2020): a GCE-trained biased model f_B and a debiased model f_D trained
+with CE weighted by the relative difficulty W = l_B / (l_B + l_D); f_D is evaluated.
+`lff_be`: f_B is instead trained with plain CE on BiasEnsemble's pseudo-aligned samples only."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import gce_loss
+from .base import Method, register_method
+from .bias_ensemble import detect_aligned
+from .sample_ema import SampleLossEMA, relative_difficulty
+
+
+@register_method
+class LfF(Method):
+    name = "lff"
+
+    def setup(self) -> None:
+        for name in ("biased", "model"):
+            self.nets[name] = self.new_classifier()
+            self.optimizers[name] = self.adam(self.nets[name])
+        self.pseudo_aligned: torch.Tensor | None = None
+
+    def prepare(self, data, ctx, seed: int) -> None:
+        alpha = self.options.get("ema_alpha", 0.7)
+        self.ema_b = SampleLossEMA(data.train.labels, self.num_classes, alpha)
+        self.ema_d = SampleLossEMA(data.train.labels, self.num_classes, alpha)
+
+    def biased_loss(self, logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return gce_loss(logits, y, self.options.get("q", 0.7))
+
+    def update(self, x, y, index):
+        logits_b, logits_d = self.nets["biased"](x), self.nets["model"](x)
+        ce_b = F.cross_entropy(logits_b, y, reduction="none").detach()
+        ce_d = F.cross_entropy(logits_d, y, reduction="none").detach()
+        self.ema_b.update(index, ce_b)
+        self.ema_d.update(index, ce_d)
+        weight = relative_difficulty(self.ema_b.normalized(index), self.ema_d.normalized(index)).float().to(x.device)
+        loss_d = (F.cross_entropy(logits_d, y, reduction="none") * weight).mean()
+        loss_b = self.biased_loss(logits_b, y, index).mean()
+        value = self.optimize(list(self.optimizers.values()), loss_b + loss_d)
+        return {"loss": value, "loss_b": float(loss_b.detach()), "loss_d": float(loss_d.detach()),
+                "weight_mean": float(weight.mean())}
+
+    def extra_state(self) -> dict:
+        state = {"ema_b": self.ema_b.state_dict(), "ema_d": self.ema_d.state_dict()}
+        if self.pseudo_aligned is not None:
+            state["pseudo_aligned"] = self.pseudo_aligned.clone()
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        self.ema_b.load_state_dict(state["ema_b"])
+        self.ema_d.load_state_dict(state["ema_d"])
+        if "pseudo_aligned" in state:
+            self.pseudo_aligned = state["pseudo_aligned"].clone()
+
+
+@register_method
+class LfFBiasEnsemble(LfF):
+    name = "lff_be"
+
+    def prepare(self, data, ctx, seed: int) -> None:
+        super().prepare(data, ctx, seed)
+        if ctx.resume_state is None:  # on resume the mask comes back with the checkpoint
+            mask, stats = detect_aligned(self.cfg, self.options, data, ctx, seed)
+            self.pseudo_aligned = torch.as_tensor(mask)
+            ctx.log(0, stats)
+
+    def biased_loss(self, logits, y, index):
+        """Plain CE on the pseudo-aligned samples of the batch only (zero elsewhere)."""
+        keep = self.pseudo_aligned[index.cpu()].to(logits.device).float()
+        return F.cross_entropy(logits, y, reduction="none") * keep * (len(keep) / keep.sum().clamp_min(1.0))
