@@ -96,12 +96,13 @@ class DisEnt(Method):
             swap = (F.cross_entropy(out["swap_conflict"], y, reduction="none") * weight).mean() \
                 + o.get("lambda_swap_align", 10.0) * self.biased_loss(out["swap_align"], y[perm], index[perm]).mean()
             loss = loss + o.get("lambda_swap", 1.0) * swap
+        lr = self.optimizers["model"].param_groups[0]["lr"]
         value = self.optimize(self.optimizers["model"], loss)
         self.steps += 1
         if self.steps > o.get("curr_step", 10_000) and o.get("lr_decay_step", 0) > 0:
             self.scheduler.step()  # the reference's decay starts counting at the curriculum step
         return {"loss": value, "weight_mean": float(weight.mean()), "swapping": float(perm is not None),
-                "lr": self.optimizers["model"].param_groups[0]["lr"]}
+                "lr": lr}
 
     def extra_state(self) -> dict:
         state = {"ema_conflict": self.ema_conflict.state_dict(), "ema_align": self.ema_align.state_dict(),

@@ -1,0 +1,179 @@
+"""LfF, DisEnt and BiasEnsemble: each mechanism pinned down on hand-made inputs."""
+import io
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from diffinject.config import preset
+from diffinject.methods import get_method, table_methods
+from diffinject.methods.bias_ensemble import committee_vote
+from diffinject.methods.disent import DisentNet, Encoder
+from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
+from diffinject.models import MLP
+from diffinject.train import TrainContext, TrainData, fit
+
+
+def test_registry_lists_the_table_methods_in_order():
+    assert table_methods() == ["vanilla", "lff", "lff_be", "disent", "disent_be"]
+
+
+def test_ema_first_sighting_then_exponential_update():
+    ema = SampleLossEMA(np.array([0, 0, 1, 1]), num_classes=2, alpha=0.7)
+    ema.update(torch.tensor([0, 2]), torch.tensor([2.0, 4.0]))
+    assert ema.values.tolist() == [2.0, 0.0, 4.0, 0.0]  # first sighting: the loss itself
+    ema.update(torch.tensor([0, 1]), torch.tensor([1.0, 3.0]))
+    assert ema.values[0].item() == pytest.approx(0.7 * 2.0 + 0.3 * 1.0)
+    assert ema.values[1].item() == 3.0  # sample 1's first sighting
+    assert ema.seen.tolist() == [True, True, True, False]
+
+
+def test_weights_use_class_wise_max_normalisation():
+    labels = np.array([0, 0, 1, 1])
+    ema_b, ema_d = SampleLossEMA(labels, 2, 0.7), SampleLossEMA(labels, 2, 0.7)
+    index = torch.arange(4)
+    ema_b.update(index, torch.tensor([1.0, 4.0, 0.5, 0.25]))
+    ema_d.update(index, torch.tensor([2.0, 2.0, 1.0, 4.0]))
+    lb, ld = ema_b.normalized(index), ema_d.normalized(index)
+    assert lb.tolist() == [0.25, 1.0, 1.0, 0.5] and ld.tolist() == [1.0, 1.0, 0.25, 1.0]
+    w = relative_difficulty(lb, ld)
+    expected = [0.25 / (1.25 + 1e-8), 1.0 / (2.0 + 1e-8), 1.0 / (1.25 + 1e-8), 0.5 / (1.5 + 1e-8)]
+    assert w.tolist() == pytest.approx(expected)
+
+
+def test_swapping_permutes_bias_features_only():
+    torch.manual_seed(0)
+    net = DisentNet(Encoder(MLP(12, 3)), Encoder(MLP(12, 3)), 3)
+    x, perm = torch.randn(5, 12), torch.tensor([3, 0, 4, 1, 2])
+    out = net(x, perm=perm, train=True)
+    z_i, z_b = net.enc_i(x), net.enc_b(x)
+    assert torch.allclose(out["swap_conflict"], net.head_i(torch.cat([z_i, z_b[perm]], 1)))
+    assert torch.allclose(out["swap_align"], net.head_b(torch.cat([z_i, z_b[perm]], 1)))
+    assert torch.allclose(out["conflict"], net.head_i(torch.cat([z_i, z_b], 1)))
+    assert "swap_conflict" not in net(x, train=True)
+    # stop-gradients: the intrinsic head's loss does not reach the bias encoder, and vice versa
+    net.zero_grad()
+    out["conflict"].sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in net.enc_b.parameters())
+
+
+def _tiny_data(n=40, classes=2, seed=0):
+    from diffinject.data.parquet import ArraySplit
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    images = rng.integers(0, 256, (n, 4, 4, 3), dtype=np.uint8)
+    images[..., 0] = (labels * 200)[:, None, None]  # a colour cue: the bias
+    split = ArraySplit(images, labels, labels.copy(), np.array([f"s{i}" for i in range(n)], dtype=object))
+    return TrainData(train=split, valid=split, test=split, num_classes=classes, num_biases=classes)
+
+
+def _method(name, data, steps=12, **options):
+    cfg = preset("colored_digits", "1", quick=True)
+    clf = cfg.classifier
+    clf.num_steps, clf.batch_size, clf.eval_every, clf.log_every = steps, 8, 6, 3
+    opts = {**cfg.baselines.__dict__, "committee_steps": 6, **options}
+    method = get_method(name)(clf, data.num_classes, (3, 4, 4), len(data.train), opts)
+    return method, clf
+
+
+def test_disent_swaps_only_after_the_curriculum_step_and_decays_lr_from_there():
+    data = _tiny_data()
+    method, clf = _method("disent", data, curr_step=4, lr_decay_step=2, lr_gamma=0.5, disent_lr=0.01)
+    method.prepare(data, TrainContext(), 0)
+    logs = []
+    fit(method, data, clf, TrainContext(log=lambda step, m: logs.append((step, m))), seed=0)
+    swapping = {step: m["train_swapping"] for step, m in logs if "train_swapping" in m}
+    lrs = {step: m["train_lr"] for step, m in logs if "train_lr" in m}
+    assert swapping == {3: 0.0, 6: 1.0, 9: 1.0, 12: 1.0}  # steps 1-4 without swapping, then with
+    # the lr of each update: the decay counts from update 5 (past curr_step), halving every 2
+    assert lrs == {3: 0.01, 6: 0.01, 9: 0.0025, 12: 0.00125}
+
+
+def test_committee_vote_needs_agreement_above_tau():
+    p = np.array([[0.995, 0.995, 0.999, 0.5],
+                  [0.995, 0.999, 0.99, 0.999],
+                  [0.995, 0.2, 0.991, 0.999],
+                  [0.1, 0.1, 0.1, 0.999],
+                  [0.1, 0.1, 0.1, 0.1]])
+    assert committee_vote(p, tau=0.99, agreement=3).tolist() == [True, False, False, True]
+    assert committee_vote(p, tau=0.99, agreement=2).tolist() == [True, True, True, True]
+
+
+def test_be_bias_model_learns_only_from_pseudo_aligned_samples():
+    data = _tiny_data()
+    method, _ = _method("lff_be", data)
+    method.pseudo_aligned = torch.tensor([i % 3 != 0 for i in range(len(data.train))])
+    logits = torch.randn(6, 2, requires_grad=True)
+    index, y = torch.arange(6), torch.tensor([0, 1, 0, 1, 0, 1])
+    method.biased_loss(logits, y, index).sum().backward()
+    masked = ~method.pseudo_aligned[index]
+    assert not logits.grad[masked].any() and logits.grad[~masked].abs().sum() > 0
+
+
+def test_be_detector_runs_the_committee_and_logs_precision_and_recall():
+    data = _tiny_data(n=48)
+    method, _ = _method("lff_be", data, num_bias_models=3, agreement=2, committee_steps=20)
+    logs = []
+    method.prepare(data, TrainContext(log=lambda step, m: logs.append(m)), seed=0)
+    assert method.pseudo_aligned.shape == (48,) and method.pseudo_aligned.dtype == torch.bool
+    assert set(logs[0]) == {"be_pseudo_aligned", "be_precision", "be_recall"}
+
+
+def test_lff_resume_reproduces_the_ema_state():
+    data = _tiny_data()
+    states = {}
+
+    def run(resume=None):
+        method, clf = _method("lff", data, steps=12)
+        ctx = TrainContext(resume_state=resume, report=lambda m, s: states.setdefault(
+            (resume is not None, m["step"]), _copy(s)))
+        method.prepare(data, ctx, 0)
+        fit(method, data, clf, ctx, seed=0)
+        return method
+
+    straight = run()
+    resumed = run(resume=states[(False, 6)])
+    for name in ("ema_b", "ema_d"):
+        a, b = getattr(straight, name), getattr(resumed, name)
+        assert torch.equal(a.values, b.values) and torch.equal(a.seen, b.seen)
+    assert states[(False, 6)]["method"]["extra"]["ema_b"]["seen"].any()
+
+
+def _copy(state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+
+
+def _ema_worker(rank, path, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{path}", rank=rank, world_size=2)
+    ema = SampleLossEMA(np.array([0, 1, 0, 1, 0]), 2, 0.7)
+    mine = torch.tensor([0, 2, 4]) if rank == 0 else torch.tensor([1, 3])  # shards of unequal length
+    ema.update(mine, mine.double() + 1.0)
+    torch.save(ema.state_dict(), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_ema_state_is_identical_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "ema")
+    mp.spawn(_ema_worker, args=(str(tmp_path / "store"), out), nprocs=2)
+    a, b = torch.load(f"{out}.0", weights_only=True), torch.load(f"{out}.1", weights_only=True)
+    assert torch.equal(a["values"], b["values"]) and a["values"].tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert a["seen"].all()
+
+
+def test_lff_weights_flow_into_the_debiased_loss():
+    data = _tiny_data()
+    method, _ = _method("lff", data)
+    method.prepare(data, TrainContext(), 0)
+    x = torch.rand(4, 3, 4, 4)
+    stats = method.update(x, torch.tensor([0, 1, 0, 1]), torch.arange(4))
+    assert 0.0 <= stats["weight_mean"] <= 1.0 and np.isfinite(stats["loss"])
+    assert F.cross_entropy  # the harness evaluates the debiased model, "model"
+    assert set(method.nets) == {"biased", "model"}
