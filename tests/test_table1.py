@@ -17,7 +17,7 @@ def table1():
 
 def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["--quick", "--ratios", "1", "--seeds", "0", "--data-root", str(digits_root / "data"),
+    argv = ["--quick", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "lff", "--data-root", str(digits_root / "data"),
             "--cache-root", str(digits_root / "cache"), "--out", str(tmp_path / "results"),
             "--set", "classifier.num_steps=20", "--set", "bias.classifier.num_steps=20"]
     for _ in range(2):  # the second invocation logs to the same experiment
@@ -26,8 +26,9 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
         assert "colored_digits @ 1%" in table and "5%" not in table
         vanilla = next(line for line in table.splitlines() if line.startswith("vanilla"))
         stage1 = next(line for line in table.splitlines() if line.startswith("stage-1"))
-        assert vanilla.count("(n=1)") == 3 and stage1.count("(n=1)") == 4
-    assert "[2/2" in capsys.readouterr().out
+        lff = next(line for line in table.splitlines() if line.startswith("lff"))
+        assert vanilla.count("(n=1)") == 3 and lff.count("(n=1)") == 3 and stage1.count("(n=1)") == 4
+    assert "[3/3" in capsys.readouterr().out
 
 
 def test_unknown_method_fails_before_any_training(table1, capsys):
