@@ -177,3 +177,16 @@ def test_lff_weights_flow_into_the_debiased_loss():
     assert 0.0 <= stats["weight_mean"] <= 1.0 and np.isfinite(stats["loss"])
     assert F.cross_entropy  # the harness evaluates the debiased model, "model"
     assert set(method.nets) == {"biased", "model"}
+
+
+@pytest.mark.parametrize("name", ["lff_be", "disent_be"])
+def test_be_mask_travels_with_the_checkpoint(name):
+    data = _tiny_data()
+    method, _ = _method(name, data)
+    method.prepare(data, TrainContext(), 0)
+    state = _copy(method.state_dict())
+    again, _ = _method(name, data)
+    again.prepare(data, TrainContext(resume_state={"step": 6}), 0)  # resumed: no committee
+    assert again.pseudo_aligned is None
+    again.load_state_dict(state)
+    assert torch.equal(again.pseudo_aligned, method.pseudo_aligned)

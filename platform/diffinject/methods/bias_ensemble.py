@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 if TYPE_CHECKING:  # the training harness imports the method registry
     from ..train import Preprocess, TrainContext, TrainData
@@ -53,3 +54,30 @@ def detect_aligned(clf_cfg, options: dict, data: TrainData, ctx: TrainContext, s
              "be_precision": hits / max(float(mask.sum()), 1.0),
              "be_recall": hits / max(float(aligned.sum()), 1.0)}
     return mask, stats
+
+
+class BiasEnsembleMixin:
+    """Makes a method's bias branch learn with plain CE on the committee's pseudo-aligned
+    samples only (put it before the method in the bases: `class LfFBE(BiasEnsembleMixin, LfF)`).
+    The mask is part of the checkpoint, so a resumed run does not retrain the committee."""
+
+    pseudo_aligned: torch.Tensor | None = None
+
+    def prepare(self, data, ctx, seed: int) -> None:
+        super().prepare(data, ctx, seed)
+        if ctx.resume_state is None:
+            mask, stats = detect_aligned(self.cfg, self.options, data, ctx, seed)
+            self.pseudo_aligned = torch.as_tensor(mask)
+            ctx.log(0, stats)
+
+    def biased_loss(self, logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """CE on the batch's pseudo-aligned samples, zero elsewhere, rescaled to the batch."""
+        keep = self.pseudo_aligned[index.cpu()].to(logits.device).float()
+        return F.cross_entropy(logits, y, reduction="none") * keep * (len(keep) / keep.sum().clamp_min(1.0))
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "pseudo_aligned": self.pseudo_aligned.clone()}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.pseudo_aligned = state["pseudo_aligned"].clone()

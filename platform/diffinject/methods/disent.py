@@ -11,7 +11,7 @@ from torch import nn
 from ..losses import gce_loss
 from ..models import MLP
 from .base import Method, register_method
-from .bias_ensemble import detect_aligned
+from .bias_ensemble import BiasEnsembleMixin
 from .sample_ema import SampleLossEMA, relative_difficulty
 
 
@@ -69,7 +69,6 @@ class DisEnt(Method):
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizers["model"], step_size=max(o.get("lr_decay_step", 0), 1),
                                                          gamma=o.get("lr_gamma", 0.5))
         self.steps = 0
-        self.pseudo_aligned: torch.Tensor | None = None
 
     def prepare(self, data, ctx, seed: int) -> None:
         alpha = self.options.get("ema_alpha", 0.7)
@@ -105,32 +104,16 @@ class DisEnt(Method):
                 "lr": lr}
 
     def extra_state(self) -> dict:
-        state = {"ema_conflict": self.ema_conflict.state_dict(), "ema_align": self.ema_align.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "steps": self.steps}
-        if self.pseudo_aligned is not None:
-            state["pseudo_aligned"] = self.pseudo_aligned.clone()
-        return state
+        return {"ema_conflict": self.ema_conflict.state_dict(), "ema_align": self.ema_align.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "steps": self.steps}
 
     def load_extra_state(self, state: dict) -> None:
         self.ema_conflict.load_state_dict(state["ema_conflict"])
         self.ema_align.load_state_dict(state["ema_align"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = int(state["steps"])
-        if "pseudo_aligned" in state:
-            self.pseudo_aligned = state["pseudo_aligned"].clone()
 
 
 @register_method
-class DisEntBiasEnsemble(DisEnt):
+class DisEntBiasEnsemble(BiasEnsembleMixin, DisEnt):
     name = "disent_be"
-
-    def prepare(self, data, ctx, seed: int) -> None:
-        super().prepare(data, ctx, seed)
-        if ctx.resume_state is None:
-            mask, stats = detect_aligned(self.cfg, self.options, data, ctx, seed)
-            self.pseudo_aligned = torch.as_tensor(mask)
-            ctx.log(0, stats)
-
-    def biased_loss(self, logits, y, index):
-        keep = self.pseudo_aligned[index.cpu()].to(logits.device).float()
-        return F.cross_entropy(logits, y, reduction="none") * keep * (len(keep) / keep.sum().clamp_min(1.0))

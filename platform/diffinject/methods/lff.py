@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from ..losses import gce_loss
 from .base import Method, register_method
-from .bias_ensemble import detect_aligned
+from .bias_ensemble import BiasEnsembleMixin
 from .sample_ema import SampleLossEMA, relative_difficulty
 
 
@@ -20,7 +20,6 @@ class LfF(Method):
         for name in ("biased", "model"):
             self.nets[name] = self.new_classifier()
             self.optimizers[name] = self.adam(self.nets[name])
-        self.pseudo_aligned: torch.Tensor | None = None
 
     def prepare(self, data, ctx, seed: int) -> None:
         alpha = self.options.get("ema_alpha", 0.7)
@@ -44,30 +43,13 @@ class LfF(Method):
                 "weight_mean": float(weight.mean())}
 
     def extra_state(self) -> dict:
-        state = {"ema_b": self.ema_b.state_dict(), "ema_d": self.ema_d.state_dict()}
-        if self.pseudo_aligned is not None:
-            state["pseudo_aligned"] = self.pseudo_aligned.clone()
-        return state
+        return {"ema_b": self.ema_b.state_dict(), "ema_d": self.ema_d.state_dict()}
 
     def load_extra_state(self, state: dict) -> None:
         self.ema_b.load_state_dict(state["ema_b"])
         self.ema_d.load_state_dict(state["ema_d"])
-        if "pseudo_aligned" in state:
-            self.pseudo_aligned = state["pseudo_aligned"].clone()
 
 
 @register_method
-class LfFBiasEnsemble(LfF):
+class LfFBiasEnsemble(BiasEnsembleMixin, LfF):
     name = "lff_be"
-
-    def prepare(self, data, ctx, seed: int) -> None:
-        super().prepare(data, ctx, seed)
-        if ctx.resume_state is None:  # on resume the mask comes back with the checkpoint
-            mask, stats = detect_aligned(self.cfg, self.options, data, ctx, seed)
-            self.pseudo_aligned = torch.as_tensor(mask)
-            ctx.log(0, stats)
-
-    def biased_loss(self, logits, y, index):
-        """Plain CE on the pseudo-aligned samples of the batch only (zero elsewhere)."""
-        keep = self.pseudo_aligned[index.cpu()].to(logits.device).float()
-        return F.cross_entropy(logits, y, reduction="none") * keep * (len(keep) / keep.sum().clamp_min(1.0))
