@@ -11,6 +11,7 @@ from diffinject.errors import ConfigError
 import diffinject
 from diffinject.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
                                region_mask, slerp, timestep_grid)
+from diffinject.diffusion.pixels import to_model_pixels
 from diffinject.inject import engine as engine_module
 
 
@@ -124,7 +125,7 @@ def test_gamma_zero_without_boosting_is_plain_ddim_reconstruction(tiny64):
     cfg = InjectionConfig(inversion_steps=7, generation_steps=9, t_edit=0, t_boost=-1, gamma=0.0, batch_size=3)
     engine = InjectionEngine(tiny64, cfg, contents)
     out = engine.generate_tensor(originals, content_index, seeds)
-    x, _ = engine.invert(engine_module.model_pixels(originals, 32, torch.device("cpu"), torch.float64))
+    x, _ = engine.invert(to_model_pixels(originals, 32, torch.device("cpu"), torch.float64))
     abar, grid = linear_alphas_cumprod().double(), timestep_grid(9)
     with torch.no_grad():
         for t, t_next in zip(grid[::-1][:-1], grid[::-1][1:]):
@@ -154,7 +155,7 @@ def test_dt_lambda_scales_the_direction_term_from_t_950(tiny64):
                           batch_size=2)
     engine = InjectionEngine(tiny64, cfg, contents)
     out = engine.generate_tensor(originals, content_index, seeds)
-    x, _ = engine.invert(engine_module.model_pixels(originals, 32, torch.device("cpu"), torch.float64))
+    x, _ = engine.invert(to_model_pixels(originals, 32, torch.device("cpu"), torch.float64))
     abar = linear_alphas_cumprod().double()
     with torch.no_grad():
         eps = tiny64(x, torch.full((2,), 999)).sample

@@ -10,7 +10,8 @@ from diffinject.config import DiffusionConfig, apply_overrides, preset
 from diffinject.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.diffusion.models import PRESETS, UNetPreset
 from diffinject.errors import CheckpointError, ConfigError, TrainingError
-from diffinject.stage2 import check_image_size, to_model_pixels, to_uint8, train_diffusion
+from diffinject.diffusion.pixels import to_model_pixels, to_uint8
+from diffinject.stage2 import check_image_size, train_diffusion
 from diffinject.train import TrainContext
 
 # tiny_32 plus dropout, so exact resume also covers the dropout masks

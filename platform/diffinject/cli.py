@@ -125,7 +125,7 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     from .diffusion import ddim_sample, get_preset
     from .diffusion.checkpoint import load_unet_checkpoint
     from .plots import png_bytes, tile_images
-    from .stage2 import to_uint8
+    from .diffusion.pixels import to_uint8
 
     if args.format == "guided-diffusion":
         from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint

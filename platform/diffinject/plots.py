@@ -6,12 +6,26 @@ from pathlib import Path
 import numpy as np
 
 
-def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, columns: int = 10) -> Path:
-    """Save uint8 N x H x W x 3 images in a captioned grid (PNG)."""
+def _pyplot():
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    _pyplot().close(fig)
+    return path
+
+
+def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, columns: int = 10) -> Path:
+    """Save uint8 N x H x W x 3 images in a captioned grid (PNG)."""
+    plt = _pyplot()
 
     n = len(images)
     rows = max(1, -(-n // columns))
@@ -24,11 +38,7 @@ def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, 
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def tile_images(images: np.ndarray, columns: int = 10, gap: int = 2) -> np.ndarray:
@@ -60,10 +70,7 @@ def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
 def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
                ylabel: str, log_y: bool = False) -> Path:
     """Save one line per {label: (x, y)} in a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, (x, y) in curves.items():
@@ -75,20 +82,13 @@ def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], t
     if len(curves) > 1:
         ax.legend()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def triptych(path: Path, originals: np.ndarray, contents: np.ndarray, generated: np.ndarray, title: str,
              captions: list[str] | None = None) -> Path:
     """The paper's Fig. 2 layout: rows original | content | generated, one pair per column."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     n = len(generated)
     fig, axes = plt.subplots(3, max(n, 1), figsize=(1.3 * max(n, 1) + 0.8, 4.4), squeeze=False)
@@ -105,8 +105,4 @@ def triptych(path: Path, originals: np.ndarray, contents: np.ndarray, generated:
                 ax.set_title(captions[col], fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

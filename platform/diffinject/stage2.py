@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 
 from .config import DiffusionConfig
 from .diffusion.checkpoint import unet_checkpoint_bytes
 from .diffusion.models import UNetPreset, build_unet, get_preset
+from .diffusion.pixels import to_model_pixels, to_uint8
 from .diffusion.sampling import ddim_sample
 from .diffusion.schedule import diffusion_loss, linear_alphas_cumprod, p2_weights
 from .diffusion.vlb import GaussianPosterior
@@ -53,19 +53,6 @@ def check_image_size(shape: tuple[int, ...], preset: UNetPreset, resize: bool) -
         raise ConfigError(f"training images are {shape[1]}x{shape[2]} but preset {preset.name} is "
                           f"{preset.image_size}x{preset.image_size}; set diffusion.resize=true or pick a "
                           f"preset of that size")
-
-
-def to_model_pixels(images: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> float N x 3 x size x size in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """float N x 3 x H x W in [-1, 1] -> uint8 N x H x W x 3."""
-    return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def param_rank_spread(unet: nn.Module) -> float:

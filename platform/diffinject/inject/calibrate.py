@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from ..config import InjectionConfig
 from ..errors import CheckpointError, ConfigError
-from .engine import model_pixels
+from ..diffusion.pixels import to_model_pixels
 from .formulas import predict_x0
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def lpips_curve(engine, images_uint8: np.ndarray, lpips_model: torch.nn.Module,
                 batch_size: int = 32) -> tuple[list[int], np.ndarray]:
     """Mean over images of LPIPS(x0, clamp(predicted x0 at t)) at every inversion step.
 
-    x0 is the image as the engine inverts it (model_pixels: [-1, 1] at the model's size);
+    x0 is the image as the engine inverts it (to_model_pixels: [-1, 1] at the model's size);
     t runs over the inversion grid minus its last point (the steps `engine.invert` reports).
     """
     if len(images_uint8) == 0:
@@ -133,7 +133,7 @@ def lpips_curve(engine, images_uint8: np.ndarray, lpips_model: torch.nn.Module,
     timesteps: list[int] | None = None
     sums: np.ndarray | None = None
     for start in range(0, len(images_uint8), batch_size):
-        x0 = model_pixels(images_uint8[start:start + batch_size], engine.size, engine.device, dtype)
+        x0 = to_model_pixels(images_uint8[start:start + batch_size], engine.size, engine.device, dtype)
         ref = _lpips_input(x0, lp_device)
         seen: list[int] = []
         values: list[float] = []

@@ -22,11 +22,11 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import InjectionConfig, parse_mask
 from ..diffusion.hspace import HSpace, decode, encode
+from ..diffusion.pixels import to_model_pixels, to_uint8
 from ..diffusion.schedule import linear_alphas_cumprod
 from ..errors import ConfigError
 from .formulas import calibrated_latent, ddim_step, inject_h, region_mask, timestep_grid
@@ -60,22 +60,6 @@ class InjectionPlan:
 
     def mask(self, h: torch.Tensor) -> torch.Tensor | None:
         return None if self.mask_box is None else region_mask(h.shape[-2], h.shape[-1], self.mask_box)
-
-
-def model_pixels(images: np.ndarray, size: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 N x H x W x 3 -> N x 3 x size x size in [-1, 1] (float32 unless the model is float64)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x.to(dtype)
-
-
-def image_pixels(x: torch.Tensor, height: int, width: int) -> np.ndarray:
-    """float N x 3 x S x S in [-1, 1] -> uint8 N x height x width x 3."""
-    x = x.float().clamp(-1, 1)
-    if x.shape[-2:] != (height, width):
-        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
-    return ((x + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 class _Schedule:
@@ -149,7 +133,7 @@ class InjectionEngine:
         self._slot = {step: j for j, step in enumerate(needed)}
         chunks = []
         for start in range(0, len(contents), self.cfg.batch_size):
-            x = model_pixels(contents[start:start + self.cfg.batch_size], self.size, self.device, self.dtype)
+            x = to_model_pixels(contents[start:start + self.cfg.batch_size], self.size, self.device, self.dtype)
             _, kept = self.invert(x, needed)
             if needed:
                 chunks.append(torch.stack([kept[s] for s in needed], dim=1))
@@ -158,7 +142,7 @@ class InjectionEngine:
     def generate(self, originals: np.ndarray, content_index: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         """uint8 images (at the originals' size) for pairs (originals[i], contents[content_index[i]], seeds[i])."""
         x = self.generate_tensor(originals, content_index, seeds)
-        return image_pixels(x, originals.shape[1], originals.shape[2])
+        return to_uint8(x, originals.shape[1], originals.shape[2])
 
     @torch.no_grad()
     def generate_tensor(self, originals: np.ndarray, content_index: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
@@ -170,7 +154,7 @@ class InjectionEngine:
         out = []
         for start in range(0, len(originals), self.cfg.batch_size):
             part = slice(start, start + self.cfg.batch_size)
-            x_T, _ = self.invert(model_pixels(originals[part], self.size, self.device, self.dtype))
+            x_T, _ = self.invert(to_model_pixels(originals[part], self.size, self.device, self.dtype))
             out.append(self._generate(x_T, np.asarray(content_index[part]), np.asarray(seeds[part])).cpu())
         return torch.cat(out) if out else torch.zeros(0, 3, self.size, self.size)
 
@@ -201,7 +185,7 @@ def reference_inject(unet: nn.Module, cfg: InjectionConfig, original: np.ndarray
                      t_edit: int | None = None) -> np.ndarray:
     """One pair (uint8 H x W x 3 in, same out), the released code's way; see reference_inject_tensor."""
     x = reference_inject_tensor(unet, cfg, original, content, seed, t_edit)
-    return image_pixels(x, original.shape[0], original.shape[1])[0]
+    return to_uint8(x, original.shape[0], original.shape[1])[0]
 
 
 @torch.no_grad()
@@ -228,8 +212,8 @@ def reference_inject_tensor(unet: nn.Module, cfg: InjectionConfig, original: np.
                 hs[len(grid) - 1] = space.captured.clone()
         return x, hs
 
-    _, content_h = invert(model_pixels(content[None], size, device, dtype), record=True)
-    x, _ = invert(model_pixels(original[None], size, device, dtype), record=False)
+    _, content_h = invert(to_model_pixels(content[None], size, device, dtype), record=True)
+    x, _ = invert(to_model_pixels(original[None], size, device, dtype), record=False)
     generator, grid = torch.Generator().manual_seed(int(seed)), plan.generation_grid
     with HSpace(unet) as space:
         for i in range(len(grid) - 1, 0, -1):
