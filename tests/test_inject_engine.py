@@ -198,6 +198,9 @@ def test_bad_input_is_a_clear_error(tiny64):
         InjectionEngine(tiny64, InjectionConfig(), contents[:0])
     with pytest.raises(ConfigError, match=r"t_edit must be in \[0, 999\]"):
         InjectionPlan.from_config(InjectionConfig(), t_edit=1200)
+    inversion_only = InjectionEngine(tiny64, InjectionConfig(inversion_steps=3, generation_steps=3), None)
+    with pytest.raises(ConfigError, match="built without contents"):
+        inversion_only.generate_tensor(contents[:1], np.array([0]), np.array([0]))
     engine = InjectionEngine(tiny64, InjectionConfig(inversion_steps=3, generation_steps=3), contents)
     with pytest.raises(ConfigError, match="content index out of range: the content set has 3 images"):
         engine.generate_tensor(contents[:1], np.array([3]), np.array([0]))

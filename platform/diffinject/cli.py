@@ -170,14 +170,13 @@ def cmd_inject(args: argparse.Namespace) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .data.parquet import load_split
-    from .diffusion.checkpoint import load_unet_checkpoint
+    from .diffusion.checkpoint import checkpoint_meta
     from .pipeline import _prepare, check_checkpoint_resolution, resolve_t_edit
     from .tracking import Tracker
 
     cfg = _config(args)
     cfg.injection.calibrate_t_edit = True
-    unet, meta = load_unet_checkpoint(args.checkpoint)
-    check_checkpoint_resolution(cfg, meta["preset"], args.checkpoint)
+    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
     images = load_split(_prepare(cfg), "train").images[:cfg.injection.calibration_images]
     if args.random_lpips_backbone:
         print("warning: LPIPS with a randomly initialised AlexNet: the curve and t_edit are not meaningful")
@@ -188,7 +187,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     try:
         folder = Path(args.out or ".")
         folder.mkdir(parents=True, exist_ok=True)
-        t_edit = resolve_t_edit(cfg, unet, images, tracker, run_id, folder, args.random_lpips_backbone)
+        t_edit = resolve_t_edit(cfg, args.checkpoint, images, tracker, run_id, folder, args.random_lpips_backbone)
         tracker.log_metrics(run_id, {"t_edit": t_edit})
         ok = True
     finally:

@@ -192,18 +192,19 @@ def check_checkpoint_resolution(cfg: ExperimentConfig, checkpoint_preset: str, c
                               f"uses {want}x{want} diffusion models (diffusion.preset={cfg.diffusion.preset})")
 
 
-def resolve_t_edit(cfg: ExperimentConfig, unet, images, tracker: Tracker, run_id: str, folder: Path,
+def resolve_t_edit(cfg: ExperimentConfig, checkpoint: Path, images, tracker: Tracker, run_id: str, folder: Path,
                    random_lpips_backbone: bool = False) -> int:
     """The fixed injection.t_edit, or the LPIPS calibration's choice (curve logged as a plot)."""
     if not cfg.injection.calibrate_t_edit:
         return cfg.injection.t_edit
     import torch
 
+    from .diffusion.checkpoint import load_unet_checkpoint
     from .inject import InjectionEngine
     from .inject.calibrate import calibrate_t_edit, load_lpips
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    engine = InjectionEngine(unet, cfg.injection, images[:1], device=device)
+    engine = InjectionEngine(load_unet_checkpoint(checkpoint)[0], cfg.injection, contents=None, device=device)
     lpips_model = load_lpips(random_backbone=random_lpips_backbone)
     t_edit, timesteps, curve = calibrate_t_edit(engine, images, cfg.injection, lpips_model,
                                                 plot_path=folder / "t_edit_calibration.png")
@@ -221,15 +222,14 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
     import time
 
     from .data.parquet import load_split
-    from .diffusion.checkpoint import load_unet_checkpoint
+    from .diffusion.checkpoint import checkpoint_meta
     from .inject.manifest import build_manifest
     from .plots import triptych
     from .ray_inject import run_injection_job
 
     tracker = tracker or Tracker()
     parquet = _prepare(cfg)
-    unet, meta = load_unet_checkpoint(checkpoint)
-    check_checkpoint_resolution(cfg, meta["preset"], checkpoint)
+    check_checkpoint_resolution(cfg, checkpoint_meta(checkpoint)["preset"], checkpoint)
     train, topk = load_split(parquet, "train"), load_topk(topk_dir)
     manifest = build_manifest(len(train), topk["indices"], train.labels, train.biases, cfg.injection.conflict_ratio,
                               cfg.injection.originals, cfg.run.seed)
@@ -242,7 +242,7 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
     try:
         folder = out_dir.parent / f".{out_dir.name}-figures"
         folder.mkdir(parents=True, exist_ok=True)
-        t_edit = resolve_t_edit(cfg, unet, train.images[:cfg.injection.calibration_images], tracker, run_id, folder,
+        t_edit = resolve_t_edit(cfg, checkpoint, train.images[:cfg.injection.calibration_images], tracker, run_id, folder,
                                 random_lpips_backbone)
         started = time.perf_counter()
         run_injection_job(manifest, train.images, train.ids, train.labels, train.biases, topk["images"],

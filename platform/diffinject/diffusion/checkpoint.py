@@ -40,13 +40,25 @@ def read_checkpoint_file(path: Path) -> object:
                               f"expected a file written by torch.save") from None
 
 
-def load_unet_checkpoint(path: Path, expect_preset: str | None = None) -> tuple[nn.Module, dict]:
-    """The U-Net of a diffinject checkpoint (eval mode) and its metadata (preset, step, config)."""
+def _read_payload(path: Path) -> dict:
     payload = read_checkpoint_file(path)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a diffinject diffusion checkpoint (no format {FORMAT!r}); "
                               f"a released guided-diffusion / P2 file is loaded with "
                               f"--format guided-diffusion --preset NAME")
+    return payload
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """A diffinject checkpoint's metadata (preset, step, config) without building its U-Net."""
+    payload = _read_payload(path)
+    get_preset(payload["preset"])
+    return {k: v for k, v in payload.items() if k != "weights"}
+
+
+def load_unet_checkpoint(path: Path, expect_preset: str | None = None) -> tuple[nn.Module, dict]:
+    """The U-Net of a diffinject checkpoint (eval mode) and its metadata (preset, step, config)."""
+    payload = _read_payload(path)
     preset = get_preset(payload["preset"])
     if expect_preset and expect_preset != preset.name:
         raise CheckpointError(f"{path} holds a {preset.name} model, but {expect_preset} was asked for")

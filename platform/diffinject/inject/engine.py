@@ -80,9 +80,11 @@ def _direction(eps: torch.Tensor, t: int, dt_lambda: float) -> torch.Tensor:
 class InjectionEngine:
     """Batched injection for one U-Net, one set of contents and one configuration."""
 
-    def __init__(self, unet: nn.Module, cfg: InjectionConfig, contents: np.ndarray, device: torch.device | str = "cpu",
-                 t_edit: int | None = None, image_size: int | None = None):
-        if len(contents) == 0:
+    def __init__(self, unet: nn.Module, cfg: InjectionConfig, contents: np.ndarray | None,
+                 device: torch.device | str = "cpu", t_edit: int | None = None, image_size: int | None = None):
+        """contents: the top-K images (uint8 K x H x W x 3); None builds an inversion-only
+        engine (t_edit calibration), whose `generate` is an error."""
+        if contents is not None and len(contents) == 0:
             raise ConfigError("the content (top-K) set is empty; stage 3 needs at least one content image")
         self.device = torch.device(device)
         self.unet = unet.eval().to(self.device)
@@ -93,7 +95,8 @@ class InjectionEngine:
         self.abar = _Schedule()
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
                          else contextlib.nullcontext())
-        self.content_h = self._content_trajectories(contents)  # K x steps-needed x C x h x w
+        # K x steps-needed x C x h x w
+        self.content_h = self._content_trajectories(contents) if contents is not None else None
 
     @torch.no_grad()
     def _eps(self, x: torch.Tensor, t: int):
@@ -147,6 +150,8 @@ class InjectionEngine:
     @torch.no_grad()
     def generate_tensor(self, originals: np.ndarray, content_index: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
         """The generated images as float N x 3 x S x S in the model's resolution (unclipped)."""
+        if self.content_h is None:
+            raise ConfigError("this engine was built without contents (inversion only); it cannot generate")
         if len(originals) != len(content_index) or len(originals) != len(seeds):
             raise ValueError("originals, content_index and seeds must have one entry per pair")
         if len(content_index) and (np.min(content_index) < 0 or np.max(content_index) >= len(self.content_h)):
