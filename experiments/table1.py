@@ -1,24 +1,32 @@
 """Reproduce the paper's Table 1: every registered method on every dataset and ratio, over seeds.
 
-    python experiments/table1.py --quick          # Colored Digits at 1% and 5%, CPU, minutes
-    python experiments/table1.py --data-root DIR  # the released benchmarks (needs the data)
+    python experiments/table1.py --quick          # Colored Digits at 1% and 5%, CPU, < 20 minutes
+    python experiments/table1.py --data-root DIR \\
+        --checkpoint bffhq=ffhq_p2.pt --checkpoint dogs_and_cats=afhqdog_p2.pt   # the full table
 
-Each (dataset, ratio, seed) also trains the stage-1 GCE bias classifier and reports
-precision@K of its top-K set. Results go to MLflow (MLFLOW_TRACKING_URI, default
-./mlflow.db) and the finished table is printed and written under --out.
+Every stage output (bias classifier and top-K set, diffusion model, synthetic set, trained
+cell) is cached under --artifact-root by a hash of its config and inputs: re-running an
+interrupted command redoes only what is missing, and a stage many cells share (a dataset's
+diffusion model) is built once. Cells run --parallel at a time on the Ray cluster that
+RAY_ADDRESS names (or a local one). Results go to MLflow (MLFLOW_TRACKING_URI, default
+./mlflow.db); the table is printed and written under --out as Markdown, CSV and a bar chart.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 
+from diffinject.cells import CellResult, check_checkpoint_datasets
 from diffinject.config import apply_overrides, preset
-from diffinject.errors import DiffInjectError
+from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method, table_methods
-from diffinject.pipeline import ensure_ray, run_cell, run_stage1, with_seed
-from diffinject.results import collect, format_table
+from diffinject.pipeline import dataset_folder, ensure_ray, with_seed
+from diffinject.report import Table1
 from diffinject.tracking import Tracker
 
 PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
@@ -27,17 +35,78 @@ PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="embedded Colored Digits on CPU")
-    p.add_argument("--datasets", nargs="+")
+    p.add_argument("--datasets", nargs="+", help=f"default: {' '.join(PAPER_DATASETS)} (--quick: colored_digits)")
     p.add_argument("--ratios", nargs="+", default=["1", "5"])
     p.add_argument("--methods", nargs="+", help="default: every registered method")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--data-root", default="data")
-    p.add_argument("--cache-root", default="cache")
+    p.add_argument("--cache-root", default="cache", help="Parquet conversions of the datasets")
+    p.add_argument("--artifact-root", default="artifacts",
+                   help="stage outputs: a folder or a URI pyarrow opens (s3://bucket/path)")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="DATASET=PATH",
+                   help="a diffusion checkpoint for DATASET (released guided-diffusion / P2 file, or ours) "
+                        "instead of training one")
     p.add_argument("--experiment", help="MLflow experiment (default table1 or table1-quick)")
     p.add_argument("--out", default="results", help="folder for the finished table")
-    p.add_argument("--num-workers", type=int, default=0, help="Ray Train workers per training (0: in-process)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 per GPU job on "
+                                                   "a GPU cluster, 0 = in-process on CPU)")
+    p.add_argument("--parallel", type=int, help="cells in flight at once (default: the cluster's GPUs, or 1)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     return p.parse_args(argv)
+
+
+def parse_checkpoints(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        dataset, sep, path = item.partition("=")
+        if not sep or not dataset or not path:
+            raise ConfigError(f"--checkpoint {item!r}: expected DATASET=PATH, e.g. bffhq=ffhq_p2.pt")
+        out[dataset] = path
+    return out
+
+
+def cell_jobs(configs, seeds, methods) -> list:
+    """Every (config, method) cell; methods on synthetic data first in each (dataset, ratio, seed),
+    so the long shared stages start early."""
+    ordered = sorted(methods, key=lambda m: not get_method(m).needs_synthetic)
+    return [(with_seed(cfg, seed), method) for cfg in configs for seed in seeds for method in ordered]
+
+
+class Progress:
+    """One line per finished cell; a heartbeat with the overall count while long cells run."""
+
+    def __init__(self, total: int, every_s: float = 60.0):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+        self.last_line = self.started
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._heartbeat, args=(every_s,), daemon=True)
+        self.thread.start()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def cell_done(self, r: CellResult) -> None:
+        self.done += 1
+        how = "cached" if r.cached else ", ".join(f"{s} {v}" for s, v in sorted(r.stages.items()) if s != "cell")
+        print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] {r.dataset} {r.ratio}% seed {r.seed} {r.method}: "
+              f"unbiased {100 * r.metrics['test_acc']:.2f}  ({how}; {r.seconds:.0f}s)", flush=True)
+        self.last_line = time.perf_counter()
+
+    def _heartbeat(self, every_s: float) -> None:
+        while not self.stop.wait(every_s / 4):
+            if time.perf_counter() - self.last_line >= every_s:
+                print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] cells finished; working...", flush=True)
+                self.last_line = time.perf_counter()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def cluster_gpus() -> int:
+    import ray
+
+    return int(ray.cluster_resources().get("GPU", 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,48 +114,83 @@ def main(argv: list[str] | None = None) -> int:
     datasets = args.datasets or (["colored_digits"] if args.quick else list(PAPER_DATASETS))
     methods = args.methods or table_methods()
     experiment = args.experiment or ("table1-quick" if args.quick else "table1")
+    progress = None
     try:
         for method in methods:
             get_method(method)
+        checkpoints = parse_checkpoints(args.checkpoint)
+        check_checkpoint_datasets(checkpoints, datasets)
         configs = []
         for dataset in datasets:
             for ratio in args.ratios:
                 cfg = preset(dataset, ratio, quick=args.quick)
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
-                cfg.run.experiment, cfg.run.num_workers = experiment, args.num_workers
+                cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
+        for cfg in configs:  # every dataset is found and valid before anything starts
+            dataset_folder(cfg)
         ensure_ray()
+        for cfg in configs:  # one GPU worker per training on a GPU cluster, in-process on CPUs
+            cfg.run.num_workers = args.num_workers if args.num_workers is not None else int(cluster_gpus() > 0)
+        from diffinject.ray_cells import RunnerSpec, run_cells
+
         tracker = Tracker()
-        run_ids: set[str] = set()
-        total = len(configs) * len(args.seeds) * (len(methods) + 1)
-        done, started = 0, time.perf_counter()
-        for base in configs:
-            key = (base.data.dataset, base.data.ratio)
+        spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
+        jobs = cell_jobs(configs, args.seeds, methods)
+        parallel = args.parallel or max(1, cluster_gpus())
+        print(f"{len(jobs)} cells ({len(methods)} methods x {len(configs)} dataset/ratio x {len(args.seeds)} seeds), "
+              f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
+        progress = Progress(len(jobs))
+        results = run_cells(spec, jobs, parallel, progress.cell_done)
+        table = Table1(methods)
+        for r in results:
+            table.add(r.dataset, r.ratio, r.method, r.metrics)
+        built = Counter((stage, how) for r in results for stage, how in r.stages.items() if stage != "cell")
+        runner = spec.runner()
+        for cfg in configs:  # precision@K of the stage-1 top-K sets (built by DiffInject's cells, if any)
             for seed in args.seeds:
-                cfg = with_seed(base, seed)
-                stage1 = run_stage1(cfg, tracker)
-                run_ids.add(stage1.run_id)
-                done += 1
-                print(f"[{done}/{total} {time.perf_counter() - started:6.0f}s] {key[0]} {key[1]}% seed {seed} "
-                      f"stage 1: precision@{cfg.bias.k} {stage1.metrics['precision_at_k']:.2f}", flush=True)
-                for method in methods:
-                    cell = run_cell(cfg, method, tracker)
-                    run_ids.add(cell.run_id)
-                    done += 1
-                    print(f"[{done}/{total} {time.perf_counter() - started:6.0f}s] {key[0]} {key[1]}% seed {seed} "
-                          f"{method}: unbiased {100 * cell.metrics['test_acc']:.2f}", flush=True)
+                stage1 = runner.stage1(with_seed(cfg, seed))
+                built[("stage1", "reused" if stage1.reused else "built")] += not stage1.reused
+                table.add_precision(cfg.data.dataset, cfg.data.ratio, stage1.meta["metrics"]["precision_at_k"])
     except DiffInjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    text = format_table(collect(experiment, tracker, run_ids))  # this invocation's runs only
-    print("\n" + text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{experiment}.txt"
-    path.write_text(text + "\n")
-    print(f"\ntable: {path}   MLflow: {tracker.uri} (experiment {experiment!r}; `mlflow ui --backend-store-uri "
-          f"{tracker.uri}`)   total {time.perf_counter() - started:.0f}s")
+    finally:
+        if progress:
+            progress.close()
+    paths = write_outputs(table, results, Path(args.out), experiment, len(args.seeds), tracker)
+    summary = ", ".join(f"{s} x{n}" for (s, h), n in sorted(built.items()) if h == "built" and n) or "nothing"
+    print(f"\nthis run built: {summary}; {sum(r.cached for r in results)} of {len(results)} cells came from the cache")
+    print(f"table: {paths['md']} (+ {paths['csv'].name}, {paths['png'].name})   MLflow: {tracker.uri} "
+          f"(experiment {experiment!r}, run {paths['run_id']}; `mlflow ui --backend-store-uri {tracker.uri}`)   "
+          f"total {progress.elapsed():.0f}s")
     return 0
+
+
+def write_outputs(table: Table1, results: list[CellResult], out: Path, experiment: str, seeds: int,
+                  tracker: Tracker) -> dict:
+    """Print the table; write Markdown, CSV and the bar chart; log them to an MLflow `table` run."""
+    from diffinject.atomic import atomic_file
+
+    text = f"{table.markdown()}\n\n{table.notes(seeds)}"
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    md, csv_path, png = out / f"{experiment}.md", out / f"{experiment}.csv", out / f"{experiment}.png"
+    with atomic_file(md) as handle:
+        handle.write(f"# Table 1 ({experiment})\n\n{text}\n\n## Detail\n\n{table.detail_markdown()}\n")
+    table.write_csv(csv_path)
+    table.bar_chart(png, f"{experiment}: unbiased accuracy, mean ± std over {seeds} seed(s); "
+                         f"black bars: the paper's numbers")
+    runs = out / f"{experiment}-runs.json"
+    with atomic_file(runs) as handle:
+        json.dump([{"dataset": r.dataset, "ratio": r.ratio, "method": r.method, "seed": r.seed, "run_id": r.run_id,
+                    "test_acc": r.metrics["test_acc"]} for r in results], handle, indent=1)
+    run_id = tracker.start_run(tracker.experiment(experiment), f"{experiment}-table",
+                               {"diffinject.role": "table", "cells": len(results)})
+    for path in (md, csv_path, png, runs):
+        tracker.log_artifact(run_id, path)
+    tracker.finish(run_id)
+    return {"md": md, "csv": csv_path, "png": png, "run_id": run_id}
 
 
 if __name__ == "__main__":

@@ -20,15 +20,19 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
     argv = ["--quick", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "lff", "--data-root", str(digits_root / "data"),
             "--cache-root", str(digits_root / "cache"), "--out", str(tmp_path / "results"),
             "--set", "classifier.num_steps=20", "--set", "bias.classifier.num_steps=20"]
-    for _ in range(2):  # the second invocation logs to the same experiment
-        assert table1.main(argv) == 0
-        table = (tmp_path / "results" / "table1-quick.txt").read_text()
-        assert "colored_digits @ 1%" in table and "5%" not in table
-        vanilla = next(line for line in table.splitlines() if line.startswith("vanilla"))
-        stage1 = next(line for line in table.splitlines() if line.startswith("stage-1"))
-        lff = next(line for line in table.splitlines() if line.startswith("lff"))
-        assert vanilla.count("(n=1)") == 3 and lff.count("(n=1)") == 3 and stage1.count("(n=1)") == 4
-    assert "[3/3" in capsys.readouterr().out
+    assert table1.main(argv) == 0
+    first = capsys.readouterr().out
+    assert "[2/2" in first and "this run built: stage1 x1, stage4 x2" in first
+    table = (tmp_path / "results" / "table1-quick.md").read_text()
+    assert "Colored Digits 1%" in table and "5%" not in table
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "± 0.00" in rows["Vanilla"] and "(32.59)" in rows["Vanilla"] and "(74.23)" in rows["LfF"]  # 1 seed; CMNIST
+    assert rows["top-K precision (stage 1)"].count("0.") == 1
+    # the second invocation computes nothing and prints the same table
+    assert table1.main(argv) == 0
+    second = capsys.readouterr().out
+    assert "this run built: nothing; 2 of 2 cells came from the cache" in second
+    assert (tmp_path / "results" / "table1-quick.md").read_text() == table
 
 
 def test_unknown_method_fails_before_any_training(table1, capsys):

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 
 from .config import apply_overrides, preset
-from .errors import DiffInjectError
+from .errors import ConfigError, DiffInjectError
 
 
 def _config(args: argparse.Namespace):
     cfg = preset(args.dataset, args.ratio, quick=args.quick)
     cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
-    cfg.run.seed = args.seed
+    cfg.run.seed = cfg.diffusion.seed = args.seed
     cfg.run.experiment = args.experiment
     return apply_overrides(cfg, args.set or [])
 
@@ -85,10 +85,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     from .methods import get_method
     from .pipeline import ensure_ray, run_cell
 
-    get_method(args.method)
+    method = get_method(args.method)
+    if method.needs_synthetic and not args.synthetic:
+        raise ConfigError(f"method {args.method!r} trains on original + synthetic data: give the synthetic set "
+                          f"with --synthetic DIR (from `diffinject inject`), or run the whole method with "
+                          f"experiments/table1.py --methods {args.method}")
     cfg = _config(args)
     ensure_ray()
-    out = run_cell(cfg, args.method)
+    out = run_cell(cfg, args.method, extra_train=[Path(p) for p in args.synthetic or []])
     print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
 
 
@@ -171,13 +175,13 @@ def cmd_inject(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .data.parquet import load_split
     from .diffusion.checkpoint import checkpoint_meta
-    from .pipeline import _prepare, check_checkpoint_resolution, resolve_t_edit
+    from .pipeline import dataset_folder, check_checkpoint_resolution, resolve_t_edit
     from .tracking import Tracker
 
     cfg = _config(args)
     cfg.injection.calibrate_t_edit = True
     check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
-    images = load_split(_prepare(cfg), "train").images[:cfg.injection.calibration_images]
+    images = load_split(dataset_folder(cfg), "train").images[:cfg.injection.calibration_images]
     if args.random_lpips_backbone:
         print("warning: LPIPS with a randomly initialised AlexNet: the curve and t_edit are not meaningful")
     tracker = Tracker()
@@ -223,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a registered method on a dataset and ratio")
     train.add_argument("method")
+    train.add_argument("--synthetic", action="append", metavar="DIR",
+                       help="a synthetic set (from `diffinject inject`) added to the training data (repeatable)")
     _add_run_args(train)
     train.set_defaults(func=cmd_train)
 

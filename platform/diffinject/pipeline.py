@@ -41,6 +41,7 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # (2 s by default): far too slow for the frequent evaluations of small runs.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
     logging.getLogger("ray.train").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # the injection job prints its own progress
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -61,28 +62,31 @@ def _tags(cfg: ExperimentConfig, method: str, role: str) -> dict:
             "seed": cfg.run.seed, "diffinject.role": role}
 
 
-def _prepare(cfg: ExperimentConfig) -> Path:
+def dataset_folder(cfg: ExperimentConfig) -> Path:
+    """The finished Parquet conversion of cfg's dataset and ratio (converted on first use)."""
     validate(cfg)
     spec = get_dataset_spec(cfg.data.dataset)
     return prepare_dataset(Path(cfg.data.data_root), Path(cfg.data.cache_root), spec, cfg.data.ratio)
 
 
-def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None) -> StageOutcome:
-    """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid."""
+def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: str | None = None,
+               output_dir: Path | None = None) -> StageOutcome:
+    """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid
+    (a `stage1` run, nested under `parent` when given; files in `output_dir`)."""
     tracker = tracker or Tracker()
-    parquet = _prepare(cfg)
+    parquet = dataset_folder(cfg)
     num_train = conversion_counts(parquet)["train"]
     if cfg.bias.k > num_train:
         raise ConfigError(f"bias.k = {cfg.bias.k} is larger than the training set of "
                           f"{cfg.data.dataset} at {cfg.data.ratio}% ({num_train} samples)")
     exp = tracker.experiment(cfg.run.experiment)
     run_id = tracker.start_run(exp, f"stage1-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
-                               _tags(cfg, "gce", "stage1"), flatten(cfg))
+                               _tags(cfg, "gce", "stage1"), flatten(cfg), parent=parent)
     ok = False
     try:
         job = TrainJob(kind="bias", method="gce", config=to_dict(cfg), parquet=str(parquet),
                        tracking_uri=tracker.uri, mlflow_run_id=run_id)
-        out = run_train_job(job)
+        out = run_train_job(job, output_dir=output_dir)
         topk = load_topk(out.checkpoint_dir)
         labels, biases = load_labels(parquet, "train")
         aligned = labels == biases  # bias labels score stage 1; they never train anything
@@ -110,7 +114,7 @@ def diffusion_training_data(cfg: ExperimentConfig) -> tuple[str, str, Path]:
     from .data.registry import normalize_ratio
 
     if cfg.diffusion.train_data == "train":
-        return cfg.data.dataset, cfg.data.ratio, _prepare(cfg)
+        return cfg.data.dataset, cfg.data.ratio, dataset_folder(cfg)
     dataset, _, ratio = cfg.diffusion.train_data.partition("@")
     spec = get_dataset_spec(dataset)
     ratio = normalize_ratio(spec, ratio)
@@ -145,24 +149,25 @@ def progress_lines(tracker: Tracker, run_id: str, total_steps: int, label: str, 
         thread.join()
 
 
-def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None) -> StageOutcome:
+def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None, parent: str | None = None,
+               output_dir: Path | None = None, name: str | None = None) -> StageOutcome:
     """Train the P2-weighted diffusion model; its EMA checkpoint is `diffusion.pt` in the
     outcome's folder and an MLflow artifact, beside sample grids and the loss curve."""
     tracker = tracker or Tracker()
     validate(cfg)
     dataset, ratio, parquet = diffusion_training_data(cfg)
     exp = tracker.experiment(cfg.run.experiment)
-    tags = {"dataset": dataset, "ratio": ratio, "seed": cfg.run.seed, "diffinject.role": "stage2",
+    tags = {"dataset": dataset, "ratio": ratio, "seed": cfg.diffusion.seed, "diffinject.role": "stage2",
             "preset": cfg.diffusion.preset}
-    run_id = tracker.start_run(exp, f"stage2-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.run.seed}", tags,
-                               flatten(cfg))
+    run_id = tracker.start_run(exp, f"stage2-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.diffusion.seed}", tags,
+                               flatten(cfg), parent=parent)
     ok = False
     try:
         job = TrainJob(kind="diffusion", method="", config=to_dict(cfg), parquet=str(parquet),
                        tracking_uri=tracker.uri, mlflow_run_id=run_id, fault=fault)
         with progress_lines(tracker, run_id, cfg.diffusion.num_steps, f"stage 2 ({cfg.diffusion.preset})"):
-            out = run_train_job(job, name=f"diffusion-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.run.seed}-"
-                                          f"{run_id[:8]}")
+            out = run_train_job(job, name=name or f"diffusion-{dataset}-{ratio}-{cfg.diffusion.preset}-"
+                                                  f"s{cfg.diffusion.seed}-{run_id[:8]}", output_dir=output_dir)
         metrics = {f"final_{k}": out.metrics[k] for k in ("loss", "step") if k in out.metrics}
         tracker.log_metrics(run_id, metrics)
         metrics["resumed_from"] = out.metrics["resumed_from"]
@@ -215,7 +220,8 @@ def resolve_t_edit(cfg: ExperimentConfig, checkpoint: Path, images, tracker: Tra
 
 
 def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker: Tracker | None = None,
-               out_dir: Path | None = None, random_lpips_backbone: bool = False) -> StageOutcome:
+               out_dir: Path | None = None, random_lpips_backbone: bool = False,
+               parent: str | None = None) -> StageOutcome:
     """Make the synthetic set: N_syn pairs (original, top-K content) injected with the diffusion
     checkpoint on Ray Data actors; a `stage3` MLflow run with t_edit, N_syn, speed and the
     paper's Fig. 2 triptych. The outcome's folder is the synthetic set (Parquet, split train)."""
@@ -228,14 +234,14 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
     from .ray_inject import run_injection_job
 
     tracker = tracker or Tracker()
-    parquet = _prepare(cfg)
+    parquet = dataset_folder(cfg)
     check_checkpoint_resolution(cfg, checkpoint_meta(checkpoint)["preset"], checkpoint)
     train, topk = load_split(parquet, "train"), load_topk(topk_dir)
     manifest = build_manifest(len(train), topk["indices"], train.labels, train.biases, cfg.injection.conflict_ratio,
                               cfg.injection.originals, cfg.run.seed)
     exp = tracker.experiment(cfg.run.experiment)
     run_id = tracker.start_run(exp, f"stage3-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
-                               _tags(cfg, "diffinject", "stage3"), flatten(cfg))
+                               _tags(cfg, "diffinject", "stage3"), flatten(cfg), parent=parent)
     out_dir = Path(out_dir or Path(cfg.run.storage_path) / "synthetic" / f"{cfg.data.dataset}-{cfg.data.ratio}-"
                    f"s{cfg.run.seed}-{run_id[:8]}")
     ok = False
@@ -268,21 +274,25 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
 
 
 def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
-             extra_train: list[Path] | None = None) -> StageOutcome:
-    """Train and evaluate one registered method: a parent run with a nested stage4 run."""
+             extra_train: list[Path] | None = None, parent: str | None = None,
+             output_dir: Path | None = None) -> StageOutcome:
+    """Train and evaluate one registered method: a parent run with a nested stage4 run
+    (an existing `parent` is used, and left open for its owner to finish)."""
     get_method(method)
     tracker = tracker or Tracker()
-    parquet = _prepare(cfg)
+    parquet = dataset_folder(cfg)
     exp = tracker.experiment(cfg.run.experiment)
     name = f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}"
-    parent = tracker.start_run(exp, name, _tags(cfg, method, "cell"), flatten(cfg))
+    owns_parent = parent is None
+    if owns_parent:
+        parent = tracker.start_run(exp, name, _tags(cfg, method, "cell"), flatten(cfg))
     child = tracker.start_run(exp, f"stage4-{name}", _tags(cfg, method, "stage4"), parent=parent)
     ok = False
     try:
         job = TrainJob(kind="classifier", method=method, config=to_dict(cfg), parquet=str(parquet),
                        extra_train=[str(p) for p in extra_train or []], tracking_uri=tracker.uri,
                        mlflow_run_id=child)
-        out = run_train_job(job)
+        out = run_train_job(job, output_dir=output_dir)
         metrics = {k: out.metrics[k] for k in FINAL_KEYS if k in out.metrics}
         tracker.log_metrics(parent, metrics)
         tracker.log_metrics(child, {f"final_{k}": v for k, v in metrics.items()})
@@ -291,7 +301,8 @@ def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
         return StageOutcome(run_id=parent, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
     finally:
         tracker.finish(child, ok)
-        tracker.finish(parent, ok)
+        if owns_parent:
+            tracker.finish(parent, ok)
 
 
 def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:

@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -15,17 +16,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """Save as PNG under a temporary name, then rename into place."""
+    from .atomic import atomic_file
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    with atomic_file(path, "wb") as handle:
+        fig.savefig(handle, dpi=110, format="png")
+    pyplot().close(fig)
     return path
 
 
 def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, columns: int = 10) -> Path:
     """Save uint8 N x H x W x 3 images in a captioned grid (PNG)."""
-    plt = _pyplot()
+    plt = pyplot()
 
     n = len(images)
     rows = max(1, -(-n // columns))
@@ -38,7 +42,7 @@ def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, 
         ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tile_images(images: np.ndarray, columns: int = 10, gap: int = 2) -> np.ndarray:
@@ -70,7 +74,7 @@ def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
 def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str,
                ylabel: str, log_y: bool = False) -> Path:
     """Save one line per {label: (x, y)} in a PNG."""
-    plt = _pyplot()
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, (x, y) in curves.items():
@@ -82,13 +86,13 @@ def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], t
     if len(curves) > 1:
         ax.legend()
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def triptych(path: Path, originals: np.ndarray, contents: np.ndarray, generated: np.ndarray, title: str,
              captions: list[str] | None = None) -> Path:
     """The paper's Fig. 2 layout: rows original | content | generated, one pair per column."""
-    plt = _pyplot()
+    plt = pyplot()
 
     n = len(generated)
     fig, axes = plt.subplots(3, max(n, 1), figsize=(1.3 * max(n, 1) + 0.8, 4.4), squeeze=False)
@@ -105,4 +109,4 @@ def triptych(path: Path, originals: np.ndarray, contents: np.ndarray, generated:
                 ax.set_title(captions[col], fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

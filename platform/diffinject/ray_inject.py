@@ -43,7 +43,7 @@ class InjectorActor:
     """One injection engine per actor; called with batches of manifest rows (numpy format)."""
 
     def __init__(self, checkpoint_path: str, cfg: dict, t_edit: int, arrays, parts_dir: str, prov: dict,
-                 device: str = "cpu", fail_once_marker: str | None = None):
+                 device: str = "cpu", fail_once_marker: str | None = None, cpu_threads: int = 1):
         import ray
         import torch
 
@@ -60,6 +60,8 @@ class InjectorActor:
         self.fail_once_marker = fail_once_marker
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
+        if device == "cpu":  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved
+            torch.set_num_threads(cpu_threads)
         unet, _ = load_unet_checkpoint(Path(checkpoint_path))
         self.engine = InjectionEngine(unet, InjectionConfig(**cfg), arrays["topk_images"], device, t_edit=t_edit)
 
@@ -174,6 +176,8 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
             num_actors = int(resources.get("GPU", 0)) if gpu else max(1, int(resources.get("CPU", 1)) // 2)
         bs = cfg.batch_size
         num_actors = max(1, min(num_actors, -(-todo.num_rows // bs)))
+        # CPU actors share the cluster's CPUs (the driver-side consumer needs none)
+        cpus = max(1, int(resources.get("CPU", 1)) // num_actors) if not gpu else None
         arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids),
                   "train_biases": np.asarray(train_biases), "topk_images": topk_images,
                   "topk_ids": np.asarray(topk_ids), "topk_labels": np.asarray(topk_labels)}
@@ -185,10 +189,10 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
             fn_constructor_kwargs=dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg),
                                        t_edit=t_edit, arrays=[ref], parts_dir=str(parts),
                                        prov=provenance(cfg, t_edit, digest), device="cuda" if gpu else "cpu",
-                                       fail_once_marker=fail_once_marker),
+                                       fail_once_marker=fail_once_marker, cpu_threads=cpus or 1),
             compute=ray.data.ActorPoolStrategy(size=num_actors),
             batch_size=bs, batch_format="numpy",
-            num_gpus=1 if gpu else None, num_cpus=None if gpu else 1,
+            num_gpus=1 if gpu else None, num_cpus=cpus,
         )
         started, finished, next_report = time.time(), total - todo.num_rows, 0.1
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

@@ -145,7 +145,7 @@ def _worker_loop(loop_config: dict) -> None:
         files: dict[str, bytes] = {}
         if job.kind == "diffusion":
             images = load_split(job.parquet, "train").images
-            result = train_diffusion(cfg.diffusion, images, ctx, cfg.run.seed)
+            result = train_diffusion(cfg.diffusion, images, ctx, cfg.diffusion.seed)
             report({**result.metrics, "final": 1}, None, {DIFFUSION_FILE: result.checkpoint})
             return
         data = load_train_data(job, cfg)

@@ -121,6 +121,12 @@ def conversion_counts(folder: Path) -> dict[str, int]:
     return json.loads(marker.read_text())["counts"]
 
 
+def conversion_fingerprint(folder: Path) -> str:
+    """The source-files fingerprint a finished conversion was made from (its identity in keys)."""
+    conversion_counts(folder)
+    return json.loads((Path(folder) / MARKER).read_text())["fingerprint"]
+
+
 def load_labels(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """(labels, biases) of one split, reading only those two columns."""
     conversion_counts(folder)

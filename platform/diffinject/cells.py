@@ -1,0 +1,211 @@
+"""Table cells on the artifact cache: what a (dataset, ratio, method, seed) cell needs, each
+stage's key, and building or reusing every stage (DESIGN.md 2 and 5). Knows nothing of Ray
+scheduling; `ray_cells` runs many cells at once.
+
+Key material of each stage (nothing else in the config changes its output):
+
+    stage1  dataset fingerprint, cfg.bias, seed
+    stage2  fingerprint of its training data and cfg.diffusion (minus logging and sample-grid
+            fields), or the SHA-256 of a given checkpoint file and the preset it is read as
+    stage3  the stage-1 and stage-2 keys, dataset fingerprint, cfg.injection, seed
+    cell    method, dataset fingerprint, cfg.classifier, cfg.baselines, seed, and for
+            methods trained on synthetic data the stage-3 key
+
+MLflow: each cell is one parent run (role "cell") with its stage runs nested under it: the
+stage-4 run always, and the stage 1-3 runs this cell built. A stage built earlier or by
+another cell (the dataset's diffusion model serves every cell) is linked by tags on the
+parent: `<stage>.key`, `<stage>.run_id`, `<stage>.reused`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .artifacts import Artifact, ArtifactCache, artifact_key, file_digest
+from .config import ExperimentConfig, flatten, to_dict
+from .data.parquet import conversion_fingerprint
+from .errors import CheckpointError, ConfigError
+from .methods import get_method
+from .pipeline import dataset_folder, diffusion_training_data, run_cell, run_stage1, run_stage2, run_stage3
+from .ray_train import DIFFUSION_FILE
+from .tracking import Tracker
+
+# DiffusionConfig fields that change what is logged, never the weights
+DIFFUSION_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images", "sample_steps",
+                     "sample_eta", "check_sync_every")
+
+
+@dataclass
+class CellResult:
+    dataset: str
+    ratio: str
+    method: str
+    seed: int
+    metrics: dict
+    run_id: str
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> "built" | "reused"
+    seconds: float = 0.0
+
+    @property
+    def cached(self) -> bool:
+        return self.stages.get("cell") == "reused"
+
+
+class CellRunner:
+    """Builds or reuses the stages of table cells in one artifact cache and MLflow experiment.
+
+    `checkpoints`: dataset -> a diffusion checkpoint file (a released guided-diffusion / P2
+    file, or the project's format) used instead of training stage 2 for that dataset.
+    """
+
+    def __init__(self, cache: ArtifactCache, tracker: Tracker | None = None,
+                 checkpoints: dict[str, str] | None = None, random_lpips_backbone: bool = False):
+        self.cache = cache
+        self.tracker = tracker or Tracker()
+        self.checkpoints = dict(checkpoints or {})
+        self.random_lpips_backbone = random_lpips_backbone
+        for dataset, path in self.checkpoints.items():
+            if not Path(path).is_file():
+                raise CheckpointError(f"--checkpoint {dataset}={path}: no such file")
+
+    # ---- key material ------------------------------------------------------------------
+    def stage1_material(self, cfg: ExperimentConfig) -> dict:
+        return {"data": self._fingerprint(cfg), "bias": to_dict(cfg.bias), "seed": cfg.run.seed}
+
+    def stage2_material(self, cfg: ExperimentConfig) -> dict:
+        given = self.checkpoints.get(cfg.data.dataset)
+        if given:
+            return {"checkpoint_sha256": file_digest(given), "preset": cfg.diffusion.preset}
+        dataset, ratio, parquet = diffusion_training_data(cfg)
+        settings = {k: v for k, v in to_dict(cfg.diffusion).items() if k not in DIFFUSION_LOGGING}
+        return {"data": conversion_fingerprint(parquet), "dataset": dataset, "ratio": ratio, "diffusion": settings}
+
+    def stage3_material(self, cfg: ExperimentConfig) -> dict:
+        return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
+                "stage2": artifact_key("stage2", self.stage2_material(cfg)),
+                "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed}
+
+    def cell_material(self, cfg: ExperimentConfig, method: str) -> dict:
+        material = {"method": method, "data": self._fingerprint(cfg), "classifier": to_dict(cfg.classifier),
+                    "baselines": to_dict(cfg.baselines), "seed": cfg.run.seed}
+        if get_method(method).needs_synthetic:
+            material["stage3"] = artifact_key("stage3", self.stage3_material(cfg))
+        return material
+
+    @staticmethod
+    def _fingerprint(cfg: ExperimentConfig) -> str:
+        return conversion_fingerprint(dataset_folder(cfg))
+
+    # ---- stages ------------------------------------------------------------------------
+    def stage1(self, cfg: ExperimentConfig, parent: str | None = None) -> Artifact:
+        """The GCE bias classifier and its top-K set (topk.json, topk_images.npy, model.pt, grid)."""
+        def build(work: Path) -> dict:
+            out = run_stage1(cfg, self.tracker, parent=parent, output_dir=work)
+            return {"run_id": out.run_id, "metrics": out.metrics}
+
+        return self.cache.get_or_build("stage1", self.stage1_material(cfg), build)
+
+    def stage2(self, cfg: ExperimentConfig, parent: str | None = None) -> Artifact:
+        """The dataset's diffusion model as `diffusion.pt` (trained, or imported from --checkpoint)."""
+        material = self.stage2_material(cfg)
+        key = artifact_key("stage2", material)
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.diffusion.seed))
+
+        def build(work: Path) -> dict:
+            given = self.checkpoints.get(cfg.data.dataset)
+            if given:
+                return self._import_checkpoint(cfg, Path(given), work, parent)
+            out = run_stage2(cfg, self.tracker, parent=parent, output_dir=work, name=f"stage2-{key}")
+            return {"run_id": out.run_id, "metrics": {k: v for k, v in out.metrics.items() if k != "resumed_from"}}
+
+        return self.cache.get_or_build("stage2", material, build)
+
+    def _import_checkpoint(self, cfg: ExperimentConfig, path: Path, work: Path, parent: str | None) -> dict:
+        """A released checkpoint converted once into the project's format (strict key/shape check)."""
+        from .diffusion.checkpoint import FORMAT, read_checkpoint_file, unet_checkpoint_bytes
+        from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
+        from .diffusion.models import get_preset
+
+        preset = get_preset(cfg.diffusion.preset)
+        payload = read_checkpoint_file(path)
+        if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            if payload["preset"] != preset.name:
+                raise CheckpointError(f"{path} holds a {payload['preset']} model, but {cfg.data.dataset} uses "
+                                      f"diffusion.preset={preset.name}")
+            shutil.copyfile(path, work / DIFFUSION_FILE)
+            source = "diffinject"
+        else:
+            unet = load_guided_diffusion_checkpoint(path, preset)
+            (work / DIFFUSION_FILE).write_bytes(unet_checkpoint_bytes(
+                unet.state_dict(), preset, step=0, config={"source": str(path), "format": "guided-diffusion"}))
+            source = "guided-diffusion"
+        exp = self.tracker.experiment(cfg.run.experiment)
+        run_id = self.tracker.start_run(exp, f"stage2-{cfg.data.dataset}-{preset.name}-imported",
+                                        {"dataset": cfg.data.dataset, "diffinject.role": "stage2",
+                                         "preset": preset.name, "checkpoint": str(path), "checkpoint_format": source},
+                                        parent=parent)
+        self.tracker.finish(run_id)
+        return {"run_id": run_id, "metrics": {}, "source": str(path), "format": source}
+
+    def stage3(self, cfg: ExperimentConfig, stage1: Artifact, stage2: Artifact, parent: str | None = None) -> Artifact:
+        """The synthetic set (`synthetic/`, Parquet split train) and its triptych. A build that
+        was interrupted continues in its work folder, writing only the missing pairs."""
+        def build(work: Path) -> dict:
+            out = run_stage3(cfg, stage1.path, stage2.path / DIFFUSION_FILE, self.tracker, out_dir=work / "synthetic",
+                             random_lpips_backbone=self.random_lpips_backbone, parent=parent)
+            figures = work / ".synthetic-figures"
+            for item in figures.glob("*.png"):
+                shutil.copy2(item, work / item.name)
+            shutil.rmtree(figures, ignore_errors=True)
+            return {"run_id": out.run_id, "metrics": out.metrics}
+
+        return self.cache.get_or_build("stage3", self.stage3_material(cfg), build)
+
+    # ---- cells -------------------------------------------------------------------------
+    def cell(self, cfg: ExperimentConfig, method: str) -> CellResult:
+        """Run (or reuse) one table cell; a method trained on synthetic data runs stages 1-3 first."""
+        cls = get_method(method)
+        started = time.perf_counter()
+
+        def build(work: Path) -> dict:
+            exp = self.tracker.experiment(cfg.run.experiment)
+            parent = self.tracker.start_run(
+                exp, f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
+                {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
+                 "diffinject.role": "cell"}, flatten(cfg))
+            ok, stages = False, {}
+            try:
+                extra = []
+                if cls.needs_synthetic:
+                    s1 = self.stage1(cfg, parent)
+                    s2 = self.stage2(cfg, parent)
+                    s3 = self.stage3(cfg, s1, s2, parent)
+                    for art in (s1, s2, s3):
+                        stages[art.stage] = "reused" if art.reused else "built"
+                        self.tracker.set_tags(parent, {f"{art.stage}.key": art.key, f"{art.stage}.run_id":
+                                                       art.meta.get("run_id", ""), f"{art.stage}.reused": art.reused})
+                    extra = [s3.path / "synthetic"]
+                out = run_cell(cfg, method, self.tracker, extra, parent=parent, output_dir=work)
+                stages["stage4"] = "built"
+                ok = True
+                return {"run_id": parent, "metrics": out.metrics, "stages": dict(stages)}
+            finally:
+                self.tracker.finish(parent, ok)
+
+        art = self.cache.get_or_build("cell", self.cell_material(cfg, method), build)
+        stages = dict(art.meta.get("stages", {})) if not art.reused else {"cell": "reused"}
+        if not art.reused:
+            stages["cell"] = "built"
+        return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed, art.meta["metrics"],
+                          art.meta["run_id"], stages, time.perf_counter() - started)
+
+
+def check_checkpoint_datasets(checkpoints: dict[str, str], datasets: list[str]) -> None:
+    """--checkpoint names a dataset of the grid."""
+    unknown = sorted(set(checkpoints) - set(datasets))
+    if unknown:
+        raise ConfigError(f"--checkpoint given for {', '.join(unknown)}, which is not among the datasets "
+                          f"of this run ({', '.join(datasets)})")

@@ -1,0 +1,12 @@
+"""DiffInject's stage 4: cross-entropy on the original training set plus the synthetic
+bias-conflict samples of stages 1-3 (labelled with their content image's label)."""
+from __future__ import annotations
+
+from .base import register_method
+from .vanilla import Vanilla
+
+
+@register_method
+class DiffInject(Vanilla):
+    name = "diffinject"
+    needs_synthetic = True  # the drivers make the synthetic set and add it to the training data

@@ -1,0 +1,109 @@
+"""Run table cells side by side on the Ray cluster.
+
+Each cell is a Ray task that reserves nothing itself (num_cpus=0): the trainings and the
+injection job it starts reserve the CPUs and GPUs they need, so cells share the cluster
+through their jobs, and at most `parallel` cells are in flight. Shared stages (a dataset's
+diffusion model, a (dataset, ratio, seed)'s bias classifier) are built once: cells exclude
+each other per artifact key with the cache's file locks, or, for a remote cache root that
+several nodes share, with a named lock actor.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import ray
+
+from .artifacts import ArtifactCache
+from .cells import CellResult, CellRunner
+from .config import ExperimentConfig
+from .errors import DiffInjectError
+from .tracking import Tracker
+
+LOCK_ACTOR = "diffinject-artifact-locks"
+
+
+@ray.remote(num_cpus=0)
+class KeyLocks:
+    """Cluster-wide exclusive locks by name (for artifact roots that many nodes share)."""
+
+    def __init__(self):
+        self.owners: dict[str, str] = {}
+
+    def try_acquire(self, name: str, owner: str) -> bool:
+        if self.owners.get(name, owner) != owner:
+            return False
+        self.owners[name] = owner
+        return True
+
+    def release(self, name: str, owner: str) -> None:
+        if self.owners.get(name) == owner:
+            del self.owners[name]
+
+
+@contextlib.contextmanager
+def cluster_lock(name: str, poll_s: float = 1.0):
+    locks = KeyLocks.options(name=LOCK_ACTOR, get_if_exists=True).remote()
+    owner = uuid.uuid4().hex
+    while not ray.get(locks.try_acquire.remote(name, owner)):
+        time.sleep(poll_s)
+    try:
+        yield
+    finally:
+        ray.get(locks.release.remote(name, owner))
+
+
+@dataclass
+class RunnerSpec:
+    """What a cell task needs to build its own CellRunner (runners hold clients: not shipped)."""
+
+    cache_root: str
+    tracking_uri: str
+    checkpoints: dict[str, str]
+    random_lpips_backbone: bool = False
+
+    def runner(self) -> CellRunner:
+        lock = cluster_lock if "://" in self.cache_root else None
+        return CellRunner(ArtifactCache(self.cache_root, lock=lock), Tracker(self.tracking_uri), self.checkpoints,
+                          self.random_lpips_backbone)
+
+
+@ray.remote(num_cpus=0, max_retries=0)
+def _cell_task(spec: RunnerSpec, cfg: ExperimentConfig, method: str) -> CellResult:
+    return spec.runner().cell(cfg, method)
+
+
+def run_cells(spec: RunnerSpec, jobs: list[tuple[ExperimentConfig, str]], parallel: int,
+              on_result: Callable[[CellResult], None]) -> list[CellResult]:
+    """Run every (config, method) cell, `parallel` at a time (1: one after another in this
+    process); `on_result` sees each result as it finishes. A DiffInjectError in a cell stops
+    the run with that error once the cells in flight have finished."""
+    results: list[CellResult] = []
+    if parallel <= 1:
+        runner = spec.runner()
+        for cfg, method in jobs:
+            results.append(runner.cell(cfg, method))
+            on_result(results[-1])
+        return results
+    pending, in_flight, error = list(jobs), {}, None
+    while pending or in_flight:
+        while pending and len(in_flight) < parallel and error is None:
+            cfg, method = pending.pop(0)
+            in_flight[_cell_task.remote(spec, cfg, method)] = (cfg, method)
+        if not in_flight:
+            break
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        in_flight.pop(done[0])
+        try:
+            results.append(ray.get(done[0]))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if isinstance(exc.cause, DiffInjectError) else exc
+            error = error or cause
+            continue
+        on_result(results[-1])
+    if error is not None:
+        raise error
+    return results

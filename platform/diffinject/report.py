@@ -1,0 +1,173 @@
+"""Table 1 reports: the paper's shape (methods x dataset/ratio, unbiased accuracy mean ± std
+over seeds, best in bold), the paper's own numbers beside ours, Markdown, CSV and a bar chart.
+"""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_file
+from .plots import pyplot, save_figure
+
+# Table 1 of the paper: unbiased test accuracy (%), at 1% and 5% bias-conflicting samples.
+PAPER_TABLE1 = {
+    "vanilla": {"cmnist": (32.59, 82.44), "cifar10c": (23.62, 41.68), "bffhq": (60.68, 83.36),
+                "dogs_and_cats": (73.01, 83.51)},
+    "lff": {"cmnist": (74.23, 85.33), "cifar10c": (33.57, 49.47), "bffhq": (69.89, 78.31),
+            "dogs_and_cats": (69.92, 82.92)},
+    "disent": {"cmnist": (78.89, 89.60), "cifar10c": (36.49, 51.88), "bffhq": (66.00, 80.68),
+               "dogs_and_cats": (69.49, 82.78)},
+    "lff_be": {"cmnist": (81.17, 90.04), "cifar10c": (34.77, 52.16), "bffhq": (75.08, 85.48),
+               "dogs_and_cats": (81.52, 88.60)},
+    "a2": {"cmnist": (83.92, 91.64), "cifar10c": (27.54, 37.60), "bffhq": (78.98, 86.22),
+           "dogs_and_cats": (71.15, 83.07)},
+    "amplibias": {"cmnist": (67.79, 74.88), "cifar10c": (45.95, 52.22), "bffhq": (81.80, 87.34),
+                  "dogs_and_cats": (73.30, 84.67)},
+    "diffinject": {"cmnist": (85.58, 92.29), "cifar10c": (28.24, 33.11), "bffhq": (81.90, 89.90),
+                   "dogs_and_cats": (82.35, 93.60)},
+}
+PAPER_RATIOS = ("1", "5")
+# the paper column a dataset is compared with (Colored Digits stands in for Colored MNIST)
+PAPER_DATASET = {"colored_digits": "cmnist"}
+DISPLAY = {"vanilla": "Vanilla", "lff": "LfF", "disent": "DisEnt", "lff_be": "LfF + BE", "disent_be": "DisEnt + BE",
+           "a2": "A²", "amplibias": "AmpliBias", "diffinject": "DiffInject", "cmnist": "Colored MNIST",
+           "cifar10c": "Corrupted CIFAR-10", "bffhq": "BFFHQ", "dogs_and_cats": "Dogs & Cats",
+           "colored_digits": "Colored Digits"}
+METRICS = ("test_acc", "test_aligned_acc", "test_conflicting_acc")
+
+
+def paper_number(method: str, dataset: str, ratio: str) -> float | None:
+    row = PAPER_TABLE1.get(method, {}).get(PAPER_DATASET.get(dataset, dataset))
+    if row is None or ratio not in PAPER_RATIOS:
+        return None
+    return row[PAPER_RATIOS.index(ratio)]
+
+
+class Table1:
+    """Per-seed results: (dataset, ratio) -> method -> metric -> [values in %]."""
+
+    def __init__(self, methods: list[str]):
+        self.methods = list(methods)
+        self.values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        self.precision: dict = defaultdict(list)  # (dataset, ratio) -> [precision@K over seeds]
+
+    def add(self, dataset: str, ratio: str, method: str, metrics: dict) -> None:
+        for metric in METRICS:
+            if metric in metrics:
+                self.values[(dataset, ratio)][method][metric].append(100.0 * float(metrics[metric]))
+
+    def add_precision(self, dataset: str, ratio: str, precision: float) -> None:
+        self.precision[(dataset, ratio)].append(float(precision))
+
+    @property
+    def columns(self) -> list[tuple[str, str]]:
+        return sorted(self.values, key=lambda c: (c[0], float(c[1])))
+
+    def stats(self, column, method, metric="test_acc") -> tuple[float, float, int] | None:
+        v = self.values.get(column, {}).get(method, {}).get(metric, [])
+        if not v:
+            return None
+        return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
+
+    def _best(self, column) -> str | None:
+        means = {m: s[0] for m in self.methods if (s := self.stats(column, m))}
+        return max(means, key=means.get) if means else None
+
+    def markdown(self) -> str:
+        """The paper-shaped table: unbiased accuracy, ours (mean ± std, best in bold) and the paper's."""
+        cols = self.columns
+        header = ["method"] + [f"{DISPLAY.get(d, d)} {r}%" for d, r in cols]
+        rows = []
+        paper_only = [m for m in PAPER_TABLE1 if m not in self.methods]
+        for method in self.methods + paper_only:
+            row = [DISPLAY.get(method, method) + (" (paper only)" if method in paper_only else "")]
+            for column in cols:
+                s = self.stats(column, method)
+                ours = "—" if s is None else f"{s[0]:.2f} ± {s[1]:.2f}"
+                if s is not None and method == self._best(column):
+                    ours = f"**{ours}**"
+                paper = paper_number(method, *column)
+                row.append(ours + (f" ({paper:.2f})" if paper is not None else ""))
+            rows.append(row)
+        precision = ["top-K precision (stage 1)"]
+        for column in cols:
+            p = self.precision.get(column)
+            precision.append(f"{np.mean(p):.2f}" if p else "—")
+        rows.append(precision)
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        return "\n".join(lines)
+
+    def notes(self, seeds: int) -> str:
+        compared = sorted({PAPER_DATASET[d] for d, _ in self.columns if d in PAPER_DATASET})
+        text = (f"Unbiased test accuracy (%), mean ± std over {seeds} seed(s); best of ours in bold; "
+                f"the paper's Table 1 number in parentheses.")
+        if compared:
+            text += (" Colored Digits (the embedded stand-in) is compared with the paper's "
+                     f"{', '.join(DISPLAY[c] for c in compared)} column.")
+        return text
+
+    def detail_markdown(self) -> str:
+        """Unbiased, aligned and conflicting accuracy per method and column."""
+        lines = ["| dataset | ratio | method | seeds | unbiased | aligned | conflicting |", "|---|---|---|---|---|---|---|"]
+        for column in self.columns:
+            for method in self.methods:
+                cells = [self.stats(column, method, m) for m in METRICS]
+                if cells[0] is None:
+                    continue
+                shown = [f"{c[0]:.2f} ± {c[1]:.2f}" if c else "—" for c in cells]
+                lines.append(f"| {column[0]} | {column[1]}% | {method} | {cells[0][2]} | " + " | ".join(shown) + " |")
+        return "\n".join(lines)
+
+    def write_csv(self, path: Path) -> Path:
+        with atomic_file(path) as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["dataset", "ratio", "method", "seeds", "unbiased_mean", "unbiased_std", "aligned_mean",
+                             "conflicting_mean", "paper_unbiased", "unbiased_per_seed"])
+            for column in self.columns:
+                for method in self.methods:
+                    s = self.stats(column, method)
+                    if s is None:
+                        continue
+                    aligned, conflicting = (self.stats(column, method, m) for m in METRICS[1:])
+                    paper = paper_number(method, *column)
+                    writer.writerow([column[0], column[1], method, s[2], f"{s[0]:.4f}", f"{s[1]:.4f}",
+                                     f"{aligned[0]:.4f}" if aligned else "", f"{conflicting[0]:.4f}" if conflicting else "",
+                                     "" if paper is None else f"{paper:.2f}",
+                                     " ".join(f"{v:.4f}" for v in self.values[column][method]["test_acc"])])
+        return Path(path)
+
+    def bar_chart(self, path: Path, title: str) -> Path:
+        """Grouped bars per dataset/ratio: ours with std error bars; the paper's number as a marker."""
+        plt = pyplot()
+        cols, methods = self.columns, self.methods
+        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) * len(methods) / 3 + 2), 4.2))
+        width = 0.8 / max(len(methods), 1)
+        colors = plt.get_cmap("tab10")
+        for j, method in enumerate(methods):
+            xs, means, stds, paper_x, paper_y = [], [], [], [], []
+            for i, column in enumerate(cols):
+                x = i + (j - (len(methods) - 1) / 2) * width
+                s = self.stats(column, method)
+                if s is not None:
+                    xs.append(x)
+                    means.append(s[0])
+                    stds.append(s[1])
+                p = paper_number(method, *column)
+                if p is not None:
+                    paper_x.append(x)
+                    paper_y.append(p)
+            ax.bar(xs, means, width, yerr=stds, capsize=2, color=colors(j % 10), label=DISPLAY.get(method, method))
+            ax.scatter(paper_x, paper_y, marker="_", s=120, color="black", zorder=3,
+                       label="paper" if j == 0 and paper_x else None)
+        ax.set_xticks(range(len(cols)))
+        ax.set_xticklabels([f"{DISPLAY.get(d, d)}\n{r}%" for d, r in cols], fontsize=8)
+        ax.set_ylabel("unbiased test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, ncol=4, loc="upper left")
+        fig.tight_layout()
+        return save_figure(fig, path)
