@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from diffinject.artifacts import is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets
 from diffinject.config import apply_overrides, preset
 from diffinject.errors import ConfigError, DiffInjectError
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in configs:  # every dataset is found and valid before anything starts
             dataset_folder(cfg)
         ensure_ray()
+        import ray
+
         for cfg in configs:  # one GPU worker per training on a GPU cluster, in-process on CPUs
             cfg.run.num_workers = args.num_workers if args.num_workers is not None else int(cluster_gpus() > 0)
         from diffinject.ray_cells import RunnerSpec, run_cells
@@ -138,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
         jobs = cell_jobs(configs, args.seeds, methods)
         parallel = args.parallel or max(1, cluster_gpus())
+        if parallel > 1 and not is_remote(args.artifact_root) and len([n for n in ray.nodes() if n["Alive"]]) > 1:
+            print(f"warning: cells run on several nodes, but --artifact-root {args.artifact_root} is a local folder: "
+                  f"give a shared one (s3://..., or a path every node mounts) so they find each other's stages",
+                  flush=True)
         print(f"{len(jobs)} cells ({len(methods)} methods x {len(configs)} dataset/ratio x {len(args.seeds)} seeds), "
               f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
         progress = Progress(len(jobs))
