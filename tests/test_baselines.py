@@ -16,7 +16,7 @@ from diffinject.train import TrainContext, TrainData, fit
 
 
 def test_registry_lists_the_table_methods_in_order():
-    assert table_methods() == ["vanilla", "lff", "lff_be", "disent", "disent_be"]
+    assert table_methods() == ["vanilla", "lff", "lff_be", "disent", "disent_be", "diffinject"]
 
 
 def test_ema_first_sighting_then_exponential_update():

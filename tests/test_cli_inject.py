@@ -3,6 +3,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from diffinject.cli import main
+from diffinject.config import QUICK_INJECTION
 from diffinject.data.parquet import conversion_counts, load_split
 from diffinject.diffusion import build_unet, get_preset
 from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
@@ -37,7 +38,7 @@ def test_inject_runs_stage1_then_writes_the_synthetic_set(ray_session, digits_ro
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("t-inject").experiment_id],
                               "tags.`diffinject.role` = 'stage3'")
-    assert len(runs) == 1 and runs[0].data.metrics["n_syn"] == 6 and runs[0].data.metrics["t_edit"] == 500
+    assert len(runs) == 1 and runs[0].data.metrics["n_syn"] == 6 and runs[0].data.metrics["t_edit"] == QUICK_INJECTION["t_edit"]
     assert "triptych.png" in [a.path for a in client.list_artifacts(runs[0].info.run_id)]
 
 
