@@ -162,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     except DiffInjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished stages are kept under {args.artifact_root}; the same command continues "
+              f"from there", file=sys.stderr)
+        return 130
     finally:
         if progress:
             progress.close()
