@@ -1,0 +1,130 @@
+"""Method comparisons read from MLflow (any tracking URI): mean ± std per method, the paired
+difference to a reference method seed by seed, and the runs behind every number.
+
+A "cell" run (role tag `cell`, status FINISHED) is one (dataset, ratio, method, seed); when an
+experiment holds several for the same cell (re-runs with a fresh cache), the latest counts.
+Rows are methods, or `method@experiment` when several experiments are compared.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import ConfigError
+from .tracking import Tracker
+
+
+@dataclass(frozen=True)
+class CellRun:
+    experiment: str
+    dataset: str
+    ratio: str
+    method: str
+    seed: int
+    test_acc: float  # fraction
+    run_id: str
+    start_time: int
+
+
+@dataclass
+class Row:
+    label: str
+    by_seed: dict[int, float] = field(default_factory=dict)     # seed -> unbiased accuracy (%)
+    runs: dict[int, str] = field(default_factory=dict)          # seed -> run id
+    diff: dict[int, float] = field(default_factory=dict)        # seed -> accuracy - reference's (points)
+
+
+def mean_std(values, signed: bool = False) -> str:
+    """'mean ± sample std' of values; '—' when there are none."""
+    v = np.asarray(list(values), dtype=float)
+    if not len(v):
+        return "—"
+    return f"{v.mean():{'+' if signed else ''}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
+def load_cell_runs(tracker: Tracker, experiments: list[str], datasets=None, ratios=None, methods=None) -> list[CellRun]:
+    """The latest finished cell run per (experiment, dataset, ratio, method, seed)."""
+    latest: dict[tuple, CellRun] = {}
+    for name in experiments:
+        found = tracker.client.get_experiment_by_name(name)
+        if found is None:
+            raise ConfigError(f"no MLflow experiment {name!r} at {tracker.uri}")
+        for run in tracker.client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and "
+                                              "tags.`diffinject.role` = 'cell'", max_results=50_000):
+            tags, metrics = run.data.tags, run.data.metrics
+            if "test_acc" not in metrics:
+                continue
+            cell = CellRun(name, tags["dataset"], tags["ratio"], tags["method"], int(tags["seed"]),
+                           metrics["test_acc"], run.info.run_id, run.info.start_time)
+            if (datasets and cell.dataset not in datasets) or (ratios and cell.ratio not in ratios) or \
+                    (methods and cell.method not in methods):
+                continue
+            key = (name, cell.dataset, cell.ratio, cell.method, cell.seed)
+            if key not in latest or latest[key].start_time < cell.start_time:
+                latest[key] = cell
+    return list(latest.values())
+
+
+def compare(runs: list[CellRun], reference: str) -> dict[tuple[str, str], list[Row]]:
+    """(dataset, ratio) -> rows; the reference row first, each row's `diff` paired by seed."""
+    several = len({r.experiment for r in runs}) > 1
+    groups: dict = defaultdict(dict)
+    for r in runs:
+        label = f"{r.method}@{r.experiment}" if several else r.method
+        row = groups[(r.dataset, r.ratio)].setdefault(label, Row(label))
+        row.by_seed[r.seed] = 100.0 * r.test_acc
+        row.runs[r.seed] = r.run_id
+    out = {}
+    for column, rows in sorted(groups.items(), key=lambda kv: (kv[0][0], float(kv[0][1]))):
+        ref = rows.get(reference) or next((row for label, row in rows.items() if label.split("@")[0] == reference),
+                                          None)
+        if ref is None:
+            raise ConfigError(f"reference method {reference!r} has no finished runs for {column[0]} {column[1]}%; "
+                              f"found {', '.join(sorted(rows))}")
+        for row in rows.values():
+            row.diff = {s: row.by_seed[s] - ref.by_seed[s] for s in sorted(row.by_seed) if s in ref.by_seed}
+        out[column] = [ref] + sorted((r for r in rows.values() if r is not ref), key=lambda r: r.label)
+    return out
+
+
+def format_comparison(table: dict[tuple[str, str], list[Row]], reference: str, show_runs: bool = True) -> str:
+    lines = []
+    for (dataset, ratio), rows in table.items():
+        lines.append(f"\n{dataset} @ {ratio}% — unbiased accuracy (%), and the paired difference to {reference} "
+                     f"(points, mean ± std over the seeds both have)")
+        header = ["method", "accuracy", "seeds", f"Δ vs {reference}", "Δ per seed"]
+        body = [[row.label, mean_std(row.by_seed.values()), str(len(row.by_seed)), mean_std(row.diff.values(), signed=True),
+                 " ".join(f"s{s}:{d:+.2f}" for s, d in row.diff.items())] for row in rows]
+        widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
+        for row in [header, ["-" * w for w in widths]] + body:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if show_runs:
+            lines.append("runs:")
+            for row in rows:
+                lines.append(f"  {row.label}: " + ", ".join(f"s{s}={rid}" for s, rid in sorted(row.runs.items())))
+    return "\n".join(lines).lstrip("\n") if lines else "no finished cell runs match"
+
+
+def difference_plot(path, table: dict[tuple[str, str], list[Row]], reference: str):
+    """Paired differences to the reference per method and column: mean with std error bars,
+    every seed as a dot."""
+    from .plots import pyplot, save_figure
+
+    plt = pyplot()
+    columns = list(table)
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.6), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        rows = [r for r in table[column] if r.diff]
+        for i, row in enumerate(rows):
+            d = np.asarray(list(row.diff.values()))
+            ax.bar(i, d.mean(), yerr=d.std(ddof=1) if len(d) > 1 else 0.0, capsize=3, color="tab:blue", alpha=0.6)
+            ax.scatter(np.full(len(d), i), d, color="black", s=10, zorder=3)
+        ax.axhline(0.0, color="gray", linewidth=0.8)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r.label for r in rows], rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{column[0]} {column[1]}%", fontsize=9)
+        ax.set_ylabel(f"accuracy − {reference} (points)")
+    fig.tight_layout()
+    return save_figure(fig, path)

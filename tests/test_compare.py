@@ -1,0 +1,84 @@
+"""experiments/compare.py and diffinject.compare: comparisons read back from MLflow."""
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffinject.compare import compare, format_comparison, load_cell_runs
+from diffinject.errors import ConfigError
+from diffinject.tracking import Tracker
+
+
+def _cell(tracker, experiment, method, seed, acc, dataset="colored_digits", ratio="1", status=True):
+    exp = tracker.experiment(experiment)
+    run = tracker.start_run(exp, f"{method}-s{seed}", {"dataset": dataset, "ratio": ratio, "method": method,
+                                                       "seed": seed, "diffinject.role": "cell"})
+    tracker.log_metrics(run, {"test_acc": acc})
+    tracker.finish(run, status)
+    return run
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    t = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for seed, (v, d) in enumerate([(0.30, 0.35), (0.40, 0.41), (0.20, 0.29)]):
+        _cell(t, "quick", "vanilla", seed, v)
+        _cell(t, "quick", "diffinject", seed, d)
+    _cell(t, "quick", "lff", 0, 0.50)                   # only seed 0
+    _cell(t, "quick", "lff", 1, 0.99, status=False)     # a failed run never counts
+    _cell(t, "quick", "vanilla", 0, 0.10, ratio="5")
+    return t
+
+
+def test_paired_differences_use_the_seeds_both_methods_have(tracker):
+    table = compare(load_cell_runs(tracker, ["quick"], ratios=["1"]), "vanilla")
+    rows = {r.label: r for r in table[("colored_digits", "1")]}
+    assert table[("colored_digits", "1")][0].label == "vanilla"  # the reference first
+    assert rows["diffinject"].diff == pytest.approx({0: 5.0, 1: 1.0, 2: 9.0})
+    assert rows["lff"].diff == pytest.approx({0: 20.0}) and rows["lff"].by_seed == pytest.approx({0: 50.0})
+    text = format_comparison(table, "vanilla")
+    d = np.array([5.0, 1.0, 9.0])
+    assert f"+{d.mean():.2f} ± {d.std(ddof=1):.2f}" in text and "s0:+5.00 s1:+1.00 s2:+9.00" in text
+    assert rows["diffinject"].runs[2] in text  # the runs behind each number
+
+
+def test_latest_run_of_a_cell_counts_and_filters_apply(tracker):
+    time.sleep(0.01)
+    _cell(tracker, "quick", "vanilla", 1, 0.45)  # a later re-run of vanilla, seed 1
+    runs = load_cell_runs(tracker, ["quick"], methods=["vanilla"], ratios=["1"])
+    assert sorted((r.seed, r.test_acc) for r in runs) == [(0, 0.30), (1, 0.45), (2, 0.20)]
+    assert {r.ratio for r in load_cell_runs(tracker, ["quick"])} == {"1", "5"}
+
+
+def test_several_experiments_label_rows_and_pick_the_reference(tracker):
+    _cell(tracker, "ablation", "diffinject", 0, 0.33)
+    table = compare(load_cell_runs(tracker, ["quick", "ablation"], ratios=["1"]), "vanilla")
+    labels = [r.label for r in table[("colored_digits", "1")]]
+    assert labels[0] == "vanilla@quick" and "diffinject@ablation" in labels and "diffinject@quick" in labels
+    row = next(r for r in table[("colored_digits", "1")] if r.label == "diffinject@ablation")
+    assert row.diff == pytest.approx({0: 3.0})
+
+
+def test_missing_reference_or_experiment_is_an_error(tracker):
+    with pytest.raises(ConfigError, match="reference method 'nope' has no finished runs for colored_digits 1%"):
+        compare(load_cell_runs(tracker, ["quick"]), "nope")
+    with pytest.raises(ConfigError, match="no MLflow experiment 'absent'"):
+        load_cell_runs(tracker, ["absent"])
+
+
+def test_script_prints_the_comparison_and_writes_the_plot(tracker, tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "compare_script", Path(__file__).resolve().parents[1] / "experiments" / "compare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    plot = tmp_path / "diff.png"
+    assert script.main(["--experiments", "quick", "--tracking-uri", tracker.uri, "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "colored_digits @ 1%" in out and "colored_digits @ 5%" in out and "Δ vs vanilla" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert script.main(["--experiments", "quick", "--tracking-uri", tracker.uri, "--reference", "x"]) == 2
+    assert "error: reference method 'x'" in capsys.readouterr().err
