@@ -47,3 +47,16 @@ def test_killed_ddp_worker_resumes_from_its_checkpoint(ray_session, quick_cfg, d
     assert marker.exists()
     assert out.metrics["resumed_from"] in (10, 20)
     assert out.metrics["step"] == 40
+
+
+def test_storage_uri_keeps_checkpoints_there_and_the_final_copy_local(ray_session, quick_cfg, digits_parquet,
+                                                                       tmp_path):
+    """run.storage_path as a URI (file:// goes through pyarrow like s3:// would), one real worker."""
+    quick_cfg.run.storage_path = (tmp_path / "bucket").as_uri()
+    quick_cfg.run.num_workers = 1
+    out = run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
+                                 parquet=str(digits_parquet)), name="uri-run")
+    assert out.metrics["step"] == quick_cfg.classifier.num_steps
+    assert not str(out.checkpoint_dir).startswith("file:") and (out.checkpoint_dir / "model.pt").is_file()
+    stored = list((tmp_path / "bucket" / "uri-run").rglob("model.pt"))
+    assert stored, "the final checkpoint was not persisted under the storage URI"

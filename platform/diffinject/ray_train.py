@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import signal
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,19 +187,23 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     if use_gpu is None:
         use_gpu = gpus_available()
     name = name or f"{job.kind}-{cfg.data.dataset}-{cfg.data.ratio}-{job.method}-s{cfg.run.seed}-{uuid.uuid4().hex[:8]}"
-    storage = Path(cfg.run.storage_path).resolve()
+    # run.storage_path: a folder, or a URI pyarrow opens (s3://...: checkpoints shared by all nodes);
+    # checkpoints are staged and the final one copied out on local disk either way
+    remote = "://" in cfg.run.storage_path
+    storage = cfg.run.storage_path if remote else str(Path(cfg.run.storage_path).resolve())
+    local = Path(tempfile.gettempdir()) / "diffinject-train" if remote else Path(storage)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(storage / name / "staging")},
+        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(local / name / "staging")},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=use_gpu and cfg.run.num_workers > 0),
-        run_config=RunConfig(name=name, storage_path=str(storage),
+        run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    output_dir = Path(output_dir or storage / name / "final")
+    output_dir = Path(output_dir or local / name / "final")
     with result.checkpoint.as_directory() as folder:
         if (Path(folder) / "error.json").exists():
             info = json.loads((Path(folder) / "error.json").read_text())
