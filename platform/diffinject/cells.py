@@ -155,11 +155,7 @@ class CellRunner:
         was interrupted continues in its work folder, writing only the missing pairs."""
         def build(work: Path) -> dict:
             out = run_stage3(cfg, stage1.path, stage2.path / DIFFUSION_FILE, self.tracker, out_dir=work / "synthetic",
-                             random_lpips_backbone=self.random_lpips_backbone, parent=parent)
-            figures = work / ".synthetic-figures"
-            for item in figures.glob("*.png"):
-                shutil.copy2(item, work / item.name)
-            shutil.rmtree(figures, ignore_errors=True)
+                             random_lpips_backbone=self.random_lpips_backbone, parent=parent, figures_dir=work)
             return {"run_id": out.run_id, "metrics": out.metrics}
 
         return self.cache.get_or_build("stage3", self.stage3_material(cfg), build)

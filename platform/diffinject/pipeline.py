@@ -221,10 +221,11 @@ def resolve_t_edit(cfg: ExperimentConfig, checkpoint: Path, images, tracker: Tra
 
 def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker: Tracker | None = None,
                out_dir: Path | None = None, random_lpips_backbone: bool = False,
-               parent: str | None = None) -> StageOutcome:
+               parent: str | None = None, figures_dir: Path | None = None) -> StageOutcome:
     """Make the synthetic set: N_syn pairs (original, top-K content) injected with the diffusion
     checkpoint on Ray Data actors; a `stage3` MLflow run with t_edit, N_syn, speed and the
-    paper's Fig. 2 triptych. The outcome's folder is the synthetic set (Parquet, split train)."""
+    paper's Fig. 2 triptych. The outcome's folder is the synthetic set (Parquet, split train);
+    the triptych (and the t_edit curve) go to `figures_dir`, by default a folder beside it."""
     import time
 
     from .data.parquet import load_split
@@ -246,7 +247,7 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
                    f"s{cfg.run.seed}-{run_id[:8]}")
     ok = False
     try:
-        folder = out_dir.parent / f".{out_dir.name}-figures"
+        folder = Path(figures_dir or out_dir.parent / f".{out_dir.name}-figures")  # beside: finalize replaces out_dir
         folder.mkdir(parents=True, exist_ok=True)
         t_edit = resolve_t_edit(cfg, checkpoint, train.images[:cfg.injection.calibration_images], tracker, run_id, folder,
                                 random_lpips_backbone)
