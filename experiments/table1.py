@@ -104,12 +104,6 @@ class Progress:
         self.thread.join()
 
 
-def cluster_gpus() -> int:
-    import ray
-
-    return int(ray.cluster_resources().get("GPU", 0))
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     datasets = args.datasets or (["colored_digits"] if args.quick else list(PAPER_DATASETS))
@@ -133,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         ensure_ray()
         import ray
 
+        gpus = int(ray.cluster_resources().get("GPU", 0))
         for cfg in configs:  # one GPU worker per training on a GPU cluster, in-process on CPUs
-            cfg.run.num_workers = args.num_workers if args.num_workers is not None else int(cluster_gpus() > 0)
+            cfg.run.num_workers = args.num_workers if args.num_workers is not None else int(gpus > 0)
         from diffinject.ray_cells import RunnerSpec, run_cells
 
         tracker = Tracker()
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
         jobs = cell_jobs(configs, args.seeds, methods)
-        parallel = args.parallel or max(1, cluster_gpus())
+        parallel = args.parallel or max(1, gpus)
         if parallel > 1 and not is_remote(args.artifact_root) and len([n for n in ray.nodes() if n["Alive"]]) > 1:
             print(f"warning: cells run on several nodes, but --artifact-root {args.artifact_root} is a local folder: "
                   f"give a shared one (s3://..., or a path every node mounts) so they find each other's stages",

@@ -187,14 +187,12 @@ class CellRunner:
                 out = run_cell(cfg, method, self.tracker, extra, parent=parent, output_dir=work)
                 stages["stage4"] = "built"
                 ok = True
-                return {"run_id": parent, "metrics": out.metrics, "stages": dict(stages)}
+                return {"run_id": parent, "metrics": out.metrics, "stages": stages}
             finally:
                 self.tracker.finish(parent, ok)
 
         art = self.cache.get_or_build("cell", self.cell_material(cfg, method), build)
-        stages = dict(art.meta.get("stages", {})) if not art.reused else {"cell": "reused"}
-        if not art.reused:
-            stages["cell"] = "built"
+        stages = {"cell": "reused"} if art.reused else {**art.meta["stages"], "cell": "built"}
         return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed, art.meta["metrics"],
                           art.meta["run_id"], stages, time.perf_counter() - started)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError
+from .results import mean_std
 from .tracking import Tracker
 
 
@@ -34,14 +35,6 @@ class Row:
     by_seed: dict[int, float] = field(default_factory=dict)     # seed -> unbiased accuracy (%)
     runs: dict[int, str] = field(default_factory=dict)          # seed -> run id
     diff: dict[int, float] = field(default_factory=dict)        # seed -> accuracy - reference's (points)
-
-
-def mean_std(values, signed: bool = False) -> str:
-    """'mean ± sample std' of values; '—' when there are none."""
-    v = np.asarray(list(values), dtype=float)
-    if not len(v):
-        return "—"
-    return f"{v.mean():{'+' if signed else ''}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
 
 
 def load_cell_runs(tracker: Tracker, experiments: list[str], datasets=None, ratios=None, methods=None) -> list[CellRun]:

@@ -17,7 +17,7 @@ from typing import Callable
 
 import ray
 
-from .artifacts import ArtifactCache
+from .artifacts import ArtifactCache, is_remote
 from .cells import CellResult, CellRunner
 from .config import ExperimentConfig
 from .errors import DiffInjectError
@@ -66,7 +66,7 @@ class RunnerSpec:
     random_lpips_backbone: bool = False
 
     def runner(self) -> CellRunner:
-        lock = cluster_lock if "://" in self.cache_root else None
+        lock = cluster_lock if is_remote(self.cache_root) else None
         return CellRunner(ArtifactCache(self.cache_root, lock=lock), Tracker(self.tracking_uri), self.checkpoints,
                           self.random_lpips_backbone)
 

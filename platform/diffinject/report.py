@@ -11,6 +11,7 @@ import numpy as np
 
 from .atomic import atomic_file
 from .plots import pyplot, save_figure
+from .results import mean_std
 
 # Table 1 of the paper: unbiased test accuracy (%), at 1% and 5% bias-conflicting samples.
 PAPER_TABLE1 = {
@@ -66,8 +67,11 @@ class Table1:
     def columns(self) -> list[tuple[str, str]]:
         return sorted(self.values, key=lambda c: (c[0], float(c[1])))
 
+    def _seeds(self, column, method, metric="test_acc") -> list[float]:
+        return self.values.get(column, {}).get(method, {}).get(metric, [])
+
     def stats(self, column, method, metric="test_acc") -> tuple[float, float, int] | None:
-        v = self.values.get(column, {}).get(method, {}).get(metric, [])
+        v = self._seeds(column, method, metric)
         if not v:
             return None
         return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
@@ -81,13 +85,13 @@ class Table1:
         cols = self.columns
         header = ["method"] + [f"{DISPLAY.get(d, d)} {r}%" for d, r in cols]
         rows = []
+        best = {column: self._best(column) for column in cols}
         paper_only = [m for m in PAPER_TABLE1 if m not in self.methods]
         for method in self.methods + paper_only:
             row = [DISPLAY.get(method, method) + (" (paper only)" if method in paper_only else "")]
             for column in cols:
-                s = self.stats(column, method)
-                ours = "—" if s is None else f"{s[0]:.2f} ± {s[1]:.2f}"
-                if s is not None and method == self._best(column):
+                ours = mean_std(self._seeds(column, method))
+                if method == best[column]:
                     ours = f"**{ours}**"
                 paper = paper_number(method, *column)
                 row.append(ours + (f" ({paper:.2f})" if paper is not None else ""))
@@ -118,7 +122,7 @@ class Table1:
                 cells = [self.stats(column, method, m) for m in METRICS]
                 if cells[0] is None:
                     continue
-                shown = [f"{c[0]:.2f} ± {c[1]:.2f}" if c else "—" for c in cells]
+                shown = [mean_std(self._seeds(column, method, m)) for m in METRICS]
                 lines.append(f"| {column[0]} | {column[1]}% | {method} | {cells[0][2]} | " + " | ".join(shown) + " |")
         return "\n".join(lines)
 

@@ -11,6 +11,14 @@ from .tracking import Tracker
 COLUMNS = (("test_acc", "unbiased"), ("test_aligned_acc", "aligned"), ("test_conflicting_acc", "conflicting"))
 
 
+def mean_std(values, signed: bool = False) -> str:
+    """'mean ± sample std' of values; '—' when there are none."""
+    v = np.asarray(list(values), dtype=float)
+    if not len(v):
+        return "—"
+    return f"{v.mean():{'+' if signed else ''}.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f}"
+
+
 @dataclass
 class Cell:
     values: list[float]
@@ -18,8 +26,7 @@ class Cell:
     def __str__(self) -> str:
         if not self.values:
             return "-"
-        v = 100.0 * np.asarray(self.values)
-        return f"{v.mean():.2f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.2f} (n={len(v)})"
+        return f"{mean_std(100.0 * np.asarray(self.values))} (n={len(self.values)})"
 
 
 def collect(experiment: str, tracker: Tracker | None = None, run_ids: set[str] | None = None) -> dict:
