@@ -22,9 +22,9 @@ from collections import Counter
 from pathlib import Path
 
 from diffinject.artifacts import is_remote
-from diffinject.cells import CellResult, check_checkpoint_datasets
+from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import apply_overrides, preset
-from diffinject.errors import ConfigError, DiffInjectError
+from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import dataset_folder, ensure_ray, with_seed
 from diffinject.report import Table1
@@ -54,16 +54,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", type=int, help="cells in flight at once (default: the cluster's GPUs, or 1)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     return p.parse_args(argv)
-
-
-def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        dataset, sep, path = item.partition("=")
-        if not sep or not dataset or not path:
-            raise ConfigError(f"--checkpoint {item!r}: expected DATASET=PATH, e.g. bffhq=ffhq_p2.pt")
-        out[dataset] = path
-    return out
 
 
 def cell_jobs(configs, seeds, methods) -> list:

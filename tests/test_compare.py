@@ -82,3 +82,24 @@ def test_script_prints_the_comparison_and_writes_the_plot(tracker, tmp_path, cap
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert script.main(["--experiments", "quick", "--tracking-uri", tracker.uri, "--reference", "x"]) == 2
     assert "error: reference method 'x'" in capsys.readouterr().err
+
+
+def test_an_ablation_experiment_compares_its_trials_seed_by_seed(tracker):
+    """Trial runs carry every seed; their rows are method[setting] and cite the cells' runs; the
+    cell runs the trials built are not rows of their own."""
+    import json
+
+    exp = tracker.experiment("abl")
+    for method, variant, accs in (("vanilla", "", (30.0, 40.0)), ("diffinject", "gamma=0.5", (36.0, 41.0))):
+        run = tracker.start_run(exp, method, {"dataset": "colored_digits", "ratio": "1", "method": method,
+                                              "variant": variant, "diffinject.role": "trial",
+                                              "cell_runs": json.dumps({"0": f"{method}-c0", "1": f"{method}-c1"})})
+        tracker.log_metrics(run, {f"seed{s}.test_acc": a for s, a in enumerate(accs)})
+        tracker.finish(run)
+    _cell(tracker, "abl", "diffinject", 0, 0.99)  # a cell a trial built
+    table = compare(load_cell_runs(tracker, ["abl"]), "vanilla")
+    rows = {r.label: r for r in table[("colored_digits", "1")]}
+    assert set(rows) == {"vanilla", "diffinject[gamma=0.5]"}
+    assert rows["diffinject[gamma=0.5]"].diff == pytest.approx({0: 6.0, 1: 1.0})
+    assert rows["diffinject[gamma=0.5]"].runs == {0: "diffinject-c0", 1: "diffinject-c1"}
+    assert {r.method for r in load_cell_runs(tracker, ["abl"], methods=["diffinject"])} == {"diffinject[gamma=0.5]"}

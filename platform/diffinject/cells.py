@@ -197,6 +197,17 @@ class CellRunner:
                           art.meta["run_id"], stages, time.perf_counter() - started)
 
 
+def parse_checkpoints(items: list[str]) -> dict[str, str]:
+    """--checkpoint DATASET=PATH arguments -> {dataset: path}."""
+    out = {}
+    for item in items:
+        dataset, sep, path = item.partition("=")
+        if not sep or not dataset or not path:
+            raise ConfigError(f"--checkpoint {item!r}: expected DATASET=PATH, e.g. bffhq=ffhq_p2.pt")
+        out[dataset] = path
+    return out
+
+
 def check_checkpoint_datasets(checkpoints: dict[str, str], datasets: list[str]) -> None:
     """--checkpoint names a dataset of the grid."""
     unknown = sorted(set(checkpoints) - set(datasets))

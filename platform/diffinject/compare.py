@@ -1,12 +1,16 @@
 """Method comparisons read from MLflow (any tracking URI): mean ± std per method, the paired
 difference to a reference method seed by seed, and the runs behind every number.
 
-A "cell" run (role tag `cell`, status FINISHED) is one (dataset, ratio, method, seed); when an
-experiment holds several for the same cell (re-runs with a fresh cache), the latest counts.
-Rows are methods, or `method@experiment` when several experiments are compared.
+A "cell" run (role tag `cell`, status FINISHED) is one (dataset, ratio, method, seed). An
+ablation experiment holds "trial" runs instead, one per setting with every seed's accuracy
+(`seed<N>.test_acc`); their rows are `method[setting]` (the reference method's trial has no
+setting), and the cell runs the trials built are not rows of their own. When an experiment holds
+several runs for the same row and seed (re-runs), the latest counts. With several experiments,
+rows are `row@experiment`.
 """
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -38,26 +42,45 @@ class Row:
 
 
 def load_cell_runs(tracker: Tracker, experiments: list[str], datasets=None, ratios=None, methods=None) -> list[CellRun]:
-    """The latest finished cell run per (experiment, dataset, ratio, method, seed)."""
+    """The latest finished run per (experiment, dataset, ratio, row, seed): from the trial runs
+    of an ablation experiment, else from its cell runs. `methods` filters by method."""
     latest: dict[tuple, CellRun] = {}
     for name in experiments:
         found = tracker.client.get_experiment_by_name(name)
         if found is None:
             raise ConfigError(f"no MLflow experiment {name!r} at {tracker.uri}")
-        for run in tracker.client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and "
-                                              "tags.`diffinject.role` = 'cell'", max_results=50_000):
-            tags, metrics = run.data.tags, run.data.metrics
-            if "test_acc" not in metrics:
-                continue
-            cell = CellRun(name, tags["dataset"], tags["ratio"], tags["method"], int(tags["seed"]),
-                           metrics["test_acc"], run.info.run_id, run.info.start_time)
+        cells = []
+        for role in ("trial", "cell"):
+            runs = tracker.client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and "
+                                              f"tags.`diffinject.role` = '{role}'", max_results=50_000)
+            cells = [cell for run in runs for cell in _cells_of(name, run)]
+            if cells:
+                break
+        for cell in cells:
             if (datasets and cell.dataset not in datasets) or (ratios and cell.ratio not in ratios) or \
-                    (methods and cell.method not in methods):
+                    (methods and cell.method.split("[")[0] not in methods):
                 continue
             key = (name, cell.dataset, cell.ratio, cell.method, cell.seed)
             if key not in latest or latest[key].start_time < cell.start_time:
                 latest[key] = cell
     return list(latest.values())
+
+
+def _cells_of(experiment: str, run) -> list[CellRun]:
+    """A cell run's one accuracy, or a trial run's accuracy per seed (row `method[setting]`)."""
+    tags, metrics = run.data.tags, run.data.metrics
+    if tags["diffinject.role"] == "cell":
+        if "test_acc" not in metrics:
+            return []
+        by_seed = {int(tags["seed"]): metrics["test_acc"]}
+        row = tags["method"]
+    else:
+        by_seed = {int(k[4:].split(".")[0]): v / 100.0 for k, v in metrics.items()
+                   if k.startswith("seed") and k.endswith(".test_acc")}
+        row = f"{tags['method']}[{tags['variant']}]" if tags.get("variant") else tags["method"]
+    cell_runs = json.loads(tags.get("cell_runs", "{}"))  # a trial's number per seed comes from that cell's run
+    return [CellRun(experiment, tags["dataset"], tags["ratio"], row, seed, acc,
+                    cell_runs.get(str(seed), run.info.run_id), run.info.start_time) for seed, acc in by_seed.items()]
 
 
 def compare(runs: list[CellRun], reference: str) -> dict[tuple[str, str], list[Row]]:

@@ -10,6 +10,7 @@ several nodes share, with a named lock actor.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,8 +73,17 @@ class RunnerSpec:
 
 
 @ray.remote(num_cpus=0, max_retries=0)
-def _cell_task(spec: RunnerSpec, cfg: ExperimentConfig, method: str) -> CellResult:
+def cell_task(spec: RunnerSpec, cfg: ExperimentConfig, method: str, torch_threads: int) -> CellResult:
+    """One cell in a task of its own. Ray starts zero-CPU tasks with one torch thread; in-process
+    trainings (run.num_workers=0) get `torch_threads`, their share of the node's CPUs."""
+    import torch
+
+    torch.set_num_threads(max(1, min(torch_threads, os.cpu_count() or 1)))
     return spec.runner().cell(cfg, method)
+
+
+def threads_per_cell(parallel: int) -> int:
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
 
 
 def run_cells(spec: RunnerSpec, jobs: list[tuple[ExperimentConfig, str]], parallel: int,
@@ -92,7 +102,7 @@ def run_cells(spec: RunnerSpec, jobs: list[tuple[ExperimentConfig, str]], parall
     while pending or in_flight:
         while pending and len(in_flight) < parallel and error is None:
             cfg, method = pending.pop(0)
-            in_flight[_cell_task.remote(spec, cfg, method)] = (cfg, method)
+            in_flight[cell_task.remote(spec, cfg, method, threads_per_cell(parallel))] = (cfg, method)
         if not in_flight:
             break
         done, _ = ray.wait(list(in_flight), num_returns=1)
