@@ -81,7 +81,8 @@ def sweep_record(args, axes: list[Axis], base) -> dict:
 
 
 def check_same_sweep(record_path: Path, record: dict, tune_path: Path) -> None:
-    if not record_path.is_file():
+    """A Tune experiment resumes only the sweep that started it."""
+    if not record_path.is_file() or not tune_path.exists():
         return
     old = json.loads(record_path.read_text())
     changed = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
@@ -158,9 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [(setting, error) for setting, _, error in trials if error is not None]
     for setting, error in failed:
         print(f"error: trial {setting_label(setting)} failed: {error}", file=sys.stderr)
-    missing = len(trials) - len(results) - len(failed)
-    if missing:
-        print(f"\ninterrupted: {len(results)} of {len(trials)} trials finished; the same command resumes the sweep "
+    total = len(settings) if settings is not None else args.samples
+    if len(results) + len(failed) < total:
+        print(f"\ninterrupted: {len(results)} of {total} trials finished; the same command resumes the sweep "
               f"from {tune_path} (finished stages are kept under {args.artifact_root})", file=sys.stderr)
         return 130
     if failed or not results:

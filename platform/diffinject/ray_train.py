@@ -176,9 +176,12 @@ def gpus_available() -> bool:
     return torch.cuda.is_available() and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | None = None) -> JobOutput:
+def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | None = None,
+                  placement_strategy: str = "PACK") -> JobOutput:
     """Run one training on the Ray cluster (ray.init() must have been called) and copy its
-    final checkpoint to `output_dir`. A DiffInjectError inside the workers is re-raised here."""
+    final checkpoint to `output_dir`. A DiffInjectError inside the workers is re-raised here.
+    `placement_strategy` places the workers (Ray's PACK | SPREAD | STRICT_PACK | STRICT_SPREAD);
+    SPREAD puts them on different nodes where it can."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -195,7 +198,8 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(local / name / "staging")},
-        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=use_gpu and cfg.run.num_workers > 0),
+        scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=use_gpu and cfg.run.num_workers > 0,
+                                     placement_strategy=placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),

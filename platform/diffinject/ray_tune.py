@@ -9,6 +9,8 @@ settings in flight.
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +119,10 @@ def run_sweep(sweep: Sweep, path: Path, settings: list[dict] | None, samples: in
     """Run (or resume, when `path` holds this Tune experiment) the sweep. `settings` given: a
     grid over them; None: an Optuna search of `samples` trials. Returns (setting or None, last
     metrics, error) per trial and whether the experiment was restored."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, TrialLines reports
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep), TRIAL_RESOURCES)
-    total = len(settings) if settings is not None else samples
+    total = len(settings) if settings is not None else samples  # Tune creates trials as slots free up
     run_config = tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                 callbacks=[TrialLines(sweep, total)])
     restored = tune.Tuner.can_restore(str(path))
@@ -126,7 +130,7 @@ def run_sweep(sweep: Sweep, path: Path, settings: list[dict] | None, samples: in
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
         before = tuner.get_results()
         finished = sum(r.error is None and (r.metrics or {}).get("seeds_done") == len(sweep.seeds) for r in before)
-        print(f"resuming the sweep in {path}: {finished} of {len(before)} trials finished before", flush=True)
+        print(f"resuming the sweep in {path}: {finished} of {total} trials finished before", flush=True)
     elif settings is not None:
         tuner = tune.Tuner(trainable, param_space={"setting": tune.grid_search(settings)},
                            tune_config=tune.TuneConfig(max_concurrent_trials=parallel,
