@@ -3,6 +3,7 @@ cells running in parallel), an interrupted cell resuming with only its unfinishe
 and a miniature full-mode table1 run with a guided-diffusion checkpoint."""
 from __future__ import annotations
 
+import copy
 import importlib.util
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def test_diffinject_cell_builds_every_stage_once_and_nests_them(ray_session, tin
     again = runner.cell(tiny_cfg, "diffinject")
     assert again.cached and again.metrics == first.metrics and again.run_id == first.run_id
     assert len(_runs(tracker, "cells", "stage2")) == 1
+
+
+def test_a_cell_reused_in_another_experiment_gets_a_run_there(ray_session, tiny_cfg, tmp_path, mlflow_uri):
+    """Ablations and table1 share the cache: each experiment's cell runs still cover its cells."""
+    runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker())
+    built = runner.cell(tiny_cfg, "vanilla")
+    other = copy.deepcopy(tiny_cfg)
+    other.run.experiment = "elsewhere"
+    linked = runner.cell(other, "vanilla")
+    assert linked.cached and linked.run_id != built.run_id
+    tracker = Tracker()
+    (run,) = _runs(tracker, "elsewhere", "cell")
+    assert run.info.run_id == linked.run_id and run.data.tags["cell.cached_from"] == built.run_id
+    assert run.data.metrics["test_acc"] == built.metrics["test_acc"] and run.data.tags["method"] == "vanilla"
+    assert runner.cell(other, "vanilla").run_id == linked.run_id and len(_runs(tracker, "elsewhere", "cell")) == 1
+    assert runner.cell(tiny_cfg, "vanilla").run_id == built.run_id and len(_runs(tracker, "cells", "cell")) == 1
 
 
 def test_an_interrupted_cell_redoes_only_its_unfinished_stages(ray_session, tiny_cfg, tmp_path, mlflow_uri,

@@ -11,6 +11,7 @@ axes give every combination.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import itertools
@@ -99,7 +100,7 @@ def parse_axis(text: str, base: ExperimentConfig) -> Axis:
 def _typed(text: str, kind: type, name: str, fields: tuple[str, ...], base: ExperimentConfig) -> Any:
     """The value as the field's type, validated by applying it to a copy of the config."""
     try:
-        cfg = apply_overrides(with_seed(base, base.run.seed), [f"{f}={text.strip()}" for f in fields])
+        cfg = apply_overrides(copy.deepcopy(base), [f"{f}={text.strip()}" for f in fields])
     except ConfigError as exc:
         raise ConfigError(f"--sweep {name}: {exc}") from None
     return kind(_field_value(cfg, fields[0]))
@@ -128,7 +129,7 @@ def grid_settings(axes: list[Axis], base: ExperimentConfig, crossed: bool) -> li
 def apply_setting(base: ExperimentConfig, axes: list[Axis], setting: dict) -> ExperimentConfig:
     by_name = {a.name: a for a in axes}
     overrides = [f"{f}={setting[name]}" for name in setting for f in by_name[name].fields]
-    return apply_overrides(with_seed(base, base.run.seed), overrides)
+    return apply_overrides(copy.deepcopy(base), overrides)
 
 
 def setting_label(setting: dict) -> str:

@@ -14,7 +14,9 @@ Key material of each stage (nothing else in the config changes its output):
 MLflow: each cell is one parent run (role "cell") with its stage runs nested under it: the
 stage-4 run always, and the stage 1-3 runs this cell built. A stage built earlier or by
 another cell (the dataset's diffusion model serves every cell) is linked by tags on the
-parent: `<stage>.key`, `<stage>.run_id`, `<stage>.reused`.
+parent: `<stage>.key`, `<stage>.run_id`, `<stage>.reused`. A whole cell reused in another
+experiment (ablations and table1 share the cache) gets a cell run there too, tagged
+`cell.cached_from`.
 """
 from __future__ import annotations
 
@@ -193,8 +195,34 @@ class CellRunner:
 
         art = self.cache.get_or_build("cell", self.cell_material(cfg, method), build)
         stages = {"cell": "reused"} if art.reused else {**art.meta["stages"], "cell": "built"}
+        run_id = self._run_in_experiment(cfg, method, art) if art.reused else art.meta["run_id"]
         return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed, art.meta["metrics"],
-                          art.meta["run_id"], stages, time.perf_counter() - started)
+                          run_id, stages, time.perf_counter() - started)
+
+    def _run_in_experiment(self, cfg: ExperimentConfig, method: str, art: Artifact) -> str:
+        """The cell's run in this run's MLflow experiment: the run that built it when it is there,
+        else a new cell run with its metrics and a `cell.cached_from` tag naming the run that
+        built it (a cell reused from another experiment, or from before a new MLflow database),
+        so that every experiment's cell runs cover all of its cells."""
+        from mlflow.exceptions import MlflowException
+
+        exp = self.tracker.experiment(cfg.run.experiment)
+        try:
+            if self.tracker.client.get_run(art.meta["run_id"]).info.experiment_id == exp:
+                return art.meta["run_id"]
+        except MlflowException:  # not in this tracking store
+            pass
+        found = self.tracker.client.search_runs([exp], f"tags.`cell.key` = '{art.key}' and "
+                                                "attributes.status = 'FINISHED'", max_results=1)
+        if found:
+            return found[0].info.run_id
+        run_id = self.tracker.start_run(
+            exp, f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
+            {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
+             "diffinject.role": "cell", "cell.key": art.key, "cell.cached_from": art.meta["run_id"]}, flatten(cfg))
+        self.tracker.log_metrics(run_id, art.meta["metrics"])
+        self.tracker.finish(run_id)
+        return run_id
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:
