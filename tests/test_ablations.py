@@ -206,6 +206,7 @@ def test_interrupted_grid_sweep_resumes_without_rerunning_finished_trials(ray_se
     runs = _trial_runs(tracker, "abl")
     labels = sorted(r.data.tags["variant"] or r.data.tags["method"] for r in runs)
     assert labels == ["gamma=0", "gamma=1", "vanilla"]  # each exactly once: nothing redone
+    assert not _trial_runs(tracker, "abl", "RUNNING")  # the stopped trial's run is marked KILLED when rerun
     for name in ("abl.md", "abl.csv", "abl.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0
     rows = (tmp_path / "results" / "abl.csv").read_text().splitlines()

@@ -192,6 +192,8 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
     """Run `method` with `cfg` over `seeds` (cells come from the cache when built before), as one
     MLflow trial run (role "trial") with every seed's accuracy; `on_seed` sees partial results."""
     exp = tracker.experiment(cfg.run.experiment)
+    for stale in tracker.client.search_runs([exp], f"tags.`trial.key` = '{key}' and attributes.status = 'RUNNING'"):
+        tracker.client.set_terminated(stale.info.run_id, "KILLED")  # its trial was stopped (Ctrl-C); this reruns it
     label = setting_label(setting)
     run_id = tracker.start_run(
         exp, f"{method}[{label}]" if setting else method,

@@ -170,10 +170,7 @@ class CellRunner:
 
         def build(work: Path) -> dict:
             exp = self.tracker.experiment(cfg.run.experiment)
-            parent = self.tracker.start_run(
-                exp, f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
-                {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
-                 "diffinject.role": "cell"}, flatten(cfg))
+            parent = self.tracker.start_run(exp, _cell_name(cfg, method), _cell_tags(cfg, method), flatten(cfg))
             ok, stages = False, {}
             try:
                 extra = []
@@ -216,13 +213,20 @@ class CellRunner:
                                                 "attributes.status = 'FINISHED'", max_results=1)
         if found:
             return found[0].info.run_id
-        run_id = self.tracker.start_run(
-            exp, f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
-            {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
-             "diffinject.role": "cell", "cell.key": art.key, "cell.cached_from": art.meta["run_id"]}, flatten(cfg))
+        run_id = self.tracker.start_run(exp, _cell_name(cfg, method), {
+            **_cell_tags(cfg, method), "cell.key": art.key, "cell.cached_from": art.meta["run_id"]}, flatten(cfg))
         self.tracker.log_metrics(run_id, art.meta["metrics"])
         self.tracker.finish(run_id)
         return run_id
+
+
+def _cell_name(cfg: ExperimentConfig, method: str) -> str:
+    return f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}"
+
+
+def _cell_tags(cfg: ExperimentConfig, method: str) -> dict:
+    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
+            "diffinject.role": "cell"}
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:

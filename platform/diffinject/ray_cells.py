@@ -83,6 +83,7 @@ def cell_task(spec: RunnerSpec, cfg: ExperimentConfig, method: str, torch_thread
 
 
 def threads_per_cell(parallel: int) -> int:
+    """Torch threads for each of `parallel` cells sharing the cluster's CPUs."""
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
 
 
@@ -99,10 +100,11 @@ def run_cells(spec: RunnerSpec, jobs: list[tuple[ExperimentConfig, str]], parall
             on_result(results[-1])
         return results
     pending, in_flight, error = list(jobs), {}, None
+    threads = threads_per_cell(parallel)
     while pending or in_flight:
         while pending and len(in_flight) < parallel and error is None:
             cfg, method = pending.pop(0)
-            in_flight[cell_task.remote(spec, cfg, method, threads_per_cell(parallel))] = (cfg, method)
+            in_flight[cell_task.remote(spec, cfg, method, threads)] = (cfg, method)
         if not in_flight:
             break
         done, _ = ray.wait(list(in_flight), num_returns=1)

@@ -97,6 +97,7 @@ class TrialLines(tune.Callback):
         return f"[{self.done}/{self.total} trials {time.perf_counter() - self.started:6.0f}s]"
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.done = sum(t.status == "TERMINATED" for t in trials)  # a resumed sweep starts with some
         label = setting_label(self.sweep.setting_of(trial.config))
         partial = SettingResult.from_metrics(self.sweep.method, {}, result)
         seed = list(partial.test)[-1]
