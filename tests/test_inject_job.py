@@ -189,3 +189,12 @@ def test_job_survives_an_actor_killed_mid_job(ray_session, data, checkpoint, tmp
     table = _final(out)
     assert table["pair_id"].to_pylist() == list(range(m.num_rows))
     assert len(load_split(out, "train")) == m.num_rows
+
+
+def test_cpu_actors_share_the_cluster_but_fit_on_a_node():
+    from diffinject.ray_inject import actor_cpus
+
+    assert actor_cpus(4, 2, [2, 2]) == 2        # one actor per 2-CPU node
+    assert actor_cpus(3, 1, [2, 1]) == 2        # a 3-CPU share fits no node: the largest node's 2
+    assert actor_cpus(16, 2, [8, 4, 4]) == 8
+    assert actor_cpus(1, 4, [1]) == 1           # never below one CPU

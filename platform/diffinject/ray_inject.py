@@ -114,6 +114,12 @@ def _resolve_gpu(use_gpu) -> bool:
     return wanted
 
 
+def actor_cpus(cluster_cpus: int, num_actors: int, node_cpus: list[int]) -> int:
+    """CPUs each CPU actor reserves: an equal share of the cluster's (the driver-side consumer
+    needs none), but no more than the largest node has, or the actor could never be placed."""
+    return max(1, min(cluster_cpus // num_actors, max(node_cpus, default=1)))
+
+
 def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_labels, train_biases,
                       topk_images: np.ndarray, topk_ids, topk_labels, checkpoint_path: Path,
                       cfg: InjectionConfig, out_dir: Path, t_edit: int | None = None, num_actors: int | None = None,
@@ -176,8 +182,8 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
             num_actors = int(resources.get("GPU", 0)) if gpu else max(1, int(resources.get("CPU", 1)) // 2)
         bs = cfg.batch_size
         num_actors = max(1, min(num_actors, -(-todo.num_rows // bs)))
-        # CPU actors share the cluster's CPUs (the driver-side consumer needs none)
-        cpus = max(1, int(resources.get("CPU", 1)) // num_actors) if not gpu else None
+        cpus = None if gpu else actor_cpus(int(resources.get("CPU", 1)), num_actors,
+                                           [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]])
         arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids),
                   "train_biases": np.asarray(train_biases), "topk_images": topk_images,
                   "topk_ids": np.asarray(topk_ids), "topk_labels": np.asarray(topk_labels)}
