@@ -99,10 +99,15 @@ def test_results_table_pairs_differences_by_seed(base):
     assert lines[3].endswith("<- best") and "best" not in lines[4]
 
 
-def _fake_cells(accuracies: dict[int, float], fail_at: int | None = None):
+def _status(tracker: Tracker, experiment: str, key: str) -> list[str]:
+    exp = tracker.client.get_experiment_by_name(experiment).experiment_id
+    return [r.info.status for r in tracker.client.search_runs([exp], f"tags.`trial.key` = '{key}'")]
+
+
+def _fake_cells(accuracies: dict[int, float], fail_at: int | None = None, error: type[BaseException] = RuntimeError):
     def run_cell(cfg, method):
         if cfg.run.seed == fail_at:
-            raise RuntimeError("boom")
+            raise error("boom")
         acc = accuracies[cfg.run.seed]
         return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed,
                           {"test_acc": acc, "valid_acc": acc / 2}, f"cell-{cfg.run.seed}-{cfg.injection.gamma}")
@@ -131,6 +136,13 @@ def test_a_setting_is_one_trial_run_with_every_seed(base, tmp_path):
     with pytest.raises(RuntimeError):
         evaluate_setting(cfg, "diffinject", {"gamma": 0.9}, [0, 1], tracker, _fake_cells({0: 0.3}, fail_at=1), other)
     assert finished_trial(tracker, "abl", other) is None
+    assert _status(tracker, "abl", other) == ["FAILED"]
+    # a trial that Tune stops (Ray raises SystemExit in the trial's thread) is KILLED, not FAILED
+    stopped = trial_key("diffinject", {"gamma": 0.7}, base)
+    with pytest.raises(SystemExit):
+        evaluate_setting(cfg, "diffinject", {"gamma": 0.7}, [0, 1], tracker,
+                         _fake_cells({0: 0.3}, fail_at=1, error=SystemExit), stopped)
+    assert _status(tracker, "abl", stopped) == ["KILLED"] and finished_trial(tracker, "abl", stopped) is None
     assert trial_key("diffinject", {"gamma": 0.5}, cfg) != key  # the base config is part of the key
 
 
@@ -206,7 +218,7 @@ def test_interrupted_grid_sweep_resumes_without_rerunning_finished_trials(ray_se
     runs = _trial_runs(tracker, "abl")
     labels = sorted(r.data.tags["variant"] or r.data.tags["method"] for r in runs)
     assert labels == ["gamma=0", "gamma=1", "vanilla"]  # each exactly once: nothing redone
-    assert not _trial_runs(tracker, "abl", "RUNNING")  # the stopped trial's run is marked KILLED when rerun
+    assert not _trial_runs(tracker, "abl", "RUNNING") and not _trial_runs(tracker, "abl", "FAILED")
     for name in ("abl.md", "abl.csv", "abl.png"):
         assert (tmp_path / "results" / name).stat().st_size > 0
     rows = (tmp_path / "results" / "abl.csv").read_text().splitlines()

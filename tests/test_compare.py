@@ -13,12 +13,12 @@ from diffinject.errors import ConfigError
 from diffinject.tracking import Tracker
 
 
-def _cell(tracker, experiment, method, seed, acc, dataset="colored_digits", ratio="1", status=True):
+def _cell(tracker, experiment, method, seed, acc, dataset="colored_digits", ratio="1", status="FINISHED"):
     exp = tracker.experiment(experiment)
     run = tracker.start_run(exp, f"{method}-s{seed}", {"dataset": dataset, "ratio": ratio, "method": method,
                                                        "seed": seed, "diffinject.role": "cell"})
     tracker.log_metrics(run, {"test_acc": acc})
-    tracker.finish(run, status)
+    tracker.client.set_terminated(run, status)
     return run
 
 
@@ -29,7 +29,8 @@ def tracker(tmp_path):
         _cell(t, "quick", "vanilla", seed, v)
         _cell(t, "quick", "diffinject", seed, d)
     _cell(t, "quick", "lff", 0, 0.50)                   # only seed 0
-    _cell(t, "quick", "lff", 1, 0.99, status=False)     # a failed run never counts
+    _cell(t, "quick", "lff", 1, 0.99, status="FAILED")  # a failed run never counts
+    _cell(t, "quick", "lff", 2, 0.98, status="KILLED")  # nor a stopped one
     _cell(t, "quick", "vanilla", 0, 0.10, ratio="5")
     return t
 

@@ -193,15 +193,15 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
     MLflow trial run (role "trial") with every seed's accuracy; `on_seed` sees partial results."""
     exp = tracker.experiment(cfg.run.experiment)
     for stale in tracker.client.search_runs([exp], f"tags.`trial.key` = '{key}' and attributes.status = 'RUNNING'"):
-        tracker.client.set_terminated(stale.info.run_id, "KILLED")  # its trial was stopped (Ctrl-C); this reruns it
+        tracker.client.set_terminated(stale.info.run_id, "KILLED")  # its process died before ending it; this reruns it
     label = setting_label(setting)
     run_id = tracker.start_run(
         exp, f"{method}[{label}]" if setting else method,
         {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "diffinject.role": "trial",
          "variant": label, "setting": json.dumps(setting, sort_keys=True), "trial.key": key},
         {**flatten(cfg), **{f"sweep.{k}": v for k, v in setting.items()}})
-    result, ok = SettingResult(method, dict(setting), run_id=run_id), False
-    try:
+    result = SettingResult(method, dict(setting), run_id=run_id)
+    with tracker.ending(run_id):
         for seed in seeds:
             cell = run_cell(with_seed(cfg, seed), method)
             result.test[seed] = 100.0 * cell.metrics["test_acc"]
@@ -211,10 +211,7 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
             if on_seed:
                 on_seed(result)
         tracker.set_tags(run_id, {"cell_runs": json.dumps(result.cell_runs)})
-        ok = True
         return result
-    finally:
-        tracker.finish(run_id, ok)
 
 
 def finished_trial(tracker: Tracker, experiment: str, key: str) -> SettingResult | None:

@@ -171,8 +171,8 @@ class CellRunner:
         def build(work: Path) -> dict:
             exp = self.tracker.experiment(cfg.run.experiment)
             parent = self.tracker.start_run(exp, _cell_name(cfg, method), _cell_tags(cfg, method), flatten(cfg))
-            ok, stages = False, {}
-            try:
+            stages = {}
+            with self.tracker.ending(parent):
                 extra = []
                 if cls.needs_synthetic:
                     s1 = self.stage1(cfg, parent)
@@ -185,10 +185,7 @@ class CellRunner:
                     extra = [s3.path / "synthetic"]
                 out = run_cell(cfg, method, self.tracker, extra, parent=parent, output_dir=work)
                 stages["stage4"] = "built"
-                ok = True
                 return {"run_id": parent, "metrics": out.metrics, "stages": stages}
-            finally:
-                self.tracker.finish(parent, ok)
 
         art = self.cache.get_or_build("cell", self.cell_material(cfg, method), build)
         stages = {"cell": "reused"} if art.reused else {**art.meta["stages"], "cell": "built"}

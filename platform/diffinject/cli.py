@@ -187,15 +187,11 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     tracker = Tracker()
     run_id = tracker.start_run(tracker.experiment(cfg.run.experiment), f"calibrate-{cfg.data.dataset}-{cfg.data.ratio}",
                                {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "diffinject.role": "calibrate"})
-    ok = False
-    try:
+    with tracker.ending(run_id):
         folder = Path(args.out or ".")
         folder.mkdir(parents=True, exist_ok=True)
         t_edit = resolve_t_edit(cfg, args.checkpoint, images, tracker, run_id, folder, args.random_lpips_backbone)
         tracker.log_metrics(run_id, {"t_edit": t_edit})
-        ok = True
-    finally:
-        tracker.finish(run_id, ok)
     print(f"t_edit = {t_edit} (first t where the mean LPIPS over {len(images)} images reaches "
           f"{cfg.injection.lpips_threshold}); curve: {folder / 't_edit_calibration.png'} (MLflow run {run_id})")
 

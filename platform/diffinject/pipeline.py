@@ -82,8 +82,7 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: st
     exp = tracker.experiment(cfg.run.experiment)
     run_id = tracker.start_run(exp, f"stage1-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
                                _tags(cfg, "gce", "stage1"), flatten(cfg), parent=parent)
-    ok = False
-    try:
+    with tracker.ending(run_id):
         job = TrainJob(kind="bias", method="gce", config=to_dict(cfg), parquet=str(parquet),
                        tracking_uri=tracker.uri, mlflow_run_id=run_id)
         out = run_train_job(job, output_dir=output_dir)
@@ -103,10 +102,7 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: st
         for name in ("topk.json", "model.pt"):
             tracker.log_artifact(run_id, out.checkpoint_dir / name)
         tracker.log_artifact(run_id, grid)
-        ok = True
         return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
-    finally:
-        tracker.finish(run_id, ok)
 
 
 def diffusion_training_data(cfg: ExperimentConfig) -> tuple[str, str, Path]:
@@ -161,8 +157,7 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
             "preset": cfg.diffusion.preset}
     run_id = tracker.start_run(exp, f"stage2-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.diffusion.seed}", tags,
                                flatten(cfg), parent=parent)
-    ok = False
-    try:
+    with tracker.ending(run_id):
         job = TrainJob(kind="diffusion", method="", config=to_dict(cfg), parquet=str(parquet),
                        tracking_uri=tracker.uri, mlflow_run_id=run_id, fault=fault)
         with progress_lines(tracker, run_id, cfg.diffusion.num_steps, f"stage 2 ({cfg.diffusion.preset})"):
@@ -179,10 +174,7 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
                                "step", "P2 loss + VB term" if get_preset(cfg.diffusion.preset).learned_sigma
                                else "P2 loss", log_y=True)
             tracker.log_artifact(run_id, curve)
-        ok = True
         return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
-    finally:
-        tracker.finish(run_id, ok)
 
 
 def diffusion_checkpoint(outcome: StageOutcome) -> Path:
@@ -245,8 +237,7 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
                                _tags(cfg, "diffinject", "stage3"), flatten(cfg), parent=parent)
     out_dir = Path(out_dir or Path(cfg.run.storage_path) / "synthetic" / f"{cfg.data.dataset}-{cfg.data.ratio}-"
                    f"s{cfg.run.seed}-{run_id[:8]}")
-    ok = False
-    try:
+    with tracker.ending(run_id):
         folder = Path(figures_dir or out_dir.parent / f".{out_dir.name}-figures")  # beside: finalize replaces out_dir
         folder.mkdir(parents=True, exist_ok=True)
         t_edit = resolve_t_edit(cfg, checkpoint, train.images[:cfg.injection.calibration_images], tracker, run_id, folder,
@@ -268,10 +259,7 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
                         f"{cfg.data.dataset} @ {cfg.data.ratio}%: gamma {cfg.injection.gamma}, t_edit {t_edit}, "
                         f"{cfg.injection.mode}", [f"y={y}" for y in synthetic.labels[:shown]])
         tracker.log_artifact(run_id, grid)
-        ok = True
         return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out_dir)
-    finally:
-        tracker.finish(run_id, ok)
 
 
 def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
@@ -288,8 +276,7 @@ def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
     if owns_parent:
         parent = tracker.start_run(exp, name, _tags(cfg, method, "cell"), flatten(cfg))
     child = tracker.start_run(exp, f"stage4-{name}", _tags(cfg, method, "stage4"), parent=parent)
-    ok = False
-    try:
+    with tracker.ending(child, *([parent] if owns_parent else [])):
         job = TrainJob(kind="classifier", method=method, config=to_dict(cfg), parquet=str(parquet),
                        extra_train=[str(p) for p in extra_train or []], tracking_uri=tracker.uri,
                        mlflow_run_id=child)
@@ -298,12 +285,7 @@ def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
         tracker.log_metrics(parent, metrics)
         tracker.log_metrics(child, {f"final_{k}": v for k, v in metrics.items()})
         tracker.log_artifact(child, out.checkpoint_dir / "model.pt")
-        ok = True
         return StageOutcome(run_id=parent, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
-    finally:
-        tracker.finish(child, ok)
-        if owns_parent:
-            tracker.finish(parent, ok)
 
 
 def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:

@@ -11,6 +11,8 @@ import math
 import os
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,5 +77,22 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
-    def finish(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, "FINISHED")
+
+    @contextmanager
+    def ending(self, *run_ids: str) -> Iterator[None]:
+        """End the runs when the block exits: FINISHED; FAILED on an error; KILLED when the
+        process is being stopped (KeyboardInterrupt on Ctrl-C, or the SystemExit that Ray
+        raises in a Tune trial's thread when Tune stops it), so a stopped run is not taken
+        for a failed one."""
+        status = "KILLED"
+        try:
+            yield
+            status = "FINISHED"
+        except Exception:
+            status = "FAILED"
+            raise
+        finally:
+            for run_id in run_ids:
+                self.client.set_terminated(run_id, status)
