@@ -27,10 +27,12 @@ import argparse
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
-from diffinject.ablations import (Axis, SettingResult, ablation_plot, best_setting, evaluate_setting, finished_trial,
-                                  format_results, grid_settings, parse_axis, setting_label, trial_key, write_csv)
+from diffinject.ablations import (Axis, SettingResult, ablation_plot, best_setting, end_stopped_runs, evaluate_setting,
+                                  finished_trial, format_results, grid_settings, parse_axis, setting_label, trial_key,
+                                  write_csv)
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import apply_overrides, flatten, preset
@@ -100,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     tune_path = (Path(args.tune_root) if args.tune_root else out / "tune").resolve() / experiment
     record_path = tune_path.with_name(f"{experiment}.sweep.json")
+    started_ms = int(time.time() * 1000)
     try:
         get_method(args.method)
         reference = None if args.reference == "none" else args.reference
@@ -150,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        end_stopped_runs(Tracker(), experiment, started_ms)
         print(f"\ninterrupted: finished stages are kept under {args.artifact_root}; the same command continues",
               file=sys.stderr)
         return 130
@@ -161,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: trial {setting_label(setting)} failed: {error}", file=sys.stderr)
     total = len(settings) if settings is not None else args.samples
     if len(results) + len(failed) < total:
+        end_stopped_runs(tracker, experiment, started_ms)
         print(f"\ninterrupted: {len(results)} of {total} trials finished; the same command resumes the sweep "
               f"from {tune_path} (finished stages are kept under {args.artifact_root})", file=sys.stderr)
         return 130

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffinject.ablations import (SettingResult, ablation_plot, apply_setting, best_setting, evaluate_setting,
-                                  finished_trial, format_results, grid_settings, parse_axis, trial_key)
+from diffinject.ablations import (SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
+                                  evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
+                                  trial_key)
 from diffinject.cells import CellResult
 from diffinject.config import preset
 from diffinject.errors import ConfigError
@@ -146,6 +147,22 @@ def test_a_setting_is_one_trial_run_with_every_seed(base, tmp_path):
     assert trial_key("diffinject", {"gamma": 0.5}, cfg) != key  # the base config is part of the key
 
 
+def test_an_interrupted_sweep_kills_only_the_runs_it_started(tmp_path):
+    """A Ctrl-C can end a trial's process before the trial ends its run; the driver then
+    marks what this invocation started and left RUNNING as KILLED, and nothing older."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert end_stopped_runs(tracker, "abl", 0) == []  # no such experiment yet
+    exp = tracker.experiment("abl")
+    older = tracker.start_run(exp, "older", {})
+    time.sleep(0.01)
+    since = int(time.time() * 1000)
+    trial, finished = tracker.start_run(exp, "trial", {}), tracker.start_run(exp, "cell", {})
+    tracker.finish(finished)
+    assert end_stopped_runs(tracker, "abl", since) == [trial]
+    status = {r: tracker.client.get_run(r).info.status for r in (older, trial, finished)}
+    assert status == {older: "RUNNING", trial: "KILLED", finished: "FINISHED"}
+
+
 def test_plots_for_alone_crossed_categorical_and_scattered_settings(base, tmp_path):
     ref = SettingResult("vanilla", {}, test={0: 30.0, 1: 32.0})
     axes = [parse_axis("gamma=0,0.5,1", base), parse_axis("mode=local,global", base)]
@@ -209,6 +226,7 @@ def test_interrupted_grid_sweep_resumes_without_rerunning_finished_trials(ray_se
     watcher.join()
     first = capsys.readouterr()
     assert "interrupted: 1 of 2 trials finished; the same command resumes" in first.err
+    assert not _trial_runs(tracker, "abl", "RUNNING") and not _trial_runs(tracker, "abl", "FAILED")
     assert not (tmp_path / "results" / "abl.md").exists()
 
     assert ablations.main(argv) == 0

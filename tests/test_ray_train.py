@@ -1,5 +1,10 @@
 """Trainings through Ray Train's TorchTrainer: local mode, DDP workers, failure and resume, errors."""
 
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
 import pytest
 
 from diffinject.config import to_dict
@@ -15,6 +20,9 @@ def test_classifier_job_in_process(ray_session, quick_cfg, digits_parquet):
     assert 0.0 <= out.metrics["test_acc"] <= 1.0
     state = load_model_state(out.checkpoint_dir)  # weights_only load
     assert state["nets"]["model"]["classifier.weight"].shape == (10, 16)
+    storage = Path(quick_cfg.run.storage_path)
+    assert not list(storage.rglob("state.pt")), "a finished job left its step checkpoints behind"
+    assert [p.parent for p in storage.rglob("model.pt")] == [out.checkpoint_dir]
 
 
 def test_bias_job_returns_the_topk_set(ray_session, quick_cfg, digits_parquet):
@@ -31,6 +39,8 @@ def test_nan_loss_in_a_worker_is_a_clear_error(ray_session, quick_cfg, digits_pa
     with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+"):
         run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
                                parquet=str(digits_parquet)))
+    left = [path for path in Path(quick_cfg.run.storage_path).rglob("*") if path.is_file()]
+    assert not left, "a job that ended on an error left its run folder behind"
 
 
 @pytest.mark.slow
@@ -49,14 +59,39 @@ def test_killed_ddp_worker_resumes_from_its_checkpoint(ray_session, quick_cfg, d
     assert out.metrics["step"] == 40
 
 
-def test_storage_uri_keeps_checkpoints_there_and_the_final_copy_local(ray_session, quick_cfg, digits_parquet,
-                                                                       tmp_path):
-    """run.storage_path as a URI (file:// goes through pyarrow like s3:// would), one real worker."""
+def test_storage_uri_holds_the_checkpoints_until_the_job_ends_and_the_final_copy_is_local(
+        ray_session, quick_cfg, digits_parquet, tmp_path):
+    """run.storage_path as a URI (file:// goes through pyarrow like s3:// would), one real worker
+    that fails once at step 25: it resumes from a checkpoint Ray wrote under the URI; once the
+    job ends its folder there is emptied, so a rerun under the same name starts afresh."""
     quick_cfg.run.storage_path = (tmp_path / "bucket").as_uri()
-    quick_cfg.run.num_workers = 1
-    out = run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
-                                 parquet=str(digits_parquet)), name="uri-run")
+    quick_cfg.run.num_workers, quick_cfg.run.max_failures = 1, 1
+    marker = tmp_path / "fault-happened"
+    job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet),
+                   fault=FaultInjection(step=25, marker=str(marker)))
+    name = f"uri-run-{uuid.uuid4().hex[:8]}"
+    local = Path(tempfile.gettempdir()) / "diffinject-train" / name  # staging, and the final copy by default
+    out = run_train_job(job, name=name)
+    assert marker.exists() and out.metrics["resumed_from"] in (10, 20)
     assert out.metrics["step"] == quick_cfg.classifier.num_steps
-    assert not str(out.checkpoint_dir).startswith("file:") and (out.checkpoint_dir / "model.pt").is_file()
-    stored = list((tmp_path / "bucket" / "uri-run").rglob("model.pt"))
-    assert stored, "the final checkpoint was not persisted under the storage URI"
+    assert out.checkpoint_dir == local / "final" and (out.checkpoint_dir / "model.pt").is_file()
+    assert [p.name for p in local.iterdir()] == ["final"], "the staged checkpoints were left behind"
+    shutil.rmtree(local)
+    assert not list((tmp_path / "bucket" / name).iterdir()), "a finished job left its checkpoints behind"
+    again = run_train_job(job, name=name, output_dir=tmp_path / "again")
+    assert again.metrics["resumed_from"] == -1 and (tmp_path / "again" / "model.pt").is_file()
+    assert not local.exists()
+
+
+def test_a_job_ray_gave_up_on_resumes_when_rerun_under_its_name(ray_session, quick_cfg, digits_parquet, tmp_path):
+    """A worker error with run.max_failures = 0 ends the job with an error but keeps its
+    checkpoints; the same job rerun under the same name (as stage 2 is, named by its artifact
+    key) resumes from them instead of starting over."""
+    quick_cfg.run.num_workers, quick_cfg.run.max_failures = 1, 0
+    marker = tmp_path / "fault-happened"
+    job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet),
+                   fault=FaultInjection(step=25, marker=str(marker)))
+    with pytest.raises(Exception, match="injected worker failure at step 25"):
+        run_train_job(job, name="given-up")
+    out = run_train_job(job, name="given-up")
+    assert out.metrics["resumed_from"] in (10, 20) and out.metrics["step"] == quick_cfg.classifier.num_steps

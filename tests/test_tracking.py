@@ -39,3 +39,13 @@ def test_an_error_fails_the_runs_and_a_stop_kills_them(tracker, error, status):
         with tracker.ending(*runs):
             raise error()
     assert [_status(tracker, r) for r in runs] == [status, status]
+
+
+def test_kill_running_ends_only_the_running_runs_that_match(tracker):
+    match, other, done = _runs(tracker, 3)
+    tracker.set_tags(match, {"role": "trial"})
+    tracker.set_tags(done, {"role": "trial"})
+    tracker.finish(done)
+    killed = tracker.kill_running(tracker.experiment("t"), "tags.`role` = 'trial'")
+    assert killed == [match]
+    assert [_status(tracker, r) for r in (match, other, done)] == ["KILLED", "RUNNING", "FINISHED"]

@@ -192,8 +192,7 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
     """Run `method` with `cfg` over `seeds` (cells come from the cache when built before), as one
     MLflow trial run (role "trial") with every seed's accuracy; `on_seed` sees partial results."""
     exp = tracker.experiment(cfg.run.experiment)
-    for stale in tracker.client.search_runs([exp], f"tags.`trial.key` = '{key}' and attributes.status = 'RUNNING'"):
-        tracker.client.set_terminated(stale.info.run_id, "KILLED")  # its process died before ending it; this reruns it
+    tracker.kill_running(exp, f"tags.`trial.key` = '{key}'")  # its process died before ending it; this reruns it
     label = setting_label(setting)
     run_id = tracker.start_run(
         exp, f"{method}[{label}]" if setting else method,
@@ -212,6 +211,16 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
                 on_seed(result)
         tracker.set_tags(run_id, {"cell_runs": json.dumps(result.cell_runs)})
         return result
+
+
+def end_stopped_runs(tracker: Tracker, experiment: str, since_ms: int) -> list[str]:
+    """After an interrupted sweep, mark the experiment's runs started since `since_ms` (epoch
+    ms) that are still RUNNING as KILLED. Ctrl-C reaches the trial processes too, and a trial's
+    process can exit before the thread running the trial ends its run."""
+    found = tracker.client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return tracker.kill_running(found.experiment_id, f"attributes.start_time >= {since_ms}")
 
 
 def finished_trial(tracker: Tracker, experiment: str, key: str) -> SettingResult | None:

@@ -8,6 +8,7 @@ hands back to the driver.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -147,20 +148,23 @@ def _worker_loop(loop_config: dict) -> None:
         if job.kind == "diffusion":
             images = load_split(job.parquet, "train").images
             result = train_diffusion(cfg.diffusion, images, ctx, cfg.diffusion.seed)
-            report({**result.metrics, "final": 1}, None, {DIFFUSION_FILE: result.checkpoint})
-            return
-        data = load_train_data(job, cfg)
-        if job.kind == "bias":
-            result, topk = train_bias_classifier(cfg, data, ctx)
-            files["topk.json"] = json.dumps(topk.to_json(), indent=1).encode()
-            files["topk_images.npy"] = _to_bytes(lambda buffer: np.save(buffer, topk.images))
+            files[DIFFUSION_FILE] = result.checkpoint
         else:
-            result = train_classifier(job.method, cfg, data, ctx)
-        files["model.pt"] = _to_bytes(lambda buffer: torch.save({"nets": result.method.state_dict()["nets"]}, buffer))
+            data = load_train_data(job, cfg)
+            if job.kind == "bias":
+                result, topk = train_bias_classifier(cfg, data, ctx)
+                files["topk.json"] = json.dumps(topk.to_json(), indent=1).encode()
+                files["topk_images.npy"] = _to_bytes(lambda buffer: np.save(buffer, topk.images))
+            else:
+                result = train_classifier(job.method, cfg, data, ctx)
+            files["model.pt"] = _to_bytes(lambda buffer: torch.save({"nets": result.method.state_dict()["nets"]},
+                                                                    buffer))
         report({**result.metrics, "final": 1}, None, files)
     except errors.DiffInjectError as exc:
         payload = json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
         report({"final": 1, "error": 1}, None, {"error.json": payload})
+    if cfg.run.num_workers > 0:  # Ray has copied what this worker staged; staging may be on another node
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _to_bytes(write) -> bytes:
@@ -195,9 +199,10 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     remote = "://" in cfg.run.storage_path
     storage = cfg.run.storage_path if remote else str(Path(cfg.run.storage_path).resolve())
     local = Path(tempfile.gettempdir()) / "diffinject-train" if remote else Path(storage)
+    staging = local / name / "staging"
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(local / name / "staging")},
+        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(staging)},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=use_gpu and cfg.run.num_workers > 0,
                                      placement_strategy=placement_strategy),
         run_config=RunConfig(name=name, storage_path=storage,
@@ -208,15 +213,39 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     if result.error is not None:
         raise result.error
     output_dir = Path(output_dir or local / name / "final")
+    error = None
     with result.checkpoint.as_directory() as folder:
         if (Path(folder) / "error.json").exists():
             info = json.loads((Path(folder) / "error.json").read_text())
-            raise getattr(errors, info["type"], errors.DiffInjectError)(info["message"])
-        output_dir.mkdir(parents=True, exist_ok=True)
-        for item in Path(folder).iterdir():
-            if item.name != STATE_FILE:
-                shutil.copy2(item, output_dir / item.name)
+            error = getattr(errors, info["type"], errors.DiffInjectError)(info["message"])
+        else:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            for item in Path(folder).iterdir():
+                if item.name != STATE_FILE:
+                    shutil.copy2(item, output_dir / item.name)
+    _drop_run_folder(result, staging, output_dir.resolve())
+    if error is not None:
+        raise error
     return JobOutput(metrics=dict(result.metrics), checkpoint_dir=output_dir)
+
+
+def _drop_run_folder(result, staging: Path, keep: Path) -> None:
+    """Empty the folder of a job that ended (finished, or stopped on an error a rerun would
+    meet again), except `keep`, where its final files are. Its checkpoints only served resuming
+    this run: left behind they pile up under run.storage_path (a diffusion model's twice over,
+    staged and Ray's copy), and a rerun under the same name (stage 2 is named by its artifact
+    key) would resume from them. A job Ray gave up on (more worker failures than
+    run.max_failures) never gets here: its folder stays, and a rerun resumes."""
+    from pyarrow.fs import FileSelector, FileType
+
+    shutil.rmtree(staging, ignore_errors=True)  # local mode (num_workers=0): the only copy of its checkpoints
+    for info in result.filesystem.get_file_info(FileSelector(result.path)) if result.path else []:
+        if info.type == FileType.Directory and Path(info.path) != keep:
+            result.filesystem.delete_dir(info.path)
+        elif info.type == FileType.File:
+            result.filesystem.delete_file(info.path)
+    with contextlib.suppress(OSError):  # missing, or it holds `keep`
+        staging.parent.rmdir()
 
 
 def load_model_state(checkpoint_dir: Path) -> dict:

@@ -77,6 +77,15 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
+    def kill_running(self, experiment_id: str, condition: str) -> list[str]:
+        """Mark the experiment's RUNNING runs that match `condition` (an MLflow search filter)
+        KILLED: runs whose process died before it could end them. Returns their ids."""
+        runs = self.client.search_runs([experiment_id], f"attributes.status = 'RUNNING' and {condition}",
+                                       max_results=10_000)
+        for run in runs:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return [run.info.run_id for run in runs]
+
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, "FINISHED")
 
