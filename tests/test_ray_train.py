@@ -39,8 +39,7 @@ def test_nan_loss_in_a_worker_is_a_clear_error(ray_session, quick_cfg, digits_pa
     with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+"):
         run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
                                parquet=str(digits_parquet)))
-    left = [path for path in Path(quick_cfg.run.storage_path).rglob("*") if path.is_file()]
-    assert not left, "a job that ended on an error left its run folder behind"
+    assert list(Path(quick_cfg.run.storage_path).rglob("error.json")), "a failed job keeps its run folder"
 
 
 @pytest.mark.slow
@@ -95,3 +94,14 @@ def test_a_job_ray_gave_up_on_resumes_when_rerun_under_its_name(ray_session, qui
         run_train_job(job, name="given-up")
     out = run_train_job(job, name="given-up")
     assert out.metrics["resumed_from"] in (10, 20) and out.metrics["step"] == quick_cfg.classifier.num_steps
+
+
+def test_a_rerun_under_the_name_of_a_job_that_failed_meets_its_error_again(ray_session, quick_cfg, digits_parquet):
+    """The job's last checkpoint is its error report, which holds no training state: the rerun
+    starts over and stops on the same error rather than on a missing state file."""
+    quick_cfg.classifier.lr = 1e30
+    quick_cfg.run.num_workers = 1
+    job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet))
+    for _ in range(2):
+        with pytest.raises(TrainingError, match=r"non-finite loss .* at step \d+"):
+            run_train_job(job, name="failed")

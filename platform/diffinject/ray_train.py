@@ -95,8 +95,9 @@ def _worker_loop(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            resume_state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-        resumed_from = int(resume_state["step"])
+            if (Path(folder) / STATE_FILE).exists():  # not when a rerun finds the error a job ended on
+                resume_state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
+                resumed_from = int(resume_state["step"])
     tracker = Tracker(job.tracking_uri) if rank == 0 and job.mlflow_run_id else None
     staging = Path(loop_config["staging_dir"])
     staged: list[Path] = []
@@ -160,9 +161,10 @@ def _worker_loop(loop_config: dict) -> None:
             files["model.pt"] = _to_bytes(lambda buffer: torch.save({"nets": result.method.state_dict()["nets"]},
                                                                     buffer))
         report({**result.metrics, "final": 1}, None, files)
-    except errors.DiffInjectError as exc:
+    except errors.DiffInjectError as exc:  # its message may name a staged checkpoint: staging stays
         payload = json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
         report({"final": 1, "error": 1}, None, {"error.json": payload})
+        return
     if cfg.run.num_workers > 0:  # Ray has copied what this worker staged; staging may be on another node
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -213,29 +215,25 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     if result.error is not None:
         raise result.error
     output_dir = Path(output_dir or local / name / "final")
-    error = None
     with result.checkpoint.as_directory() as folder:
         if (Path(folder) / "error.json").exists():
             info = json.loads((Path(folder) / "error.json").read_text())
-            error = getattr(errors, info["type"], errors.DiffInjectError)(info["message"])
-        else:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            for item in Path(folder).iterdir():
-                if item.name != STATE_FILE:
-                    shutil.copy2(item, output_dir / item.name)
+            raise getattr(errors, info["type"], errors.DiffInjectError)(info["message"])
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for item in Path(folder).iterdir():
+            if item.name != STATE_FILE:
+                shutil.copy2(item, output_dir / item.name)
     _drop_run_folder(result, staging, output_dir.resolve())
-    if error is not None:
-        raise error
     return JobOutput(metrics=dict(result.metrics), checkpoint_dir=output_dir)
 
 
 def _drop_run_folder(result, staging: Path, keep: Path) -> None:
-    """Empty the folder of a job that ended (finished, or stopped on an error a rerun would
-    meet again), except `keep`, where its final files are. Its checkpoints only served resuming
-    this run: left behind they pile up under run.storage_path (a diffusion model's twice over,
-    staged and Ray's copy), and a rerun under the same name (stage 2 is named by its artifact
-    key) would resume from them. A job Ray gave up on (more worker failures than
-    run.max_failures) never gets here: its folder stays, and a rerun resumes."""
+    """Empty the folder of a finished job, except `keep`, where its final files are. Its
+    checkpoints only served resuming this run: left behind they pile up under
+    run.storage_path (a diffusion model's twice over, staged and Ray's copy), and a rerun under
+    the same name (stage 2 is named by its artifact key) would resume from them. A job that
+    stopped on an error keeps its folder (the error names its last good checkpoint); one Ray
+    gave up on (more worker failures than run.max_failures) too, and a rerun resumes from it."""
     from pyarrow.fs import FileSelector, FileType
 
     shutil.rmtree(staging, ignore_errors=True)  # local mode (num_workers=0): the only copy of its checkpoints
