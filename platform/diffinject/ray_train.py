@@ -165,7 +165,7 @@ def _worker_loop(loop_config: dict) -> None:
         payload = json.dumps({"type": type(exc).__name__, "message": str(exc)}).encode()
         report({"final": 1, "error": 1}, None, {"error.json": payload})
         return
-    if cfg.run.num_workers > 0:  # Ray has copied what this worker staged; staging may be on another node
+    if rank == 0 and cfg.run.num_workers > 0:  # Ray has copied what rank 0 staged, maybe on another node
         shutil.rmtree(staging, ignore_errors=True)
 
 
