@@ -213,7 +213,8 @@ def test_an_unreadable_part_file_is_set_aside_and_its_pairs_redone(tmp_path, cap
     parts = tmp_path / "syn" / PARTS
     _part(parts, [0, 1])
     bad = _part(parts, [2, 3])
-    bad.write_bytes(bad.read_bytes()[:40])  # e.g. a disk that filled up
+    bad_bytes = bad.read_bytes()[:40]  # e.g. a disk that filled up
+    bad.write_bytes(bad_bytes)
     assert written_pair_ids(parts).tolist() == [0, 1]
     assert f"{bad}: unreadable part file" in capsys.readouterr().out
     assert not bad.exists() and bad.with_name(bad.name + ".unreadable").is_file()
@@ -222,6 +223,7 @@ def test_an_unreadable_part_file_is_set_aside_and_its_pairs_redone(tmp_path, cap
     _part(parts, [2, 3])  # what the rerun generates
     finalize(tmp_path / "syn", range(4))
     assert len(load_split(tmp_path / "syn", "train")) == 4
+    assert (tmp_path / "syn" / "_unreadable" / f"{bad.name}.unreadable").read_bytes() == bad_bytes
 
 
 def test_a_checkpoint_that_does_not_fit_its_preset_is_never_cached(quick_cfg, tmp_path):

@@ -8,7 +8,8 @@ once), and rewrites the parts, sorted by pair_id, into a folder that
 dataset: `train-00000.parquet`..., empty `valid`/`test` shards and `_SUCCESS.json`. Since
 that replaces the whole of OUT, OUT must be new, empty, a synthetic set or one in progress
 (`check_output_folder`). A part file that cannot be read is set aside (renamed
-`<name>.unreadable`) and its pairs are generated again.
+`<name>.unreadable`, and kept in `OUT/_unreadable/` by `finalize`) and its pairs are
+generated again.
 
 Rows have the columns of `data.parquet.SCHEMA` (id `syn-<pair_id>`, label = the content's
 label, bias = the original's bias, aligned = label == bias, split "train") plus provenance:
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from ..data.parquet import MARKER, ROWS_PER_SHARD, SCHEMA
 from ..errors import DataError
 
 PARTS = "_parts"
+SET_ASIDE = "_unreadable"  # where finalize keeps the part files that could not be read
 SYNTHETIC_SCHEMA = pa.schema(list(SCHEMA) + [
     ("pair_id", pa.int64()), ("original_id", pa.string()), ("content_id", pa.string()), ("seed", pa.int64()),
     ("gamma", pa.float64()), ("t_edit", pa.int32()), ("inversion_steps", pa.int32()),
@@ -107,7 +110,7 @@ def part_files(parts_dir: Path) -> list[Path]:
 
 def _is_ours(name: str) -> bool:
     """A name the injection job writes into its output folder."""
-    return name in (PARTS, MARKER) or re.fullmatch(r"(train|valid|test)-\d{5}\.parquet", name) is not None
+    return name in (PARTS, MARKER, SET_ASIDE) or re.fullmatch(r"(train|valid|test)-\d{5}\.parquet", name) is not None
 
 
 def check_output_folder(folder: Path) -> None:
@@ -188,4 +191,7 @@ def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
                                   "shards": {"train": shards, "valid": 1, "test": 1},
                                   "counts": {"train": int(table.num_rows), "valid": 0, "test": 0},
                                   "duplicates_dropped": int(duplicates), "parts": len(tables)})
+        for path in sorted((folder / PARTS).glob("*.unreadable")) + sorted(folder.glob(f"{SET_ASIDE}/*")):
+            (tmp / SET_ASIDE).mkdir(exist_ok=True)
+            shutil.copy2(path, tmp / SET_ASIDE / path.name)  # a copy: the originals stay until the rename
     return folder
