@@ -45,7 +45,7 @@ def tiny_digits(root):
 
 def test_build_writes_only_the_requested_ratio(digits_root):
     base = digits_root / "colored_digits"
-    assert sorted(p.name for p in base.iterdir()) == ["1pct", "test"]
+    assert sorted(p.name for p in base.iterdir()) == ["1pct", "build.json", "test"]
     index = read_layout(digits_root, get_dataset_spec("colored_digits"), "1")
     assert len(index.splits["train"]) == 1200
 

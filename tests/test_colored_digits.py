@@ -35,7 +35,7 @@ def test_upscaled_digits():
 def test_layout_on_disk(built):
     root, _ = built
     base = root / "colored_digits"
-    assert sorted(p.name for p in base.iterdir()) == ["0.5pct", "1pct", "2pct", "5pct", "test"]
+    assert sorted(p.name for p in base.iterdir()) == ["0.5pct", "1pct", "2pct", "5pct", "build.json", "test"]
     for ratio in SPEC.ratios:
         assert sorted(p.name for p in (base / f"{ratio}pct").iterdir()) == ["align", "conflict", "valid"]
 

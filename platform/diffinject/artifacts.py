@@ -2,16 +2,20 @@
 hash of the config that made it and the hashes of its inputs).
 
 An artifact is the folder `<root>/<stage>/<key>/`: the stage's files plus `ARTIFACT.json`,
-written last, with the stage, the key material and what the builder returned (run ids,
-metrics). A folder without that marker is never used. The key is the SHA-256 of the
-canonical JSON of the material: the config fields the stage reads and its inputs' keys or
-fingerprints, so changing any of them gives a new key and everything downstream follows.
+written last, with the stage, the key material, what the builder returned (run ids,
+metrics) and the size and SHA-256 of every file. A folder without that marker is never used;
+one whose files do not match it (a file deleted or changed, the marker truncated) is
+rebuilt, with a one-line report (`integrity.first_damage`: sizes always, hashes of small
+files). The key is the SHA-256 of the canonical JSON of the material: the config fields the
+stage reads and its inputs' keys or content fingerprints, so changing any of them gives a
+new key and everything downstream follows.
 
 Roots: a local folder, or a URI that `pyarrow.fs` opens (s3://, gs://, hdfs://, file://).
 A builder writes into a persistent local work folder (`<stage>/<key>.partial`), so a stage
-that can resume (injection, resumable training) continues there after an interruption. A
-local artifact is published by one rename; a remote one by uploading the files and then the
-marker, and is used from a local mirror.
+that can resume (injection, resumable training) continues there after an interruption; a
+build that fails before writing anything leaves no work folder. A local artifact is
+published by one rename; a remote one by uploading the files and then the marker, and is
+used from a local mirror, which is what gets checked (and fetched again when damaged).
 
 `get_or_build` builds each key at most once, also when several processes ask for it at the
 same time: it takes a lock per key (an fcntl lock beside the artifact; the Ray layer passes
@@ -31,8 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from .atomic import write_json
+from .atomic import read_json, write_json
 from .errors import ConfigError
+from .integrity import file_digest, first_damage, record_files  # file_digest: part of this module's API
 
 MARKER = "ARTIFACT.json"
 FORMAT = "diffinject-artifact/1"
@@ -42,15 +47,6 @@ def artifact_key(stage: str, material: dict[str, Any]) -> str:
     """SHA-256 (first 20 hex digits) of the stage name and its canonical-JSON key material."""
     blob = json.dumps({"format": FORMAT, "stage": stage, "material": material}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes (the fingerprint of a user-given input such as a checkpoint)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -109,31 +105,61 @@ class ArtifactCache:
         return self.local / stage / f"{key}.partial"
 
     def lookup(self, stage: str, key: str) -> Artifact | None:
-        """The finished artifact, or None (a folder without its marker does not count)."""
+        """The finished artifact, or None (a folder without its marker, or whose files do not
+        match it, does not count)."""
+        return self._find(stage, key)[0]
+
+    def _find(self, stage: str, key: str) -> tuple[Artifact | None, str | None]:
+        """(the finished artifact, None), or (None, what is damaged) or (None, None) when
+        there is none. A damaged local mirror of a remote artifact is fetched again first."""
         marker = self.folder(stage, key) / MARKER
         if not marker.is_file() and self.remote:
             self._download(stage, key)
-        if not marker.is_file():
-            return None
-        record = json.loads(marker.read_text())
-        return Artifact(stage, key, marker.parent, record["meta"], reused=True)
+        found, damage = self._check(stage, key)
+        if damage and self.remote:
+            shutil.rmtree(self.folder(stage, key), ignore_errors=True)  # the mirror: ours, and a copy
+            self._download(stage, key)
+            found, damage = self._check(stage, key)
+        return found, damage
+
+    def _check(self, stage: str, key: str) -> tuple[Artifact | None, str | None]:
+        folder = self.folder(stage, key)
+        if not (folder / MARKER).is_file():
+            return None, None
+        record = read_json(folder / MARKER)
+        if record is None or "meta" not in record:
+            return None, f"{MARKER} is unreadable"
+        if not isinstance(record.get("files"), dict):
+            return None, f"{MARKER} lists no files"
+        damage = first_damage(folder, record["files"])
+        if damage:
+            return None, damage
+        return Artifact(stage, key, folder, record["meta"], reused=True), None
 
     def get_or_build(self, stage: str, material: dict[str, Any], build: Callable[[Path], dict]) -> Artifact:
         """The artifact of (stage, material); `build(work_folder) -> meta` runs only when no
-        finished one exists, at most once per key at a time across processes."""
+        finished, undamaged one exists, at most once per key at a time across processes."""
         key = artifact_key(stage, material)
-        found = self.lookup(stage, key)
+        found, _ = self._find(stage, key)
         if found is not None:
             return found
         with self._key_lock(stage, key):
-            found = self.lookup(stage, key)  # another process may have finished it meanwhile
+            found, damage = self._find(stage, key)  # another process may have finished it meanwhile
             if found is not None:
                 return found
+            if damage:
+                print(f"{stage}/{key}: {damage}; rebuilding", flush=True)
             work = self.work_folder(stage, key)
             work.mkdir(parents=True, exist_ok=True)
             started = time.time()
-            meta = build(work)
+            try:
+                meta = build(work)
+            except BaseException:
+                with contextlib.suppress(OSError):  # kept when not empty: a rerun resumes in it
+                    work.rmdir()
+                raise
             record = {"format": FORMAT, "stage": stage, "key": key, "material": material, "meta": meta,
+                      "files": record_files(work, skip=(MARKER,)),
                       "seconds": round(time.time() - started, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self._publish(stage, key, work, record)
             return Artifact(stage, key, self.folder(stage, key), meta, reused=False)
@@ -156,7 +182,7 @@ class ArtifactCache:
             with self.fs.open_output_stream(f"{target}/{MARKER}") as out:
                 out.write(json.dumps(record, indent=2, sort_keys=True, default=str).encode())
         write_json(work / MARKER, json.loads(json.dumps(record, default=str)))
-        if final.exists():  # a stale folder without a marker (e.g. from an older, killed build)
+        if final.exists():  # a stale folder without a marker (from a killed build), or a damaged artifact
             shutil.rmtree(final)
         work.rename(final)
 

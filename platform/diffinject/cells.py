@@ -11,6 +11,9 @@ Key material of each stage (nothing else in the config changes its output):
     cell    method, dataset fingerprint, cfg.classifier, cfg.baselines, seed, and for
             methods trained on synthetic data the stage-3 key
 
+A dataset fingerprint is the content fingerprint of its Parquet conversion (ids, labels,
+biases, pixels), so where the data lies and its files' mtimes change no key.
+
 MLflow: each cell is one parent run (role "cell") with its stage runs nested under it: the
 stage-4 run always, and the stage 1-3 runs this cell built. A stage built earlier or by
 another cell (the dataset's diffusion model serves every cell) is linked by tags on the
@@ -126,8 +129,9 @@ class CellRunner:
         return self.cache.get_or_build("stage2", material, build)
 
     def _import_checkpoint(self, cfg: ExperimentConfig, path: Path, work: Path, parent: str | None) -> dict:
-        """A released checkpoint converted once into the project's format (strict key/shape check)."""
-        from .diffusion.checkpoint import FORMAT, read_checkpoint_file, unet_checkpoint_bytes
+        """A given checkpoint, loaded strictly (keys and shapes) and converted once into the
+        project's format, so that one that does not fit its preset is never cached."""
+        from .diffusion.checkpoint import FORMAT, load_unet_checkpoint, read_checkpoint_file, unet_checkpoint_bytes
         from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
         from .diffusion.models import get_preset
 
@@ -137,6 +141,7 @@ class CellRunner:
             if payload["preset"] != preset.name:
                 raise CheckpointError(f"{path} holds a {payload['preset']} model, but {cfg.data.dataset} uses "
                                       f"diffusion.preset={preset.name}")
+            load_unet_checkpoint(path, preset.name)  # weights that do not fit the preset: an error now, not in stage 3
             shutil.copyfile(path, work / DIFFUSION_FILE)
             source = "diffinject"
         else:

@@ -154,9 +154,12 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_inject(args: argparse.Namespace) -> None:
+    from .inject.synthetic import check_output_folder
     from .pipeline import ensure_ray, run_stage1, run_stage3
 
     cfg = _config(args)
+    if args.out is not None:
+        check_output_folder(args.out)  # before stage 1: finalizing would replace the whole folder
     ensure_ray()
     topk_dir = args.topk_dir
     if topk_dir is None:

@@ -223,9 +223,12 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
     from .data.parquet import load_split
     from .diffusion.checkpoint import checkpoint_meta
     from .inject.manifest import build_manifest
+    from .inject.synthetic import check_output_folder
     from .plots import triptych
     from .ray_inject import run_injection_job
 
+    if out_dir is not None:
+        check_output_folder(out_dir)
     tracker = tracker or Tracker()
     parquet = dataset_folder(cfg)
     check_checkpoint_resolution(cfg, checkpoint_meta(checkpoint)["preset"], checkpoint)

@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .atomic import read_json
 from .config import InjectionConfig
 from .data.parquet import MARKER
 from .errors import ConfigError
@@ -154,13 +155,13 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
     expected = table["pair_id"].to_numpy()
 
     marker = out_dir / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("job") == key:
+    if (read_json(marker) or {}).get("job") == key:
         if verbose:
             print(f"[inject] {out_dir} already holds this job's {len(expected)} synthetic samples", flush=True)
         return out_dir
     parts = out_dir / PARTS
     job_file = parts / JOB_FILE
-    if parts.is_dir() and (not job_file.is_file() or json.loads(job_file.read_text()).get("job") != key):
+    if parts.is_dir() and (read_json(job_file) or {}).get("job") != key:
         if verbose:
             print(f"[inject] discarding part files of a different job in {parts}", flush=True)
         shutil.rmtree(parts)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .idx import find_idx, read_idx
-from .layout import LabeledImages, write_layout
+from .layout import LabeledImages, write_ratio, write_shared_splits
 from .protocol import assign_biases, colorize
 from .registry import get_dataset_spec, normalize_ratio
 
@@ -46,9 +46,11 @@ def colored_split(gray: np.ndarray, labels: np.ndarray, conflict_fraction: float
 
 
 def write_colored_dataset(spec_name: str, train: tuple[np.ndarray, np.ndarray], valid: tuple[np.ndarray, np.ndarray],
-                          test: tuple[np.ndarray, np.ndarray], data_root: Path, ratios, seed: int) -> Path:
+                          test: tuple[np.ndarray, np.ndarray], data_root: Path, ratios, seed: int,
+                          shared: bool = True) -> Path:
     """Colour (grey in [0, 1], labels) splits by the protocol and write every ratio: valid and
-    test unbiased and shared by all ratios, train at each ratio's conflict fraction."""
+    test unbiased and shared by all ratios, train at each ratio's conflict fraction. With
+    `shared` False the shared test split is left as it is (only the ratio folders are written)."""
     spec = get_dataset_spec(spec_name)
     valid_split = colored_split(*valid, UNBIASED, "v", np.random.default_rng(seed + 1))
     test_split = colored_split(*test, UNBIASED, "t", np.random.default_rng(seed + 2))
@@ -56,7 +58,9 @@ def write_colored_dataset(spec_name: str, train: tuple[np.ndarray, np.ndarray], 
         ratio = normalize_ratio(spec, ratio)
         train_split = colored_split(*train, float(ratio) / 100.0, "",
                                     np.random.default_rng([seed, int(float(ratio) * 10)]))
-        write_layout(data_root, spec, ratio, train_split, valid_split, test_split)
+        write_ratio(data_root, spec, ratio, train_split, valid_split)
+    if shared:
+        write_shared_splits(data_root, spec, valid_split, test_split)
     return Path(data_root) / spec.name
 
 

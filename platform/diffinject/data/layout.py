@@ -211,11 +211,10 @@ def _write_images(folder: Path, data: LabeledImages, per_class: bool, only: str 
         Image.fromarray(image).save(target / sample_filename(sample_id, label, bias))
 
 
-def write_layout(data_root: Path, spec: DatasetSpec, ratio: str, train: LabeledImages,
-                 valid: LabeledImages, test: LabeledImages) -> Path:
-    """Write one dataset/ratio in the released layout; each folder appears whole or not at all."""
-    base = dataset_dir(data_root, spec)
-    with atomic_dir(base / ratio_folder(ratio)) as tmp:
+def write_ratio(data_root: Path, spec: DatasetSpec, ratio: str, train: LabeledImages,
+                valid: LabeledImages) -> None:
+    """Write one ratio's folder (its training split, and valid where the spec keeps it there)."""
+    with atomic_dir(dataset_dir(data_root, spec) / ratio_folder(ratio)) as tmp:
         for c in range(spec.num_classes):
             (tmp / "align" / str(c)).mkdir(parents=True)
             (tmp / "conflict" / str(c)).mkdir(parents=True)
@@ -224,9 +223,21 @@ def write_layout(data_root: Path, spec: DatasetSpec, ratio: str, train: LabeledI
         if spec.valid_in_ratio:
             (tmp / "valid").mkdir()
             _write_images(tmp / "valid", valid, per_class=spec.valid_per_class)
+
+
+def write_shared_splits(data_root: Path, spec: DatasetSpec, valid: LabeledImages, test: LabeledImages) -> None:
+    """Write the splits every ratio shares: test, and valid where the spec keeps it beside the ratios."""
+    base = dataset_dir(data_root, spec)
     if not spec.valid_in_ratio:
         with atomic_dir(base / "valid") as tmp:
             _write_images(tmp, valid, per_class=spec.valid_per_class)
     with atomic_dir(base / "test") as tmp:
         _write_images(tmp, test, per_class=spec.test_per_class)
-    return base
+
+
+def write_layout(data_root: Path, spec: DatasetSpec, ratio: str, train: LabeledImages,
+                 valid: LabeledImages, test: LabeledImages) -> Path:
+    """Write one dataset/ratio in the released layout; each folder appears whole or not at all."""
+    write_ratio(data_root, spec, ratio, train, valid)
+    write_shared_splits(data_root, spec, valid, test)
+    return dataset_dir(data_root, spec)

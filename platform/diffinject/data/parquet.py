@@ -1,14 +1,27 @@
 """Conversion of a released-layout dataset to Parquet shards, and loading them back.
 
 Each row holds one image as raw uint8 H x W x 3 pixels (zstd-compressed by Parquet) with
-id, label, bias, aligned, split and provenance columns. A conversion is keyed by a
-fingerprint of the source files; it is skipped when `_SUCCESS.json` already records the
-same fingerprint and is written into a temporary folder that is renamed when complete.
+id, label, bias, aligned, split and provenance columns. A conversion is written into a
+temporary folder that is renamed when complete; its `_SUCCESS.json` records two
+fingerprints and its files (size, SHA-256):
+
+- `fingerprint`: the source files' absolute paths, sizes and mtimes, the cheap "is the
+  conversion up to date" check;
+- `content`: every split's ids, labels, biases, image sizes and pixels, computed while
+  converting, the dataset's identity in stage keys (`conversion_fingerprint`), the same
+  wherever the files lie and whatever their mtimes.
+
+A conversion is skipped when its `fingerprint` matches. When only that differs (the data
+moved, was copied or touched), the images are decoded and hashed once more, and a same
+`content` only updates the marker (the shards stay, their `source_path` column naming
+where they were converted from); a damaged conversion (a shard missing or changed, the
+marker unreadable) is converted again, with a one-line report.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, read_json, write_json
 from ..errors import DataError
-from .layout import SPLITS, LayoutIndex, load_image, read_layout
+from ..integrity import first_damage, record_files
+from .layout import SPLITS, LayoutIndex, SampleRecord, load_image, read_layout
 from .registry import DatasetSpec, ratio_folder
 
 ROWS_PER_SHARD = 20_000
@@ -53,18 +67,37 @@ def parquet_dir(cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
 
 
 def fingerprint(index: LayoutIndex) -> str:
+    """Hash of the source files' absolute paths, sizes and mtimes (no file is read)."""
     digest = hashlib.sha256()
     for split in SPLITS:
         for record in index.splits[split]:
             stat = record.path.stat()
-            digest.update(f"{split}|{record.path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{split}|{os.path.abspath(record.path)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
-def _write_split(folder: Path, split: str, index: LayoutIndex,
+def _hash_sample(digest, split: str, record: SampleRecord, pixels: np.ndarray) -> None:
+    """Add one decoded sample to a content fingerprint (row order counts: rows are identities)."""
+    digest.update(json.dumps([split, record.id, record.label, record.bias, *pixels.shape]).encode())
+    digest.update(pixels.tobytes())
+
+
+def content_fingerprint(index: LayoutIndex) -> str:
+    """The content fingerprint a conversion of `index` records (every image decoded)."""
+    digest, size = hashlib.sha256(), None
+    for split in SPLITS:
+        for record in index.splits[split]:
+            pixels = load_image(record.path, index.spec, size)
+            size = size or (pixels.shape[1], pixels.shape[0])
+            _hash_sample(digest, split, record, pixels)
+    return digest.hexdigest()
+
+
+def _write_split(folder: Path, split: str, index: LayoutIndex, digest,
                  size: tuple[int, int] | None = None) -> tuple[int, tuple[int, int] | None]:
-    """Write one split's shards; `size` (W, H) is the image size every image must have,
-    taken from the first image when None. Returns the shard count and that size."""
+    """Write one split's shards, adding its samples to the content `digest`; `size` (W, H) is
+    the image size every image must have, taken from the first image when None. Returns the
+    shard count and that size."""
     records = index.splits[split]
     rows = {name: [] for name in SCHEMA.names}
     shard = 0
@@ -79,6 +112,7 @@ def _write_split(folder: Path, split: str, index: LayoutIndex,
     for record in records:
         pixels = load_image(record.path, index.spec, size)
         size = size or (pixels.shape[1], pixels.shape[0])
+        _hash_sample(digest, split, record, pixels)
         rows["id"].append(record.id)
         rows["label"].append(record.label)
         rows["bias"].append(record.bias)
@@ -95,36 +129,65 @@ def _write_split(folder: Path, split: str, index: LayoutIndex,
     return shard, size
 
 
+def _conversion_damage(folder: Path) -> str | None:
+    """What is wrong with an existing conversion (its marker present), or None."""
+    record = read_json(folder / MARKER)
+    if record is None:
+        return f"{MARKER} is unreadable"
+    if not isinstance(record.get("files"), dict) or "content" not in record:
+        return f"{MARKER} records no files or content fingerprint (an older conversion)"
+    return first_damage(folder, record["files"])
+
+
 def convert_to_parquet(data_root: Path, cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
     """Validate the dataset (every image decoded) and write it as Parquet, unless done already."""
     index = read_layout(data_root, spec, ratio)
     out = parquet_dir(cache_root, spec, ratio)
     key = fingerprint(index)
     marker = out / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == key:
-        return out
+    if marker.is_file():
+        damage = _conversion_damage(out)
+        if damage:
+            print(f"{out}: {damage}; converting again", flush=True)
+        else:
+            record = read_json(marker)
+            if record["fingerprint"] == key:
+                return out
+            if record["content"] == content_fingerprint(index):  # moved, copied or touched: same images
+                write_json(marker, {**record, "fingerprint": key, "source": str(index.root)})
+                return out
     with atomic_dir(out) as tmp:
-        shards, size = {}, None  # one image size for the whole dataset, as `data check` demands
+        digest, shards, size = hashlib.sha256(), {}, None  # one image size for the whole dataset
         for split in SPLITS:
-            shards[split], size = _write_split(tmp, split, index, size)
+            shards[split], size = _write_split(tmp, split, index, digest, size)
         counts = {split: len(index.splits[split]) for split in SPLITS}
-        write_json(tmp / MARKER, {"fingerprint": key, "dataset": spec.name, "ratio": ratio,
-                                  "shards": shards, "counts": counts, "source": str(index.root)})
+        write_json(tmp / MARKER, {"fingerprint": key, "content": digest.hexdigest(), "dataset": spec.name,
+                                  "ratio": ratio, "shards": shards, "counts": counts, "source": str(index.root),
+                                  "files": record_files(tmp)})
     return out
+
+
+def _marker(folder: Path) -> dict:
+    marker = Path(folder) / MARKER
+    if not marker.is_file():
+        raise DataError(f"{folder}: no finished Parquet conversion here ({MARKER} missing)")
+    record = read_json(marker)
+    if record is None or "counts" not in record:
+        raise DataError(f"{marker} is unreadable (truncated, or not the JSON a conversion writes)")
+    return record
 
 
 def conversion_counts(folder: Path) -> dict[str, int]:
     """Samples per split of a finished conversion (from its marker; no shard is read)."""
-    marker = Path(folder) / MARKER
-    if not marker.is_file():
-        raise DataError(f"{folder}: no finished Parquet conversion here ({MARKER} missing)")
-    return json.loads(marker.read_text())["counts"]
+    return _marker(folder)["counts"]
 
 
 def conversion_fingerprint(folder: Path) -> str:
-    """The source-files fingerprint a finished conversion was made from (its identity in keys)."""
-    conversion_counts(folder)
-    return json.loads((Path(folder) / MARKER).read_text())["fingerprint"]
+    """The content fingerprint of a finished conversion: the dataset's identity in stage keys."""
+    record = _marker(folder)
+    if "content" not in record:
+        raise DataError(f"{folder / MARKER} records no content fingerprint; convert the dataset again")
+    return record["content"]
 
 
 def load_labels(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -157,11 +220,11 @@ def load_split(folder: Path, split: str) -> ArraySplit:
 
 
 def prepare_dataset(data_root: Path, cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
-    """The Parquet folder of a dataset/ratio, building Colored Digits first if it is absent."""
-    if spec.name == "colored_digits" and not (Path(data_root) / spec.name / ratio_folder(ratio)).is_dir():
-        from .colored_digits import build_colored_digits
+    """The Parquet folder of a dataset/ratio, building what is missing of Colored Digits first."""
+    if spec.name == "colored_digits":
+        from .colored_digits import build_missing_colored_digits
 
-        build_colored_digits(data_root, ratios=spec.ratios)
+        build_missing_colored_digits(data_root, ratio)
     return convert_to_parquet(data_root, cache_root, spec, ratio)
 
 

@@ -5,7 +5,11 @@ While the job runs, every batch of pairs is written as its own part file
 checks that every expected pair_id is there (a pair written twice by a retried batch is kept
 once), and rewrites the parts, sorted by pair_id, into a folder that
 `data.parquet.load_split(OUT, "train")` and `conversion_counts(OUT)` read like a converted
-dataset: `train-00000.parquet`..., empty `valid`/`test` shards and `_SUCCESS.json`.
+dataset: `train-00000.parquet`..., empty `valid`/`test` shards and `_SUCCESS.json`. Since
+that replaces the whole of OUT, OUT must be new, empty, a synthetic set or one in progress
+(`check_output_folder`). A part file that cannot be read is set aside (renamed
+`<name>.unreadable`, and kept in `OUT/_unreadable/` by `finalize`) and its pairs are
+generated again.
 
 Rows have the columns of `data.parquet.SCHEMA` (id `syn-<pair_id>`, label = the content's
 label, bias = the original's bias, aligned = label == bias, split "train") plus provenance:
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -24,12 +30,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_dir, write_json
+from ..atomic import atomic_dir, read_json, write_json
 from ..config import InjectionConfig
 from ..data.parquet import MARKER, ROWS_PER_SHARD, SCHEMA
 from ..errors import DataError
 
 PARTS = "_parts"
+SET_ASIDE = "_unreadable"  # where finalize keeps the part files that could not be read
 SYNTHETIC_SCHEMA = pa.schema(list(SCHEMA) + [
     ("pair_id", pa.int64()), ("original_id", pa.string()), ("content_id", pa.string()), ("seed", pa.int64()),
     ("gamma", pa.float64()), ("t_edit", pa.int32()), ("inversion_steps", pa.int32()),
@@ -101,9 +108,49 @@ def part_files(parts_dir: Path) -> list[Path]:
     return sorted(parts_dir.glob("part-*.parquet")) if parts_dir.is_dir() else []
 
 
+def _is_ours(name: str) -> bool:
+    """A name the injection job writes into its output folder."""
+    return name in (PARTS, MARKER, SET_ASIDE) or re.fullmatch(r"(train|valid|test)-\d{5}\.parquet", name) is not None
+
+
+def check_output_folder(folder: Path) -> None:
+    """DataError unless `folder` may receive a synthetic set: it is absent, empty, a finished
+    synthetic set or one in progress (it holds `_parts`), for `finalize` replaces all of it."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise DataError(f"{folder} is a file; the synthetic set needs a new or empty folder")
+    names = sorted(p.name for p in folder.iterdir())
+    foreign = [name for name in names if not _is_ours(name)]
+    if not foreign and names and PARTS not in names:
+        record = read_json(folder / MARKER) or {}
+        if record.get("dataset") != "synthetic":
+            foreign = [f"{MARKER} of dataset {record.get('dataset', '?')!r}"]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise DataError(f"{folder} holds files the injection job did not write ({', '.join(foreign[:3])}{more}); "
+                        f"give a new or empty folder, or a synthetic set made by `diffinject inject`")
+
+
+def _readable_parts(parts_dir: Path, columns: list[str] | None = None) -> list[pa.Table]:
+    """The part files' tables; one that cannot be read is renamed `<name>.unreadable` (so that
+    its pairs count as missing and are generated again), with a printed line."""
+    tables = []
+    for path in part_files(parts_dir):
+        try:
+            tables.append(pq.read_table(path, columns=columns, schema=None if columns else SYNTHETIC_SCHEMA))
+        except (OSError, pa.ArrowException) as exc:
+            aside = path.with_name(f"{path.name}.unreadable")
+            os.replace(path, aside)
+            print(f"[inject] {path}: unreadable part file ({type(exc).__name__}: {str(exc)[:120]}); set aside as "
+                  f"{aside.name}, its pairs will be generated again", flush=True)
+    return tables
+
+
 def written_pair_ids(parts_dir: Path) -> np.ndarray:
-    """The pair_ids already present in finished part files (unique, sorted)."""
-    ids = [pq.read_table(f, columns=["pair_id"])["pair_id"].to_numpy() for f in part_files(parts_dir)]
+    """The pair_ids already present in readable part files (unique, sorted)."""
+    ids = [table["pair_id"].to_numpy() for table in _readable_parts(parts_dir, ["pair_id"])]
     return np.unique(np.concatenate(ids)).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
 
 
@@ -112,14 +159,16 @@ def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
 
     Every expected pair_id must be present (DataError naming the missing ones otherwise); a
     pair_id found more than once (a retried batch) is kept once; rows of other pair_ids are
-    dropped. The result is sorted by pair_id.
+    dropped. The result is sorted by pair_id. A folder holding files the job did not write
+    is refused (DataError), never replaced.
     """
     folder = Path(folder)
+    check_output_folder(folder)
     expected = np.unique(np.asarray(expected_pair_ids, dtype=np.int64))
-    files = part_files(folder / PARTS)
-    if not files:
-        raise DataError(f"{folder / PARTS}: no part files to finalize")
-    table = pa.concat_tables([pq.read_table(f, schema=SYNTHETIC_SCHEMA) for f in files])
+    tables = _readable_parts(folder / PARTS)
+    if not tables:
+        raise DataError(f"{folder / PARTS}: no readable part files to finalize")
+    table = pa.concat_tables(tables)
     pair_ids = table["pair_id"].to_numpy()
     unique, first = np.unique(pair_ids, return_index=True)  # first occurrence of each pair_id
     missing = np.setdiff1d(expected, unique)
@@ -141,5 +190,8 @@ def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
         write_json(tmp / MARKER, {**(meta or {}), "dataset": "synthetic",
                                   "shards": {"train": shards, "valid": 1, "test": 1},
                                   "counts": {"train": int(table.num_rows), "valid": 0, "test": 0},
-                                  "duplicates_dropped": int(duplicates), "parts": len(files)})
+                                  "duplicates_dropped": int(duplicates), "parts": len(tables)})
+        for path in sorted((folder / PARTS).glob("*.unreadable")) + sorted(folder.glob(f"{SET_ASIDE}/*")):
+            (tmp / SET_ASIDE).mkdir(exist_ok=True)
+            shutil.copy2(path, tmp / SET_ASIDE / path.name)  # a copy: the originals stay until the rename
     return folder
