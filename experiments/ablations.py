@@ -35,10 +35,12 @@ from diffinject.ablations import (Axis, SettingResult, ablation_plot, best_setti
                                   write_csv)
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import apply_overrides, flatten, preset
+from diffinject.config import COUNT, NON_NEGATIVE, SEED, apply_overrides, check_options, flatten, preset
 from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
 from diffinject.pipeline import dataset_folder, ensure_ray
+from diffinject.preflight import check_output_dir, check_tracking_store
+from diffinject.ray_train import resolve_use_gpu
 from diffinject.tracking import Tracker
 
 QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     record_path = tune_path.with_name(f"{experiment}.sweep.json")
     started_ms = int(time.time() * 1000)
     try:
+        check_options(args, {"seeds": SEED, "num_workers": NON_NEGATIVE, "parallel": COUNT, "samples": COUNT})
         get_method(args.method)
         reference = None if args.reference == "none" else args.reference
         if reference:
@@ -121,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         if len({a.name for a in axes}) != len(axes):
             raise ConfigError("an axis is swept twice; give each --sweep NAME once")
         settings = grid_settings(axes, base, args.cross) if args.search == "grid" else None
-        if args.search == "optuna" and args.samples < 1:
-            raise ConfigError(f"--samples must be positive, got {args.samples}")
+        for folder, what in ((out, "--out"), (tune_path.parent, "--tune-root"), (args.artifact_root, "--artifact-root"),
+                             (base.run.storage_path, "run.storage_path")):
+            check_output_dir(folder, what)
+        check_tracking_store()
         dataset_folder(base)
         ensure_ray()
+        resolve_use_gpu(base.run.use_gpu)
         import ray
 
         gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -15,6 +15,7 @@ import sys
 
 from diffinject.compare import compare, difference_plot, format_comparison, load_cell_runs
 from diffinject.errors import DiffInjectError
+from diffinject.preflight import check_output_file, check_tracking_store
 from diffinject.tracking import Tracker
 
 
@@ -29,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", help="PNG of the paired differences")
     p.add_argument("--no-runs", action="store_true", help="leave out the run ids")
     args = p.parse_args(argv)
-    tracker = Tracker(args.tracking_uri)
     try:
+        if args.plot:
+            check_output_file(args.plot, "--plot")
+        tracker = Tracker(check_tracking_store(args.tracking_uri))
         runs = load_cell_runs(tracker, args.experiments, args.datasets, args.ratios, args.methods)
         if not runs:
             print("no finished cell runs match", file=sys.stderr)

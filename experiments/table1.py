@@ -23,10 +23,12 @@ from pathlib import Path
 
 from diffinject.artifacts import is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import apply_overrides, preset
+from diffinject.config import COUNT, NON_NEGATIVE, SEED, apply_overrides, check_options, preset
 from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import dataset_folder, ensure_ray, with_seed
+from diffinject.preflight import check_output_dir, check_tracking_store
+from diffinject.ray_train import resolve_use_gpu
 from diffinject.report import Table1
 from diffinject.tracking import Tracker
 
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     experiment = args.experiment or ("table1-quick" if args.quick else "table1")
     progress = None
     try:
+        check_options(args, {"seeds": SEED, "num_workers": NON_NEGATIVE, "parallel": COUNT})
         for method in methods:
             get_method(method)
         checkpoints = parse_checkpoints(args.checkpoint)
@@ -112,9 +115,15 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
-        for cfg in configs:  # every dataset is found and valid before anything starts
+        check_output_dir(args.out, "--out")
+        check_output_dir(args.artifact_root, "--artifact-root")
+        check_tracking_store()
+        for cfg in configs:  # every dataset is found and valid, every output writable, before anything starts
+            check_output_dir(cfg.run.storage_path, "run.storage_path")
             dataset_folder(cfg)
         ensure_ray()
+        for cfg in configs:
+            resolve_use_gpu(cfg.run.use_gpu)
         import ray
 
         gpus = int(ray.cluster_resources().get("GPU", 0))

@@ -1,4 +1,6 @@
 """`diffinject diffusion train|sample`: output files and one-line errors."""
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -50,21 +52,54 @@ def test_sample_from_a_guided_diffusion_file(tmp_path, monkeypatch, capsys):
 def test_sample_errors(tiny_checkpoint, tmp_path, capsys):
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x00not a checkpoint" * 50)
-    wrong_arch = tmp_path / "wrong.pt"
+    wrong_arch, no_weights, truncated = tmp_path / "wrong.pt", tmp_path / "no_weights.pt", tmp_path / "truncated.pt"
     payload = torch.load(tiny_checkpoint, weights_only=True)
     torch.save({**payload, "format": FORMAT, "preset": "small_32"}, wrong_arch)
+    torch.save({k: v for k, v in payload.items() if k != "weights"}, no_weights)
+    truncated.write_bytes(tiny_checkpoint.read_bytes()[:2000])
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"args": argparse.Namespace(lr=1)}, unsafe)
     cases = [
-        (["--checkpoint", str(tmp_path / "none.pt")], "does not exist"),
+        (["--checkpoint", str(tmp_path / "none.pt")], f"checkpoint {tmp_path / 'none.pt'} does not exist"),
+        (["--checkpoint", str(tmp_path)], f"checkpoint {tmp_path} is a folder; expected a checkpoint file"),
         (["--checkpoint", str(garbage)], "is unreadable"),
+        (["--checkpoint", str(truncated)], f"checkpoint {truncated} is truncated or corrupted"),
+        (["--checkpoint", str(unsafe)], "holds a Python object of type argparse.Namespace, which is not loaded"),
+        (["--checkpoint", str(no_weights)], f"{no_weights} is an incomplete diffinject checkpoint: no weights entry"),
         (["--checkpoint", str(tiny_checkpoint), "--preset", "small_32"], "holds a tiny_32 model, but small_32"),
         (["--checkpoint", str(wrong_arch)], "the weights are for another architecture"),
         (["--checkpoint", str(tiny_checkpoint), "--format", "guided-diffusion"], "needs --preset"),
-        (["--checkpoint", str(tiny_checkpoint), "--steps", "0"], "--steps and --num must be positive"),
+        (["--checkpoint", str(tiny_checkpoint), "--steps", "0"], "--steps must be in [1, 1000], got 0"),
+        (["--checkpoint", str(tiny_checkpoint), "--steps", "5000"], "--steps must be in [1, 1000], got 5000"),
+        (["--checkpoint", str(tiny_checkpoint), "--num", "0"], "--num must be positive, got 0"),
+        (["--checkpoint", str(tiny_checkpoint), "--eta", "nan"], "--eta must be a finite number, got nan"),
+        (["--checkpoint", str(tiny_checkpoint), "--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
     ]
     for argv, message in cases:
         assert main(["diffusion", "sample", *argv, "--out", str(tmp_path / "x.png")]) == 2, argv
-        assert message in _error(capsys), argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (argv, err)
+        assert "weights_only" not in err and "Weights only load failed" not in err and "miniz" not in err, argv
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_output_is_checked_before_loading_or_sampling(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from diffinject import preflight
+
+    missing = tmp_path / "none.pt"  # never read: the output check comes first
+    assert main(["diffusion", "sample", "--checkpoint", str(missing), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: --out {tmp_path} is a folder; expected a file name\n"
+
+    def read_only(folder):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(preflight, "_write_probe", read_only)
+    out = tmp_path / "grids" / "x.png"
+    assert main(["diffusion", "sample", "--checkpoint", str(missing), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == (f"error: --out {out}: its folder {out.parent} is not writable: "
+                                       f"Read-only file system\n")
 
 
 def test_train_command(ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):

@@ -20,7 +20,8 @@ def test_bad_arguments_exit_non_zero_with_one_line(argv, message, capsys, tmp_pa
 def test_missing_dataset_folder_names_the_path_and_the_source(capsys, tmp_path, mlflow_uri):
     assert main(["train", "vanilla", "--dataset", "cmnist", "--data-root", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'nowhere' / 'cmnist'}: dataset folder not found" in err and "diffinject data build cmnist" in err
+    assert f"{tmp_path / 'nowhere' / 'cmnist'}: dataset folder not found" in err
+    assert "`diffinject data build cmnist --source DIR`" in err and "--mnist" not in err  # the flag that exists
 
 
 def test_nan_loss_ends_the_command_with_the_step(ray_session, capsys, digits_root, tmp_path, mlflow_uri, monkeypatch):

@@ -1,6 +1,12 @@
+import dataclasses
+import math
+from typing import get_type_hints
+
 import pytest
 
-from diffinject.config import apply_overrides, flatten, from_dict, preset, to_dict
+from diffinject.config import (FIELD_RULES, ExperimentConfig, Range, Text, apply_overrides, flatten, from_dict,
+                               preset, to_dict, validate)
+from diffinject.data.registry import DATASETS
 from diffinject.errors import ConfigError
 
 
@@ -39,6 +45,17 @@ def test_overrides_are_typed():
     ("classifier.select=best", "classifier.select must be"),
     ("classifier", "expected section.field=value"),
     ("bias=3", "bias is a section"),
+    ("classifier.lr=nan", "classifier.lr must be a finite number, got nan"),
+    ("diffusion.lr=inf", "diffusion.lr must be a finite number, got inf"),
+    ("classifier.weight_decay=-1", r"classifier.weight_decay must be >= 0, got -1.0"),
+    ("classifier.lr.x=1", "unknown config field 'classifier.lr.x': classifier.lr is a value, not a section"),
+    ("run.max_failures=-1", "run.max_failures must be >= 0, got -1"),
+    ("run.seed=-1", r"run.seed must be in \[0, 4294967295\], got -1"),
+    ("diffusion.seed=-1", r"diffusion.seed must be in \[0, 4294967295\], got -1"),
+    ("diffusion.sample_steps=5000", r"diffusion.sample_steps must be in \[1, 1000\], got 5000"),
+    ("injection.inversion_steps=1001", r"injection.inversion_steps must be in \[2, 1000\], got 1001"),
+    ("diffusion.train_data=cmnist@3", "diffusion.train_data=cmnist@3: invalid conflict ratio '3' for cmnist"),
+    ("run.experiment=", "run.experiment must not be empty"),
 ])
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -50,3 +67,76 @@ def test_flatten_and_round_trip():
     flat = flatten(cfg)
     assert flat["classifier.lr"] == 1e-3 and flat["bias.classifier.select"] == "last" and flat["data.ratio"] == "1"
     assert from_dict(to_dict(cfg)) == cfg
+
+
+def _sections(cls=ExperimentConfig, prefix=""):
+    """(section class, dotted prefix) of every config section, nested ones included."""
+    yield cls, prefix
+    for name, kind in get_type_hints(cls).items():
+        if dataclasses.is_dataclass(kind):
+            yield from _sections(kind, f"{prefix}{name}.")
+
+
+def _leaf_fields():
+    for cls, prefix in _sections():
+        for name, kind in get_type_hints(cls).items():
+            if not dataclasses.is_dataclass(kind):
+                yield cls, prefix + name, name, kind
+
+
+def test_every_config_field_has_a_declared_rule():
+    missing = [key for cls, key, name, _ in _leaf_fields() if name not in FIELD_RULES.get(cls, {})]
+    assert not missing, f"config fields without an entry in config.FIELD_RULES: {missing}"
+    numeric = [key for cls, key, name, kind in _leaf_fields() if kind in (int, float)
+               and not isinstance(FIELD_RULES[cls][name], Range)]
+    assert not numeric, f"numeric fields without a range: {numeric}"
+
+
+def _set(cfg, key, value):
+    *path, name = key.split(".")
+    target = cfg
+    for part in path:
+        target = getattr(target, part)
+    setattr(target, name, value)
+
+
+def _bad_values(rule, kind):
+    """Values just outside each bound of a Range, a non-member of OneOf, blank Text; NaN for floats."""
+    out = [math.nan, math.inf] if kind is float else []
+    if isinstance(rule, Range):
+        step = 1 if kind is int else 1e-9
+        if rule.low is not None:
+            out.append(rule.low if rule.low_open else rule.low - step)
+        if rule.high is not None:
+            out.append(rule.high if rule.high_open else rule.high + step)
+        out = [v for v in out if v not in rule.also]
+    elif isinstance(rule, Text):
+        out.append(" ")
+    elif kind is str:  # OneOf, or a registry name / format that a function checks
+        out.append("bogus")
+    if kind in (int, float, bool):
+        out.append("3")  # a string where a number or flag belongs
+    return out
+
+
+def test_every_field_rejects_values_outside_its_rule_naming_the_field():
+    for cls, key, name, kind in _leaf_fields():
+        rule = FIELD_RULES[cls][name]
+        for value in _bad_values(rule, kind):
+            cfg = preset("colored_digits", "1")
+            _set(cfg, key, value)
+            with pytest.raises(ConfigError, match=f"^{key}[ =:]"):
+                validate(cfg)
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+def test_every_preset_validates_at_every_ratio(dataset):
+    for ratio in DATASETS[dataset].ratios:
+        validate(preset(dataset, ratio))
+    validate(preset(dataset, DATASETS[dataset].ratios[0], quick=True))
+
+
+def test_the_quick_preset_validates():
+    cfg = preset("colored_digits", "1", quick=True)
+    validate(cfg)
+    assert cfg.data.ratio == "1"

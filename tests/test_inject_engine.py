@@ -210,7 +210,7 @@ def test_bad_input_is_a_clear_error(tiny64):
     for override, message in [("injection.gamma=1.2", r"injection.gamma must be in \[0, 1\]"),
                               ("injection.t_edit=1000", r"injection.t_edit must be in \[0, 999\]"),
                               ("injection.t_boost=-5", "injection.t_boost must be in"),
-                              ("injection.generation_steps=1", "injection.generation_steps must be at least 2"),
+                              ("injection.generation_steps=1", r"injection.generation_steps must be in \[2, 1000\]"),
                               ("injection.mask=0.5,0.5", "injection.mask must be 'top,left,bottom,right'"),
                               ("injection.omega=-1", "injection.omega must be >= 0")]:
         with pytest.raises(ConfigError, match=message):

@@ -6,16 +6,35 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import apply_overrides, preset
+from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
+from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
 
 
 def _config(args: argparse.Namespace):
+    check_options(args, {"seed": SEED})
     cfg = preset(args.dataset, args.ratio, quick=args.quick)
     cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
     cfg.run.seed = cfg.diffusion.seed = args.seed
     cfg.run.experiment = args.experiment
     return apply_overrides(cfg, args.set or [])
+
+
+def _training_config(args: argparse.Namespace):
+    """The config of a command that trains on Ray and tracks in MLflow, with its outputs checked."""
+    cfg = _config(args)
+    check_tracking_store()
+    check_output_dir(cfg.run.storage_path, "run.storage_path")
+    return cfg
+
+
+def _start_ray(cfg) -> None:
+    """Join or start Ray; refuse run.use_gpu=true at once on a cluster without GPUs."""
+    from .pipeline import ensure_ray
+    from .ray_train import resolve_use_gpu
+
+    ensure_ray()
+    resolve_use_gpu(cfg.run.use_gpu)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +50,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
+    from .data.registry import get_dataset_spec, normalize_ratio
+
+    check_options(args, {"seed": SEED})
+    spec = get_dataset_spec(args.name)
+    if spec.name not in ("colored_digits", "cmnist", "cifar10c"):
+        raise DiffInjectError(f"{spec.name} cannot be built here: {spec.source}")
+    for ratio in args.ratios:
+        normalize_ratio(spec, ratio)
     root = Path(args.data_root)
+    check_output_dir(root, "--data-root")
     if args.name == "colored_digits":
         from .data.colored_digits import build_colored_digits
 
@@ -43,18 +71,13 @@ def cmd_data_build(args: argparse.Namespace) -> None:
         if source is None:
             raise DiffInjectError("cmnist needs --source DIR (MNIST IDX files) or --download")
         out = build_colored_mnist(Path(source), root, ratios=args.ratios, seed=args.seed)
-    elif args.name == "cifar10c":
+    else:
         from .data.corrupted_cifar import build_corrupted_cifar10, download_cifar10
 
         source = download_cifar10(root / "_downloads") if args.download else args.source
         if source is None:
             raise DiffInjectError("cifar10c needs --source DIR (cifar-10-batches-py) or --download")
         out = build_corrupted_cifar10(Path(source), root, ratios=args.ratios, seed=args.seed, progress=True)
-    else:
-        from .data.registry import get_dataset_spec
-
-        spec = get_dataset_spec(args.name)
-        raise DiffInjectError(f"{spec.name} cannot be built here: {spec.source}")
     print(f"wrote {out}")
 
 
@@ -82,35 +105,38 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from .data.parquet import MARKER
     from .methods import get_method
-    from .pipeline import ensure_ray, run_cell
+    from .pipeline import run_cell
 
     method = get_method(args.method)
     if method.needs_synthetic and not args.synthetic:
         raise ConfigError(f"method {args.method!r} trains on original + synthetic data: give the synthetic set "
                           f"with --synthetic DIR (from `diffinject inject`), or run the whole method with "
                           f"experiments/table1.py --methods {args.method}")
-    cfg = _config(args)
-    ensure_ray()
+    for folder in args.synthetic or []:
+        check_input_dir(folder, "--synthetic", (MARKER,), "`diffinject inject`")
+    cfg = _training_config(args)
+    _start_ray(cfg)
     out = run_cell(cfg, args.method, extra_train=[Path(p) for p in args.synthetic or []])
     print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
 
 
 def cmd_topk(args: argparse.Namespace) -> None:
-    from .pipeline import ensure_ray, run_stage1
+    from .pipeline import run_stage1
 
-    cfg = _config(args)
-    ensure_ray()
+    cfg = _training_config(args)
+    _start_ray(cfg)
     out = run_stage1(cfg)
     print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
     print(f"top-K set and grid: {out.checkpoint_dir}")
 
 
 def cmd_diffusion_train(args: argparse.Namespace) -> None:
-    from .pipeline import diffusion_checkpoint, ensure_ray, run_stage2
+    from .pipeline import diffusion_checkpoint, run_stage2
 
-    cfg = _config(args)
-    ensure_ray()
+    cfg = _training_config(args)
+    _start_ray(cfg)
     d = cfg.diffusion
     print(f"training {d.preset} for {d.num_steps} steps (batch {d.batch_size}, gamma {d.gamma}) on "
           f"{cfg.data.dataset if d.train_data == 'train' else d.train_data}; "
@@ -131,6 +157,9 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     from .plots import png_bytes, tile_images
     from .diffusion.pixels import to_uint8
 
+    check_options(args, {"num": COUNT, "steps": DDIM_STEPS, "eta": NON_NEGATIVE, "seed": SEED, "columns": COUNT,
+                         "scale": COUNT})
+    check_output_file(args.out, "--out")
     if args.format == "guided-diffusion":
         from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
 
@@ -140,8 +169,6 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     else:
         unet, meta = load_unet_checkpoint(args.checkpoint, args.preset)
         preset = get_preset(meta["preset"])
-    if args.steps < 1 or args.num < 1:
-        raise DiffInjectError(f"--steps and --num must be positive, got {args.steps} and {args.num}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"sampling {args.num} images from {preset.name} with {args.steps} DDIM steps (eta {args.eta}) "
           f"on {device}", flush=True)
@@ -154,13 +181,18 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_inject(args: argparse.Namespace) -> None:
+    from .diffusion.checkpoint import checkpoint_meta
     from .inject.synthetic import check_output_folder
-    from .pipeline import ensure_ray, run_stage1, run_stage3
+    from .pipeline import check_checkpoint_resolution, run_stage1, run_stage3
 
-    cfg = _config(args)
+    cfg = _training_config(args)
+    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
+    if args.topk_dir is not None:
+        check_input_dir(args.topk_dir, "--topk-dir", ("topk.json", "topk_images.npy"), "`diffinject topk`")
     if args.out is not None:
+        check_output_dir(args.out, "--out")
         check_output_folder(args.out)  # before stage 1: finalizing would replace the whole folder
-    ensure_ray()
+    _start_ray(cfg)
     topk_dir = args.topk_dir
     if topk_dir is None:
         print("no --topk-dir given: running stage 1 (bias classifier, top-K) first", flush=True)
@@ -183,6 +215,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     cfg.injection.calibrate_t_edit = True
+    check_tracking_store()
+    check_output_dir(args.out or ".", "--out")
     check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
     images = load_split(dataset_folder(cfg), "train").images[:cfg.injection.calibration_images]
     if args.random_lpips_backbone:
@@ -202,6 +236,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 def cmd_results(args: argparse.Namespace) -> None:
     from .results import collect, format_table
 
+    check_tracking_store()
     print(format_table(collect(args.experiment)))
 
 

@@ -7,8 +7,9 @@ strings, e.g. `classifier.lr=1e-4` or `bias.k=20`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
-from typing import Any, get_type_hints
+from typing import Any, Callable, get_type_hints
 
 from .errors import ConfigError
 
@@ -249,6 +250,8 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
         target = cfg
         parts = key.strip().split(".")
         for depth, name in enumerate(parts):
+            if not dataclasses.is_dataclass(target):
+                raise ConfigError(f"unknown config field {key!r}: {'.'.join(parts[:depth])} is a value, not a section")
             hints = get_type_hints(type(target))
             if name not in hints:
                 where = ".".join(parts[:depth]) or "config"
@@ -263,72 +266,202 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
 
 
 def validate(cfg: ExperimentConfig) -> None:
-    """Reject values that would fail later, naming the field."""
+    """Reject values that would fail later, naming the field: every field's type, finiteness and
+    FIELD_RULES entry, then the rules that tie fields together. Normalises data.ratio."""
     from .data.registry import get_dataset_spec, normalize_ratio
 
-    spec = get_dataset_spec(cfg.data.dataset)
-    cfg.data.ratio = normalize_ratio(spec, cfg.data.ratio)
-    if cfg.bias.k <= 0:
-        raise ConfigError(f"bias.k must be a positive number of samples, got {cfg.bias.k}")
-    if not 0.0 < cfg.bias.q <= 1.0:
-        raise ConfigError(f"bias.q must be in (0, 1], got {cfg.bias.q}")
-    if cfg.bias.scope not in ("global", "per_class"):
-        raise ConfigError(f"bias.scope must be global or per_class, got {cfg.bias.scope!r}")
-    for name, clf in (("classifier", cfg.classifier), ("bias.classifier", cfg.bias.classifier)):
-        if clf.arch not in ("mlp", "resnet18"):
-            raise ConfigError(f"{name}.arch must be mlp or resnet18, got {clf.arch!r}")
-        if clf.augment not in ("none", "crop_flip"):
-            raise ConfigError(f"{name}.augment must be none or crop_flip, got {clf.augment!r}")
-        if clf.select not in ("valid", "test", "last"):
-            raise ConfigError(f"{name}.select must be valid, test or last, got {clf.select!r}")
-        for field_name in ("num_steps", "batch_size", "eval_every", "log_every"):
-            if getattr(clf, field_name) <= 0:
-                raise ConfigError(f"{name}.{field_name} must be positive, got {getattr(clf, field_name)}")
-        if clf.lr <= 0:
-            raise ConfigError(f"{name}.lr must be positive, got {clf.lr}")
-    _validate_baselines(cfg.baselines)
-    _validate_diffusion(cfg.diffusion)
-    _validate_injection(cfg.injection)
-    if cfg.run.use_gpu not in ("auto", "true", "false"):
-        raise ConfigError(f"run.use_gpu must be auto, true or false, got {cfg.run.use_gpu!r}")
-    if cfg.run.num_workers < 0:
-        raise ConfigError(f"run.num_workers must be >= 0, got {cfg.run.num_workers}")
-
-
-def _validate_baselines(b: BaselinesConfig) -> None:
-    if not 0.0 < b.q <= 1.0 or not 0.0 <= b.ema_alpha < 1.0:
-        raise ConfigError(f"baselines.q must be in (0, 1] and baselines.ema_alpha in [0, 1), got {b.q}, {b.ema_alpha}")
-    if not 1 <= b.agreement <= b.num_bias_models:
+    _check_section(cfg, "")
+    cfg.data.ratio = normalize_ratio(get_dataset_spec(cfg.data.dataset), cfg.data.ratio)
+    b = cfg.baselines
+    if b.agreement > b.num_bias_models:
         raise ConfigError(f"baselines.agreement must be in [1, num_bias_models={b.num_bias_models}], got {b.agreement}")
-    if not 0.0 < b.tau < 1.0:
-        raise ConfigError(f"baselines.tau must be in (0, 1), got {b.tau}")
-    for name in ("curr_step", "lr_decay_step"):
-        if getattr(b, name) < 0:
-            raise ConfigError(f"baselines.{name} must be >= 0, got {getattr(b, name)}")
-    if b.committee_steps <= 0 or b.disent_lr <= 0:
-        raise ConfigError("baselines.committee_steps and baselines.disent_lr must be positive")
 
 
-def _validate_diffusion(d: DiffusionConfig) -> None:
+def _check_section(section: Any, prefix: str) -> None:
+    hints = get_type_hints(type(section))
+    rules = FIELD_RULES[type(section)]
+    for f in dataclasses.fields(section):
+        key, value = f"{prefix}{f.name}", getattr(section, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            if not isinstance(value, hints[f.name]):
+                raise ConfigError(f"{key} must be a {hints[f.name].__name__} section, got {value!r}")
+            _check_section(value, key + ".")
+            continue
+        _check_type(key, value, hints[f.name])
+        rules[f.name].check(key, value)
+
+
+def _check_type(key: str, value: Any, kind: type) -> None:
+    """bool fields hold bools, int fields ints (not bools), float fields finite numbers (ints
+    too), str fields strings."""
+    if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+        raise ConfigError(f"{key} must be {_KIND_NAMES[kind]}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+
+
+_KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+@dataclass(frozen=True)
+class Range:
+    """low <= value <= high (an open end excludes the bound); `also` lists values allowed
+    outside the range (e.g. -1 for "off"), `noun` names what is counted."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    also: tuple = ()
+    noun: str = ""
+
+    def contains(self, value: float) -> bool:
+        if value in self.also:
+            return True
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        if self.high is None and (self.low, self.low_open) in ((0, True), (1, False)):
+            text = f"a positive {self.noun}" if self.noun else "positive"
+        elif self.high is None:
+            text = f"{'>' if self.low_open else '>='} {self.low}"
+        else:
+            text = f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+        if self.also:
+            text += f" (or {' or '.join(str(v) for v in self.also)} to disable)"
+        return text
+
+    def check(self, key: str, value: Any) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
+        if not self.contains(value):
+            raise ConfigError(f"{key} must be {self.describe()}, got {value}")
+
+
+@dataclass(frozen=True)
+class OneOf:
+    choices: tuple[str, ...]
+
+    def check(self, key: str, value: Any) -> None:
+        if value not in self.choices:
+            names = ", ".join(self.choices[:-1]) + f" or {self.choices[-1]}"
+            raise ConfigError(f"{key} must be {names}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Text:
+    """Any non-empty string (a name or a path; output paths are checked by `preflight`)."""
+
+    def check(self, key: str, value: Any) -> None:
+        if not value.strip():
+            raise ConfigError(f"{key} must not be empty")
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A value a function checks (a registry name, a parsed format); it raises ConfigError."""
+
+    check_value: Callable[[str, Any], None]
+
+    def check(self, key: str, value: Any) -> None:
+        self.check_value(key, value)
+
+
+@dataclass(frozen=True)
+class Flag:
+    def check(self, key: str, value: Any) -> None:
+        pass  # the type check is all a bool needs
+
+
+def _known_dataset(key: str, name: str) -> None:
+    from .data.registry import get_dataset_spec
+
+    try:
+        get_dataset_spec(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _known_preset(key: str, name: str) -> None:
     from .diffusion.models import get_preset
 
-    get_preset(d.preset)  # unknown preset: ConfigError naming the choices
-    if d.train_data != "train" and "@" not in d.train_data:
-        raise ConfigError(f"diffusion.train_data must be 'train' or 'DATASET@RATIO', got {d.train_data!r}")
-    for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "sample_images", "sample_steps"):
-        if getattr(d, name) <= 0:
-            raise ConfigError(f"diffusion.{name} must be positive, got {getattr(d, name)}")
-    for name in ("sample_every", "check_sync_every"):
-        if getattr(d, name) < 0:
-            raise ConfigError(f"diffusion.{name} must be >= 0, got {getattr(d, name)}")
-    if d.lr <= 0:
-        raise ConfigError(f"diffusion.lr must be positive, got {d.lr}")
-    if not 0.0 <= d.ema_decay < 1.0:
-        raise ConfigError(f"diffusion.ema_decay must be in [0, 1), got {d.ema_decay}")
-    if d.sample_eta < 0:
-        raise ConfigError(f"diffusion.sample_eta must be >= 0, got {d.sample_eta}")
-    if d.gamma < 0 or d.k <= 0:
-        raise ConfigError(f"diffusion.gamma must be >= 0 and diffusion.k > 0, got gamma={d.gamma}, k={d.k}")
+    try:
+        get_preset(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
+def _train_data(key: str, value: str) -> None:
+    if value == "train":
+        return
+    from .data.registry import get_dataset_spec, normalize_ratio
+
+    dataset, sep, ratio = value.partition("@")
+    if not sep:
+        raise ConfigError(f"{key} must be 'train' or 'DATASET@RATIO', got {value!r}")
+    try:
+        normalize_ratio(get_dataset_spec(dataset), ratio)
+    except ConfigError as exc:
+        raise ConfigError(f"{key}={value}: {exc}") from None
+
+
+POSITIVE = Range(0, low_open=True)
+COUNT = Range(1)                      # an integer >= 1
+NON_NEGATIVE = Range(0)
+FRACTION = Range(0, 1)
+SEED = Range(0, 2**32 - 1)           # numpy seeds are non-negative 32-bit numbers
+NUM_TIMESTEPS = 1000                  # diffusion timesteps of every model (t in [0, 999])
+TIMESTEP = Range(0, NUM_TIMESTEPS - 1)
+DDIM_STEPS = Range(1, NUM_TIMESTEPS)
+GRID_STEPS = Range(2, NUM_TIMESTEPS)  # a timestep grid from 0 to 999 has both ends
+
+# What every config field may hold, in one table: validate() looks every field up here (a new
+# field without an entry fails the test that walks all fields).
+FIELD_RULES: dict[type, dict[str, Any]] = {
+    DataConfig: {"dataset": Checked(_known_dataset), "ratio": Text(), "data_root": Text(), "cache_root": Text()},
+    ClassifierConfig: {
+        "arch": OneOf(("mlp", "resnet18")), "mlp_divide_by_255": Flag(), "num_steps": COUNT, "batch_size": COUNT,
+        "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "augment": OneOf(("none", "crop_flip")), "normalize": Flag(),
+        "resize": NON_NEGATIVE, "select": OneOf(("valid", "test", "last")), "eval_every": COUNT, "log_every": COUNT,
+    },
+    BiasConfig: {"q": Range(0, 1, low_open=True), "k": Range(1, noun="number of samples"),
+                 "scope": OneOf(("global", "per_class"))},
+    BaselinesConfig: {
+        "q": Range(0, 1, low_open=True), "ema_alpha": Range(0, 1, high_open=True),
+        "lambda_dis_align": NON_NEGATIVE, "lambda_swap_align": NON_NEGATIVE, "lambda_swap": NON_NEGATIVE,
+        "curr_step": NON_NEGATIVE, "disent_lr": POSITIVE, "lr_decay_step": NON_NEGATIVE,
+        "lr_gamma": Range(0, 1, low_open=True), "num_bias_models": COUNT, "agreement": COUNT,
+        "tau": Range(0, 1, low_open=True, high_open=True), "committee_steps": COUNT,
+    },
+    DiffusionConfig: {
+        "preset": Checked(_known_preset), "train_data": Checked(_train_data), "resize": Flag(), "hflip": Flag(),
+        "gamma": NON_NEGATIVE, "k": POSITIVE, "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "batch_size": COUNT,
+        "num_steps": COUNT, "ema_decay": Range(0, 1, high_open=True), "grad_clip": NON_NEGATIVE, "bf16": Flag(),
+        "log_every": COUNT, "checkpoint_every": COUNT, "sample_every": NON_NEGATIVE, "sample_images": COUNT,
+        "sample_steps": DDIM_STEPS, "sample_eta": NON_NEGATIVE, "check_sync_every": NON_NEGATIVE, "seed": SEED,
+    },
+    InjectionConfig: {
+        "gamma": FRACTION, "mode": OneOf(("local", "global")), "mask": Checked(lambda key, text: parse_mask(text)),
+        "t_edit": TIMESTEP, "calibrate_t_edit": Flag(), "lpips_threshold": Range(0, 1, low_open=True, high_open=True),
+        "calibration_images": COUNT, "t_boost": Range(0, NUM_TIMESTEPS - 1, also=(-1,)),
+        "inversion_steps": GRID_STEPS, "generation_steps": GRID_STEPS, "dt_lambda": POSITIVE, "omega": NON_NEGATIVE,
+        "conflict_ratio": POSITIVE, "originals": OneOf(("non_topk", "aligned")), "batch_size": COUNT,
+    },
+    RunConfig: {"seed": SEED, "num_workers": NON_NEGATIVE, "use_gpu": OneOf(("auto", "true", "false")),
+                "max_failures": NON_NEGATIVE, "experiment": Text(), "storage_path": Text()},
+    ExperimentConfig: {},
+}
+
+
+def check_options(args: Any, rules: dict[str, Range]) -> None:
+    """Command-line values (argparse dests, one value or a list) against ranges, named as --option."""
+    for dest, rule in rules.items():
+        values = getattr(args, dest)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None:
+                rule.check(f"--{dest.replace('_', '-')}", value)
 
 
 def parse_mask(text: str) -> tuple[float, float, float, float]:
@@ -340,33 +473,6 @@ def parse_mask(text: str) -> tuple[float, float, float, float]:
     if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
         raise ConfigError(f"injection.mask {text!r} must satisfy 0 <= top < bottom <= 1 and 0 <= left < right <= 1")
     return top, left, bottom, right
-
-
-def _validate_injection(inj: InjectionConfig) -> None:
-    if not 0.0 <= inj.gamma <= 1.0:
-        raise ConfigError(f"injection.gamma must be in [0, 1], got {inj.gamma}")
-    if inj.mode not in ("local", "global"):
-        raise ConfigError(f"injection.mode must be local or global, got {inj.mode!r}")
-    parse_mask(inj.mask)
-    if not 0 <= inj.t_edit <= 999:
-        raise ConfigError(f"injection.t_edit must be in [0, 999], got {inj.t_edit}")
-    if not (inj.t_boost == -1 or 0 <= inj.t_boost <= 999):
-        raise ConfigError(f"injection.t_boost must be in [0, 999] (or -1 to disable), got {inj.t_boost}")
-    for name in ("inversion_steps", "generation_steps"):
-        if getattr(inj, name) < 2:
-            raise ConfigError(f"injection.{name} must be at least 2, got {getattr(inj, name)}")
-    if not 0.0 < inj.lpips_threshold < 1.0:
-        raise ConfigError(f"injection.lpips_threshold must be in (0, 1), got {inj.lpips_threshold}")
-    if inj.calibration_images < 1 or inj.batch_size < 1:
-        raise ConfigError("injection.calibration_images and injection.batch_size must be positive")
-    if inj.conflict_ratio <= 0:
-        raise ConfigError(f"injection.conflict_ratio must be positive, got {inj.conflict_ratio}")
-    if inj.originals not in ("non_topk", "aligned"):
-        raise ConfigError(f"injection.originals must be non_topk or aligned, got {inj.originals!r}")
-    if inj.omega < 0:
-        raise ConfigError(f"injection.omega must be >= 0, got {inj.omega}")
-    if inj.dt_lambda <= 0:
-        raise ConfigError(f"injection.dt_lambda must be positive, got {inj.dt_lambda}")
 
 
 def flatten(cfg: Any, prefix: str = "") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from .data.parquet import MARKER
 from .errors import ConfigError
 from .inject.manifest import MANIFEST_SCHEMA
 from .inject.synthetic import PARTS, batch_table, checkpoint_hash, finalize, provenance, write_part, written_pair_ids
+from .ray_train import resolve_use_gpu
 
 JOB_FILE = "_job.json"
 
@@ -103,18 +104,6 @@ def _job_key(manifest: pa.Table, cfg: InjectionConfig, t_edit: int, digest: str,
     return h.hexdigest()[:16]
 
 
-def _resolve_gpu(use_gpu) -> bool:
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-    if use_gpu in ("auto", None):
-        return gpus > 0
-    wanted = use_gpu if isinstance(use_gpu, bool) else str(use_gpu).lower() in ("1", "true", "yes")
-    if wanted and gpus == 0:  # a GPU request on a CPU-only cluster would wait forever
-        raise ConfigError("use_gpu=true, but the Ray cluster has no GPUs")
-    return wanted
-
-
 def actor_cpus(cluster_cpus: int, num_actors: int, node_cpus: list[int]) -> int:
     """CPUs each CPU actor reserves: an equal share of the cluster's (the driver-side consumer
     needs none), but no more than the largest node has, or the actor could never be placed."""
@@ -177,7 +166,7 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
         print(f"[inject] {total} pairs, {total - todo.num_rows} already written, {todo.num_rows} to generate",
               flush=True)
     if todo.num_rows:
-        gpu = _resolve_gpu(use_gpu)
+        gpu = resolve_use_gpu(use_gpu)
         resources = ray.cluster_resources()
         if num_actors is None:
             num_actors = int(resources.get("GPU", 0)) if gpu else max(1, int(resources.get("CPU", 1)) // 2)

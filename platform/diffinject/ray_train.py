@@ -176,10 +176,20 @@ def _to_bytes(write) -> bytes:
     return buffer.getvalue()
 
 
-def gpus_available() -> bool:
+def resolve_use_gpu(use_gpu: str | bool) -> bool:
+    """Whether jobs run on GPUs, from run.use_gpu ("auto" | "true" | "false", or a bool): auto
+    when the Ray cluster has GPUs; true is refused on a cluster without any, where a GPU
+    request would wait forever."""
     import ray
 
-    return torch.cuda.is_available() and ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
+    if use_gpu == "auto":
+        return gpus > 0
+    wanted = use_gpu if isinstance(use_gpu, bool) else use_gpu == "true"
+    if wanted and gpus == 0:
+        raise errors.ConfigError("run.use_gpu=true, but the Ray cluster has no GPUs (a GPU request would wait "
+                                 "forever); use run.use_gpu=auto or false, or join a cluster with GPUs (RAY_ADDRESS)")
+    return wanted
 
 
 def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | None = None,
@@ -192,9 +202,7 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     from ray.train.torch import TorchTrainer
 
     cfg = from_dict(job.config)
-    use_gpu = {"true": True, "false": False}.get(cfg.run.use_gpu, None)
-    if use_gpu is None:
-        use_gpu = gpus_available()
+    use_gpu = resolve_use_gpu(cfg.run.use_gpu)
     name = name or f"{job.kind}-{cfg.data.dataset}-{cfg.data.ratio}-{job.method}-s{cfg.run.seed}-{uuid.uuid4().hex[:8]}"
     # run.storage_path: a folder, or a URI pyarrow opens (s3://...: checkpoints shared by all nodes);
     # checkpoints are staged and the final one copied out on local disk either way

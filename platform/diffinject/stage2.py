@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import DiffusionConfig
+from .config import NUM_TIMESTEPS, DiffusionConfig
 from .diffusion.checkpoint import unet_checkpoint_bytes
 from .diffusion.models import UNetPreset, build_unet, get_preset
 from .diffusion.pixels import to_model_pixels, to_uint8
@@ -33,8 +33,6 @@ from .errors import ConfigError, TrainingError
 from .metrics import all_ranks_finite, all_reduce_sum
 from .plots import png_bytes, tile_images
 from .train import TrainContext, batch_indices, seed_everything
-
-NUM_TIMESTEPS = 1000
 
 
 @dataclass

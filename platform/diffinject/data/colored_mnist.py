@@ -18,9 +18,9 @@ def download_mnist(target: Path) -> Path:
     """Fetch MNIST with torchvision's downloader (needs the network)."""
     from torchvision.datasets import MNIST
 
-    MNIST(str(target), train=True, download=True)
-    MNIST(str(target), train=False, download=True)
-    return Path(target)
+    from .download import download_torchvision
+
+    return download_torchvision(MNIST, target, MNIST.mirrors[0], "the MNIST IDX files")
 
 
 def load_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

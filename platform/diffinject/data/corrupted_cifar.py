@@ -25,9 +25,9 @@ def download_cifar10(target: Path) -> Path:
     """Fetch CIFAR-10 with torchvision's downloader (needs the network)."""
     from torchvision.datasets import CIFAR10
 
-    CIFAR10(str(target), train=True, download=True)
-    CIFAR10(str(target), train=False, download=True)
-    return Path(target)
+    from .download import download_torchvision
+
+    return download_torchvision(CIFAR10, target, CIFAR10.url, BATCH_DIR)
 
 
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:

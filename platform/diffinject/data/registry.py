@@ -38,13 +38,13 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 register_dataset(DatasetSpec(
     name="cmnist", num_classes=10, num_biases=10, image_size=28,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
-    source="build it with `diffinject data build cmnist --mnist DIR` (or --download), "
+    source="build it with `diffinject data build cmnist --source DIR` (MNIST IDX files, or --download), "
            "or download the DisEnt release",
 ))
 register_dataset(DatasetSpec(
     name="cifar10c", num_classes=10, num_biases=10, image_size=32,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=True, test_per_class=True,
-    source="build it with `diffinject data build cifar10c --cifar DIR` (or --download), "
+    source="build it with `diffinject data build cifar10c --source DIR` (cifar-10-batches-py, or --download), "
            "or download the DisEnt release",
 ))
 register_dataset(DatasetSpec(

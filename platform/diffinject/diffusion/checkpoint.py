@@ -10,6 +10,8 @@ read by `guided_diffusion.load_guided_diffusion_checkpoint`.
 from __future__ import annotations
 
 import io
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -29,15 +31,30 @@ def unet_checkpoint_bytes(weights: dict[str, torch.Tensor], preset: UNetPreset, 
 
 
 def read_checkpoint_file(path: Path) -> object:
-    """torch.load(weights_only=True) with a clear error for missing or unreadable files."""
+    """torch.load(weights_only=True), with one clear error for a missing, unreadable or unsafe file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; expected a checkpoint file (e.g. FOLDER/diffusion.pt)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # plain pickles: the error below says what the file is
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and weights_only errors all mean "not a checkpoint we can read"
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); "
-                              f"expected a file written by torch.save") from None
+        raise CheckpointError(f"checkpoint {path} {_load_failure(exc)}; expected a file written by torch.save "
+                              f"(tensors, dicts, lists and numbers only)") from None
+
+
+def _load_failure(exc: Exception) -> str:
+    """What torch.load's error means, without its advice to load untrusted files unsafely."""
+    text = str(exc)
+    unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if unsafe:
+        return f"holds a Python object of type {unsafe.group(1)}, which is not loaded (loading it could run code)"
+    if "zip archive" in text or isinstance(exc, EOFError):
+        return "is truncated or corrupted (incomplete torch.save archive)"
+    return f"is unreadable ({type(exc).__name__})"
 
 
 def _read_payload(path: Path) -> dict:
@@ -46,6 +63,10 @@ def _read_payload(path: Path) -> dict:
         raise CheckpointError(f"{path} is not a diffinject diffusion checkpoint (no format {FORMAT!r}); "
                               f"a released guided-diffusion / P2 file is loaded with "
                               f"--format guided-diffusion --preset NAME")
+    missing = [key for key, kind in (("preset", str), ("weights", dict)) if not isinstance(payload.get(key), kind)]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete diffinject checkpoint: no {' and no '.join(missing)} entry "
+                              f"(stage 2 writes format, preset, weights, step and config)")
     return payload
 
 
