@@ -186,12 +186,12 @@ def cmd_inject(args: argparse.Namespace) -> None:
     from .pipeline import check_checkpoint_resolution, run_stage1, run_stage3
 
     cfg = _training_config(args)
-    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
     if args.topk_dir is not None:
         check_input_dir(args.topk_dir, "--topk-dir", ("topk.json", "topk_images.npy"), "`diffinject topk`")
     if args.out is not None:
         check_output_dir(args.out, "--out")
         check_output_folder(args.out)  # before stage 1: finalizing would replace the whole folder
+    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
     _start_ray(cfg)
     topk_dir = args.topk_dir
     if topk_dir is None:
