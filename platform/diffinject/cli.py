@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import apply_overrides, preset
+from .config import absolute_args, apply_overrides, preset
 from .errors import ConfigError, DiffInjectError
 
 
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = absolute_args(build_parser().parse_args(argv), "synthetic", "topk_dir", "out", "checkpoint")
     try:
         args.func(args)
     except DiffInjectError as exc:

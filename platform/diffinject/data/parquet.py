@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,11 +54,14 @@ def parquet_dir(cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
 
 
 def fingerprint(index: LayoutIndex) -> str:
+    """Of the files' names under the data root, sizes and mtimes: where the root is (relative or
+    absolute) is no part of the dataset's identity."""
     digest = hashlib.sha256()
     for split in SPLITS:
         for record in index.splits[split]:
             stat = record.path.stat()
-            digest.update(f"{split}|{record.path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            name = os.path.relpath(record.path, index.root.parent)
+            digest.update(f"{split}|{name}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
