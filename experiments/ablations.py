@@ -24,21 +24,23 @@ against each swept value, mean ± std over the seeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-from diffinject.ablations import (Axis, SettingResult, ablation_plot, best_setting, end_stopped_runs, evaluate_setting,
-                                  finished_trial, format_results, grid_settings, parse_axis, setting_label, trial_key,
-                                  write_csv)
+from diffinject.ablations import (Axis, SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
+                                  evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
+                                  setting_label, trial_key, write_csv)
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import COUNT, NON_NEGATIVE, SEED, apply_overrides, check_options, flatten, preset
+from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, flatten, preset
+from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
-from diffinject.pipeline import dataset_folder, ensure_ray
+from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray
 from diffinject.preflight import check_output_dir, check_tracking_store
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.tracking import Tracker
@@ -77,9 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def sweep_record(args, axes: list[Axis], base) -> dict:
+def sweep_record(args, axes: list[Axis], base, seeds: list[int]) -> dict:
     """What makes a Tune experiment this sweep: a restored experiment must match it."""
-    return {"method": args.method, "search": args.search, "cross": args.cross, "seeds": args.seeds,
+    return {"method": args.method, "search": args.search, "cross": args.cross, "seeds": seeds,
             "samples": args.samples if args.search == "optuna" else None,
             "axes": [[a.name, list(a.values), a.low, a.high] for a in axes], "base": flatten(base)}
 
@@ -95,8 +97,25 @@ def check_same_sweep(record_path: Path, record: dict, tune_path: Path) -> None:
                           f"{', '.join(changed)}); add --fresh to replace it, or give --experiment NAME")
 
 
+def check_settings_against_data(base, axes: list[Axis], settings: list[dict] | None) -> None:
+    """Every grid setting (Optuna: every listed value and both ends of every range) fits the
+    data, before Tune starts a trial that would fail on it."""
+    checked = settings if settings is not None else [{a.name: v} for a in axes for v in (a.values or (a.low, a.high))]
+    for setting in checked:
+        try:
+            check_against_data(apply_setting(base, axes, setting))
+        except ConfigError as exc:
+            raise ConfigError(f"--sweep {setting_label(setting)}: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = absolute_args(parse_args(argv), "artifact_root", "out")
+    sigterm_as_interrupt()
+    with contextlib.ExitStack() as held:  # the lock on this experiment's Tune state, once taken
+        return run(args, held)
+
+
+def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
     if args.quick and args.dataset != "colored_digits":
         print("error: --quick runs on colored_digits", file=sys.stderr)
         return 2
@@ -117,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         base.data.data_root, base.data.cache_root = args.data_root, args.cache_root
         base.run.experiment = experiment
         apply_overrides(base, args.set)
+        seeds = distinct(args.seeds, "--seeds")
         sweeps = args.sweep or (QUICK_SWEEPS if args.quick else [])
         if not sweeps:
             raise ConfigError("nothing to sweep: give --sweep NAME=V1,V2,... (or --quick)")
@@ -129,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             check_output_dir(folder, what)
         check_tracking_store()
         dataset_folder(base)
+        if get_method(args.method).needs_synthetic:
+            check_settings_against_data(base, axes, settings)
         ensure_ray()
         resolve_use_gpu(base.run.use_gpu)
         import ray
@@ -136,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         base.run.num_workers = args.num_workers if args.num_workers is not None else int(gpus > 0)
         parallel = args.parallel or max(1, gpus)
-        record = sweep_record(args, axes, base)
+        record = sweep_record(args, axes, base, seeds)
+        held.enter_context(exclusive(tune_path.with_name(f"{experiment}.lock"), f"sweep of experiment {experiment!r}"))
         if args.fresh and tune_path.exists():
             shutil.rmtree(tune_path)
         check_same_sweep(record_path, record, tune_path)
@@ -149,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 
         tracker = Tracker()
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
-        sweep = Sweep(spec, base, axes, args.method, list(args.seeds), threads_per_cell(parallel))
+        sweep = Sweep(spec, base, axes, args.method, seeds, threads_per_cell(parallel))
         what = f"{len(settings)} settings (grid)" if settings is not None else f"{args.samples} Optuna trials"
-        print(f"{args.method} on {args.dataset} {base.data.ratio}%: {what} x {len(args.seeds)} seeds, "
+        print(f"{args.method} on {args.dataset} {base.data.ratio}%: {what} x {len(seeds)} seeds, "
               f"{parallel} at a time; artifacts in {args.artifact_root}; Tune state in {tune_path}", flush=True)
-        ref = evaluate_reference(reference, base, args.seeds, spec, tracker) if reference else None
+        ref = evaluate_reference(reference, base, seeds, spec, tracker) if reference else None
         trials, restored = run_sweep(sweep, tune_path, settings, args.samples, parallel)
     except DiffInjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -165,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
     results = [SettingResult.from_metrics(args.method, setting, metrics) for setting, metrics, error in trials
-               if error is None and metrics.get("seeds_done") == len(args.seeds)]
+               if error is None and metrics.get("seeds_done") == len(seeds)]
     failed = [(setting, error) for setting, _, error in trials if error is not None]
     for setting, error in failed:
         print(f"error: trial {setting_label(setting)} failed: {error}", file=sys.stderr)

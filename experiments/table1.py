@@ -21,12 +21,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from diffinject.artifacts import is_remote
+from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import COUNT, NON_NEGATIVE, SEED, apply_overrides, check_options, preset
+from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
+from diffinject.data.registry import get_dataset_spec, normalize_ratio
+from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
-from diffinject.pipeline import dataset_folder, ensure_ray, with_seed
+from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray, with_seed
 from diffinject.preflight import check_output_dir, check_tracking_store
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.report import Table1
@@ -66,7 +68,8 @@ def cell_jobs(configs, seeds, methods) -> list:
 
 
 class Progress:
-    """One line per finished cell; a heartbeat with the overall count while long cells run."""
+    """One line per finished cell (or stage built for the table alone); a heartbeat with the overall
+    count while long ones run."""
 
     def __init__(self, total: int, every_s: float = 60.0):
         self.total, self.done, self.started = total, 0, time.perf_counter()
@@ -79,16 +82,19 @@ class Progress:
         return time.perf_counter() - self.started
 
     def cell_done(self, r: CellResult) -> None:
-        self.done += 1
         how = "cached" if r.cached else ", ".join(f"{s} {v}" for s, v in sorted(r.stages.items()) if s != "cell")
-        print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] {r.dataset} {r.ratio}% seed {r.seed} {r.method}: "
-              f"unbiased {100 * r.metrics['test_acc']:.2f}  ({how}; {r.seconds:.0f}s)", flush=True)
+        self.step_done(f"{r.dataset} {r.ratio}% seed {r.seed} {r.method}: unbiased {100 * r.metrics['test_acc']:.2f}  "
+                       f"({how}; {r.seconds:.0f}s)")
+
+    def step_done(self, text: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] {text}", flush=True)
         self.last_line = time.perf_counter()
 
     def _heartbeat(self, every_s: float) -> None:
         while not self.stop.wait(every_s / 4):
             if time.perf_counter() - self.last_line >= every_s:
-                print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] cells finished; working...", flush=True)
+                print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] finished; working...", flush=True)
                 self.last_line = time.perf_counter()
 
     def close(self) -> None:
@@ -97,20 +103,24 @@ class Progress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    datasets = args.datasets or (["colored_digits"] if args.quick else list(PAPER_DATASETS))
-    methods = args.methods or table_methods()
+    args = absolute_args(parse_args(argv), "artifact_root", "out")
+    sigterm_as_interrupt()
     experiment = args.experiment or ("table1-quick" if args.quick else "table1")
+    started_ms = int(time.time() * 1000)
     progress = None
     try:
         check_options(args, {"seeds": SEED, "num_workers": NON_NEGATIVE, "parallel": COUNT})
-        for method in methods:
-            get_method(method)
+        datasets = distinct(args.datasets or (["colored_digits"] if args.quick else list(PAPER_DATASETS)), "--datasets")
+        methods = distinct(args.methods or table_methods(), "--methods")
+        on_synthetic = any([get_method(m).needs_synthetic for m in methods])  # (each checked) these run stages 1-3
+        ratios = distinct(args.ratios, "--ratios",
+                          key=lambda r: tuple(normalize_ratio(get_dataset_spec(d), r) for d in datasets))
+        seeds = distinct(args.seeds, "--seeds")
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, datasets)
         configs = []
         for dataset in datasets:
-            for ratio in args.ratios:
+            for ratio in ratios:
                 cfg = preset(dataset, ratio, quick=args.quick)
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
@@ -118,9 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.out, "--out")
         check_output_dir(args.artifact_root, "--artifact-root")
         check_tracking_store()
-        for cfg in configs:  # every dataset is found and valid, every output writable, before anything starts
-            check_output_dir(cfg.run.storage_path, "run.storage_path")
-            dataset_folder(cfg)
+        for cfg in configs:  # every dataset is found and valid (and fits stages 1 and 3), every output writable,
+            check_output_dir(cfg.run.storage_path, "run.storage_path")  # before anything starts
+            if on_synthetic:
+                check_against_data(cfg)
+            else:
+                dataset_folder(cfg)
         ensure_ray()
         for cfg in configs:
             resolve_use_gpu(cfg.run.use_gpu)
@@ -133,13 +146,13 @@ def main(argv: list[str] | None = None) -> int:
 
         tracker = Tracker()
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
-        jobs = cell_jobs(configs, args.seeds, methods)
+        jobs = cell_jobs(configs, seeds, methods)
         parallel = args.parallel or max(1, gpus)
         if parallel > 1 and not is_remote(args.artifact_root) and len([n for n in ray.nodes() if n["Alive"]]) > 1:
             print(f"warning: cells run on several nodes, but --artifact-root {args.artifact_root} is a local folder: "
                   f"give a shared one (s3://..., or a path every node mounts) so they find each other's stages",
                   flush=True)
-        print(f"{len(jobs)} cells ({len(methods)} methods x {len(configs)} dataset/ratio x {len(args.seeds)} seeds), "
+        print(f"{len(jobs)} cells ({len(methods)} methods x {len(configs)} dataset/ratio x {len(seeds)} seeds), "
               f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
         progress = Progress(len(jobs))
         results = run_cells(spec, jobs, parallel, progress.cell_done)
@@ -147,29 +160,45 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             table.add(r.dataset, r.ratio, r.method, r.metrics)
         built = Counter((stage, how) for r in results for stage, how in r.stages.items() if stage != "cell")
-        runner = spec.runner()
-        for cfg in configs:  # precision@K of the stage-1 top-K sets (built by DiffInject's cells, if any)
-            for seed in args.seeds:
-                stage1 = runner.stage1(with_seed(cfg, seed))
-                built[("stage1", "reused" if stage1.reused else "built")] += not stage1.reused
-                table.add_precision(cfg.data.dataset, cfg.data.ratio, stage1.meta["metrics"]["precision_at_k"])
+        if on_synthetic:
+            add_precision_row(table, spec.runner(), [with_seed(cfg, seed) for cfg in configs for seed in seeds],
+                              progress, built)
     except DiffInjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        from diffinject.ablations import end_stopped_runs
+
+        end_stopped_runs(Tracker(), experiment, started_ms)  # cells in Ray tasks may not have ended theirs
         print(f"\ninterrupted: finished stages are kept under {args.artifact_root}; the same command continues "
               f"from there", file=sys.stderr)
         return 130
     finally:
         if progress:
             progress.close()
-    paths = write_outputs(table, results, Path(args.out), experiment, len(args.seeds), tracker)
+    paths = write_outputs(table, results, Path(args.out), experiment, len(seeds), tracker)
     summary = ", ".join(f"{s} x{n}" for (s, h), n in sorted(built.items()) if h == "built" and n) or "nothing"
     print(f"\nthis run built: {summary}; {sum(r.cached for r in results)} of {len(results)} cells came from the cache")
     print(f"table: {paths['md']} (+ {paths['csv'].name}, {paths['png'].name})   MLflow: {tracker.uri} "
           f"(experiment {experiment!r}, run {paths['run_id']}; `mlflow ui --backend-store-uri {tracker.uri}`)   "
           f"total {progress.elapsed():.0f}s")
     return 0
+
+
+def add_precision_row(table: Table1, runner, stage1_cfgs: list, progress: Progress, built: Counter) -> None:
+    """precision@K of the stage-1 top-K sets (the methods on synthetic data built them); one
+    their cells did not leave in the cache is built here, and counted in the progress lines."""
+    missing = [cfg for cfg in stage1_cfgs
+               if runner.cache.lookup("stage1", artifact_key("stage1", runner.stage1_material(cfg))) is None]
+    progress.total += len(missing)
+    for cfg in stage1_cfgs:
+        stage1 = runner.stage1(cfg)
+        precision = stage1.meta["metrics"]["precision_at_k"]
+        if not stage1.reused:
+            built[("stage1", "built")] += 1
+            progress.step_done(f"{cfg.data.dataset} {cfg.data.ratio}% seed {cfg.run.seed} stage 1 (for precision@K): "
+                               f"{precision:.2f}")
+        table.add_precision(cfg.data.dataset, cfg.data.ratio, precision)
 
 
 def write_outputs(table: Table1, results: list[CellResult], out: Path, experiment: str, seeds: int,

@@ -104,3 +104,34 @@ def test_an_ablation_experiment_compares_its_trials_seed_by_seed(tracker):
     assert rows["diffinject[gamma=0.5]"].diff == pytest.approx({0: 6.0, 1: 1.0})
     assert rows["diffinject[gamma=0.5]"].runs == {0: "diffinject-c0", 1: "diffinject-c1"}
     assert {r.method for r in load_cell_runs(tracker, ["abl"], methods=["diffinject"])} == {"diffinject[gamma=0.5]"}
+
+
+def test_results_rows_are_configs_and_count_distinct_seeds(tmp_path, monkeypatch, capsys):
+    """`diffinject results` after reruns: a second run of a seed with the same config replaces
+    the first (however it ran: other paths, workers); another config is a row of its own."""
+    from diffinject.cli import main
+    from diffinject.config import flatten, preset
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = tracker.experiment("reruns")
+
+    def cell(acc, seed=0, **changes):
+        cfg = preset("colored_digits", "1", quick=True)
+        cfg.run.seed = cfg.diffusion.seed = seed
+        params = {**flatten(cfg), **changes}
+        run = tracker.start_run(exp, "vanilla", {"dataset": "colored_digits", "ratio": "1", "method": "vanilla",
+                                                 "seed": seed, "diffinject.role": "cell"}, params)
+        tracker.log_metrics(run, {"test_acc": acc})
+        tracker.finish(run)
+        time.sleep(0.01)
+
+    cell(0.10)
+    cell(0.17, **{"data.data_root": "/elsewhere/data", "run.num_workers": 1})  # the same config, run again
+    cell(0.24, **{"classifier.lr": 0.0001})
+    cell(0.30, seed=1, **{"classifier.lr": 0.0001})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
+    assert main(["results", "--experiment", "reruns"]) == 0
+    rows = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "17.00 ± 0.00 (n=1)" in rows["vanilla [classifier.lr=0.001]"]
+    assert f"27.00 ± {np.std([24, 30], ddof=1):.2f} (n=2)" in rows["vanilla [classifier.lr=0.0001]"]
+    assert "vanilla" not in rows

@@ -138,3 +138,11 @@ def test_stats_of_a_missing_column_does_not_add_it():
     t.add("colored_digits", "1", "vanilla", {"test_acc": 0.5})
     assert t.stats(("colored_digits", "5"), "vanilla") is None
     assert t.columns == [("colored_digits", "1")]
+
+
+def test_no_precision_row_when_no_method_ran_stage_1():
+    t = Table1(["vanilla", "lff"])
+    t.add("colored_digits", "1", "vanilla", {"test_acc": 0.5})
+    assert "top-K precision" not in t.markdown()
+    t.add_precision("colored_digits", "1", 0.8)
+    assert _cells(t.markdown(), "top-K precision (stage 1)") == ["0.80"]

@@ -26,6 +26,7 @@ from .artifacts import artifact_key
 from .atomic import atomic_file
 from .cells import CellResult
 from .config import ExperimentConfig, apply_overrides, flatten
+from .drivers import distinct
 from .errors import ConfigError
 from .pipeline import with_seed
 from .results import mean_std
@@ -93,7 +94,7 @@ def parse_axis(text: str, base: ExperimentConfig) -> Axis:
         if kind is str or not low < high:
             raise ConfigError(f"--sweep {text!r}: a range needs numbers LOW < HIGH")
         return Axis(name, fields, low=low, high=high)
-    values = tuple(dict.fromkeys(_typed(v, kind, name, fields, base) for v in spec.split(",")))
+    values = tuple(distinct([_typed(v, kind, name, fields, base) for v in spec.split(",")], f"--sweep {name}"))
     return Axis(name, fields, values=values)
 
 

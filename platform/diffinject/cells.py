@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import Artifact, ArtifactCache, artifact_key, file_digest
-from .config import ExperimentConfig, flatten, to_dict
+from .config import ExperimentConfig, absolute_path, flatten, to_dict
 from .data.parquet import conversion_fingerprint
 from .errors import CheckpointError, ConfigError
 from .methods import get_method
@@ -232,13 +232,13 @@ def _cell_tags(cfg: ExperimentConfig, method: str) -> dict:
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:
-    """--checkpoint DATASET=PATH arguments -> {dataset: path}."""
+    """--checkpoint DATASET=PATH arguments -> {dataset: absolute path}."""
     out = {}
     for item in items:
         dataset, sep, path = item.partition("=")
         if not sep or not dataset or not path:
             raise ConfigError(f"--checkpoint {item!r}: expected DATASET=PATH, e.g. bffhq=ffhq_p2.pt")
-        out[dataset] = path
+        out[dataset] = absolute_path(path)
     return out
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, apply_overrides, check_options, preset
+from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
 from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
 
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = absolute_args(build_parser().parse_args(argv), "synthetic", "topk_dir", "out", "checkpoint")
     try:
         args.func(args)
     except DiffInjectError as exc:

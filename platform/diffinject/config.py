@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, get_type_hints
 
@@ -241,8 +242,46 @@ def _coerce(text: str, kind: Any, key: str) -> Any:
         raise ConfigError(f"invalid value {text!r} for {key}; expected {kind.__name__}") from None
 
 
+# Where inputs and outputs live (never what they are: no stage key reads them).
+PATH_FIELDS = ("data.data_root", "data.cache_root", "run.storage_path")
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """A local path made absolute against this process's working directory; a URI (s3://...)
+    as it is. Ray Train workers run in their trial folder and Ray tasks in the folder Ray was
+    started in, so a relative path means something else there."""
+    text = os.fspath(path)
+    return text if "://" in text else os.path.abspath(os.path.expanduser(text))
+
+
+def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Make every PATH_FIELDS path of `cfg` absolute (in place), before it travels to workers."""
+    for dotted in PATH_FIELDS:
+        section, name = dotted.split(".")
+        target = getattr(cfg, section)
+        setattr(target, name, absolute_path(getattr(target, name)))
+    return cfg
+
+
+def absolute_args(args: Any, *names: str) -> Any:
+    """The command-line path arguments `names` of `args` made absolute in place (lists item by
+    item; None and URIs left alone; a Path stays a Path)."""
+    def fix(value):
+        return type(value)(absolute_path(value)) if isinstance(value, os.PathLike) else absolute_path(value)
+
+    for name in names:
+        value = getattr(args, name, None)
+        if isinstance(value, list):
+            setattr(args, name, [fix(v) for v in value])
+        elif value is not None:
+            setattr(args, name, fix(value))
+    return args
+
+
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
-    """Apply `a.b.c=value` overrides in place, with the field's declared type."""
+    """Apply `a.b.c=value` overrides in place, with the field's declared type; then make the
+    config's paths absolute (resolve_paths) and validate it. Every entry point makes its
+    config through here."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"invalid override {item!r}; expected section.field=value")
@@ -261,6 +300,7 @@ def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
                 setattr(target, name, _coerce(value, hints[name], key))
             else:
                 target = getattr(target, name)
+    resolve_paths(cfg)
     validate(cfg)
     return cfg
 

@@ -69,16 +69,38 @@ def dataset_folder(cfg: ExperimentConfig) -> Path:
     return prepare_dataset(Path(cfg.data.data_root), Path(cfg.data.cache_root), spec, cfg.data.ratio)
 
 
+def check_topk_size(cfg: ExperimentConfig, parquet: Path) -> None:
+    """bias.k fits the training set (bias.scope=per_class: its smallest class)."""
+    if cfg.bias.scope == "per_class":
+        counts = np.bincount(load_labels(parquet, "train")[0])
+        size, what = int(counts[counts > 0].min()), "per class is larger than the smallest class of"
+    else:
+        size, what = conversion_counts(parquet)["train"], "is larger than"
+    if cfg.bias.k > size:
+        raise ConfigError(f"bias.k = {cfg.bias.k} {what} the training set of {cfg.data.dataset} at {cfg.data.ratio}% "
+                          f"({size} samples)")
+
+
+def check_against_data(cfg: ExperimentConfig) -> None:
+    """What stages 1 and 3 need of the training data, checked before a long run reaches them:
+    the top-K set fits it, and injection.conflict_ratio gives at least one synthetic sample."""
+    from .inject.manifest import synthetic_count
+
+    parquet = dataset_folder(cfg)
+    check_topk_size(cfg, parquet)
+    num_train = conversion_counts(parquet)["train"]
+    if synthetic_count(num_train, cfg.injection.conflict_ratio) == 0:
+        raise ConfigError(f"injection.conflict_ratio = {cfg.injection.conflict_ratio} of the {num_train} training "
+                          f"samples of {cfg.data.dataset} at {cfg.data.ratio}% rounds to 0 synthetic samples")
+
+
 def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: str | None = None,
                output_dir: Path | None = None) -> StageOutcome:
     """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid
     (a `stage1` run, nested under `parent` when given; files in `output_dir`)."""
     tracker = tracker or Tracker()
     parquet = dataset_folder(cfg)
-    num_train = conversion_counts(parquet)["train"]
-    if cfg.bias.k > num_train:
-        raise ConfigError(f"bias.k = {cfg.bias.k} is larger than the training set of "
-                          f"{cfg.data.dataset} at {cfg.data.ratio}% ({num_train} samples)")
+    check_topk_size(cfg, parquet)
     exp = tracker.experiment(cfg.run.experiment)
     run_id = tracker.start_run(exp, f"stage1-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
                                _tags(cfg, "gce", "stage1"), flatten(cfg), parent=parent)

@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +220,12 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
-    result = trainer.fit()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:  # Ray Train leaves its SIGINT handler, bound to this finished run, in place
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
     if result.error is not None:
         raise result.error
     output_dir = Path(output_dir or local / name / "final")

@@ -21,7 +21,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from .ablations import Axis, SettingResult, apply_setting, evaluate_setting, setting_label, trial_key
 from .config import ExperimentConfig
-from .errors import ConfigError
+from .errors import ConfigError, DiffInjectError
 from .ray_cells import RunnerSpec, cell_task
 from .tracking import Tracker
 
@@ -115,13 +115,30 @@ class TrialLines(tune.Callback):
               f"(see {trial.path})", flush=True)
 
 
+def user_error(error: BaseException) -> BaseException:
+    """The DiffInjectError behind a trial's failure (Ray wraps it, once per task level it
+    crossed, in RayTaskErrors whose text is a traceback), else the error as it is."""
+    cause = error
+    while isinstance(cause, ray.exceptions.RayTaskError) and cause.cause is not None:
+        cause = cause.cause
+    return cause if isinstance(cause, DiffInjectError) else error
+
+
+def _not_the_incomplete_trials_line(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Trials did not complete")  # the driver names each failed trial
+
+
 def run_sweep(sweep: Sweep, path: Path, settings: list[dict] | None, samples: int, parallel: int,
               search_seed: int = 0) -> tuple[list[tuple[dict, dict, object]], bool]:
     """Run (or resume, when `path` holds this Tune experiment) the sweep. `settings` given: a
     grid over them; None: an Optuna search of `samples` trials. Returns (setting or None, last
     metrics, error) per trial and whether the experiment was restored."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: no Tune tables, TrialLines reports
+    # a failed trial is one line (TrialLines, and the driver's error line); its traceback is in
+    # the trial folder's error.txt
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune.tune").addFilter(_not_the_incomplete_trials_line)
     trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep), TRIAL_RESOURCES)
     total = len(settings) if settings is not None else samples  # Tune creates trials as slots free up
     run_config = tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
@@ -144,7 +161,8 @@ def run_sweep(sweep: Sweep, path: Path, settings: list[dict] | None, samples: in
                            run_config=run_config)
     grid = tuner.fit()
     # a trial that never reported (stopped before its first seed) has no config in its result
-    return [(sweep.setting_of(r.config) if r.config else None, dict(r.metrics or {}), r.error) for r in grid], restored
+    return [(sweep.setting_of(r.config) if r.config else None, dict(r.metrics or {}),
+             r.error and user_error(r.error)) for r in grid], restored
 
 
 def _dirname(trial) -> str:

@@ -96,11 +96,12 @@ class Table1:
                 paper = paper_number(method, *column)
                 row.append(ours + (f" ({paper:.2f})" if paper is not None else ""))
             rows.append(row)
-        precision = ["top-K precision (stage 1)"]
-        for column in cols:
-            p = self.precision.get(column)
-            precision.append(f"{np.mean(p):.2f}" if p else "—")
-        rows.append(precision)
+        if self.precision:  # only when a method of the table runs stage 1
+            precision = ["top-K precision (stage 1)"]
+            for column in cols:
+                p = self.precision.get(column)
+                precision.append(f"{np.mean(p):.2f}" if p else "—")
+            rows.append(precision)
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)

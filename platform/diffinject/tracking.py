@@ -23,7 +23,12 @@ from . import __version__
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """MLFLOW_TRACKING_URI, a relative SQLite file in it made absolute (Ray Train workers log
+    from their trial folder), or ./mlflow.db."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    database = uri.removeprefix("sqlite:///")
+    return f"sqlite:///{Path(database).absolute()}" if uri.startswith("sqlite:///") and database[:1] not in ("", ":") \
+        else uri
 
 
 @functools.lru_cache(maxsize=1)
