@@ -216,21 +216,21 @@ def test_bad_values_fail_before_any_work(argv, message, in_tmp, capsys):
 def test_storage_path_that_is_a_file(in_tmp, capsys):
     (in_tmp / "ray_results").write_text("mine")
     assert _fails(["train", "vanilla", "--quick"], capsys) == \
-        f"error: run.storage_path ray_results is a file, not a folder"
+        f"error: run.storage_path {in_tmp / 'ray_results'} is a file, not a folder"
 
 
 def test_inject_outputs_and_inputs_are_checked_first(in_tmp, tiny_checkpoint, capsys):
     argv = ["inject", "--quick", "--checkpoint", str(tiny_checkpoint), "--set", "diffusion.preset=tiny_32"]
     (in_tmp / "out").write_text("mine")
-    assert _fails(argv + ["--out", "out"], capsys) == "error: --out out is a file, not a folder"
+    assert _fails(argv + ["--out", "out"], capsys) == f"error: --out {in_tmp / 'out'} is a file, not a folder"
     missing = in_tmp / "none"
     assert _fails(argv + ["--topk-dir", str(missing)], capsys) == \
         f"error: --topk-dir {missing}: no such folder; expected the output of `diffinject topk`"
     (in_tmp / "stage1").mkdir()
     assert _fails(argv + ["--topk-dir", "stage1"], capsys) == \
-        "error: --topk-dir stage1 has no topk.json, topk_images.npy; expected the output of `diffinject topk`"
+        f"error: --topk-dir {in_tmp / 'stage1'} has no topk.json, topk_images.npy; expected the output of `diffinject topk`"
     assert _fails(["train", "vanilla", "--quick", "--synthetic", "stage1"], capsys) == \
-        "error: --synthetic stage1 has no _SUCCESS.json; expected the output of `diffinject inject`"
+        f"error: --synthetic {in_tmp / 'stage1'} has no _SUCCESS.json; expected the output of `diffinject inject`"
 
 
 @pytest.mark.parametrize("name,url", [("cmnist", "https://ossci-datasets.s3.amazonaws.com/mnist/"),
@@ -251,24 +251,24 @@ def test_table1_checks_its_outputs_before_any_cell(in_tmp, monkeypatch, capsys):
     table1 = _script("table1")
     (in_tmp / "taken").write_text("mine")
     argv = ["--quick", "--ratios", "1", "--methods", "vanilla", "--data-root", str(in_tmp / "nowhere")]
-    assert _fails(argv + ["--out", "taken"], capsys, table1.main) == "error: --out taken is a file, not a folder"
+    assert _fails(argv + ["--out", "taken"], capsys, table1.main) == f"error: --out {in_tmp / 'taken'} is a file, not a folder"
     assert _fails(argv + ["--artifact-root", "taken"], capsys, table1.main) == \
-        "error: --artifact-root taken is a file, not a folder"
+        f"error: --artifact-root {in_tmp / 'taken'} is a file, not a folder"
     assert _fails(argv + ["--seeds", "-1"], capsys, table1.main) == "error: --seeds must be in [0, 4294967295], got -1"
     assert _fails(argv + ["--parallel", "0"], capsys, table1.main) == "error: --parallel must be positive, got 0"
     _probe_fails(monkeypatch, errno.ENOSPC)
-    assert _fails(argv, capsys, table1.main) == "error: --out results is not writable: No space left on device"
+    assert _fails(argv, capsys, table1.main) == f"error: --out {in_tmp / 'results'} is not writable: No space left on device"
 
 
 def test_ablations_check_their_outputs_before_any_trial(in_tmp, capsys):
     ablations = _script("ablations")
     (in_tmp / "taken").write_text("mine")
     argv = ["--quick", "--data-root", str(in_tmp / "nowhere")]
-    assert _fails(argv + ["--out", "taken"], capsys, ablations.main) == "error: --out taken is a file, not a folder"
+    assert _fails(argv + ["--out", "taken"], capsys, ablations.main) == f"error: --out {in_tmp / 'taken'} is a file, not a folder"
     assert _fails(argv + ["--tune-root", "taken/tune"], capsys, ablations.main).startswith(
         f"error: --tune-root {in_tmp / 'taken' / 'tune'} is not writable")
     assert _fails(argv + ["--set", "run.storage_path=taken"], capsys, ablations.main) == \
-        "error: run.storage_path taken is a file, not a folder"
+        f"error: run.storage_path {in_tmp / 'taken'} is a file, not a folder"
 
 
 def test_compare_checks_its_plot_path_first(in_tmp, capsys):
