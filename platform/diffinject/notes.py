@@ -27,8 +27,10 @@ Runs by tag `diffinject.role`:
 - `table`: the table of one invocation; its metrics are the table's means and stds;
 - `trial` and `ablation`: ablation sweeps.
 
-Compare methods: search `tags.diffinject.role = 'cell' and tags.ratio = '1'`, group by param
-`method`, and set the eye menu to "Show all runs" (group means use only the runs shown).
+Compare methods: search `tags.diffinject.role = 'cell' and tags.ratio = '1' and attributes.status =
+'FINISHED'`, group by param `method`, add the column `unbiased_acc_pct`; for charts, set the eye menu
+over the run list to "Show all runs" (they show the first 10 by default). README: "Comparing in the
+MLflow UI".
 """
 
 STAGES = {"stage1": "stage 1: GCE bias classifier, top-K set",

@@ -37,8 +37,9 @@ from .notes import EXPERIMENT_NOTE
 REPOSITORY = Path(__file__).resolve().parents[2]
 ARTIFACTS_FOLDER = "mlartifacts"
 NOTE = "mlflow.note.content"  # the markdown description the MLflow UI shows and edits
-# MLflow 3.17 offers a GenAI and a machine-learning view of an experiment; this tag says
-# which kind it is (the UI still opens the view last chosen in the browser: README)
+# The experiment kind in MLflow's vocabulary (custom_model_development: a training experiment).
+# The 3.17 UI opens the view chosen by a ?workflowType= link or last clicked in the browser,
+# whatever the kind (README: "Comparing in the MLflow UI").
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
