@@ -205,6 +205,7 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
                   tracker: Tracker) -> dict:
     """Print the table; write Markdown, CSV and the bar chart; log them to an MLflow `table` run."""
     from diffinject.atomic import atomic_file
+    from diffinject.notes import table_note
 
     text = f"{table.markdown()}\n\n{table.notes(seeds)}"
     print("\n" + text)
@@ -219,8 +220,10 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
     with atomic_file(runs) as handle:
         json.dump([{"dataset": r.dataset, "ratio": r.ratio, "method": r.method, "seed": r.seed, "run_id": r.run_id,
                     "test_acc": r.metrics["test_acc"]} for r in results], handle, indent=1)
-    run_id = tracker.start_run(tracker.experiment(experiment), f"{experiment}-table",
-                               {"diffinject.role": "table", "cells": len(results)})
+    exp = tracker.experiment(experiment)
+    run_id = tracker.start_run(exp, f"{experiment} table", {"diffinject.role": "table", "cells": len(results)})
+    tracker.log_metrics(run_id, table.metrics())
+    tracker.describe(run_id, table_note(table, text, results, exp))
     for path in (md, csv_path, png, runs):
         tracker.log_artifact(run_id, path)
     tracker.finish(run_id)

@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from diffinject.artifacts import ArtifactCache
+from diffinject.artifacts import ArtifactCache, artifact_key
 from diffinject.cells import CellRunner
 from diffinject.config import apply_overrides, preset
 from diffinject.data.layout import write_layout
@@ -43,9 +43,17 @@ def _runs(tracker: Tracker, experiment: str, role: str):
     return tracker.client.search_runs([exp.experiment_id], f"tags.`diffinject.role` = '{role}'")
 
 
+def _status(tracker: Tracker, run_id: str) -> str:
+    return tracker.client.get_run(run_id).info.status
+
+
 def test_diffinject_cell_builds_every_stage_once_and_nests_them(ray_session, tiny_cfg, tmp_path, mlflow_uri):
     runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker())
+    exp = runner.tracker.experiment("cells")
+    stage1_key = artifact_key("stage1", runner.stage1_material(tiny_cfg))
+    dead = runner.tracker.start_run(exp, "stage1 of a killed process", {"artifact.key": stage1_key})
     first = runner.cell(tiny_cfg, "diffinject")
+    assert _status(runner.tracker, dead) == "KILLED"  # its key's rebuild found it RUNNING
     assert first.stages == {"stage1": "built", "stage2": "built", "stage3": "built", "stage4": "built",
                             "cell": "built"}
     # the synthetic set has N_syn = round(0.01 * 1200) samples labelled by their contents
@@ -58,13 +66,22 @@ def test_diffinject_cell_builds_every_stage_once_and_nests_them(ray_session, tin
     tracker = Tracker()
     parent = tracker.client.get_run(first.run_id)
     assert parent.data.tags["diffinject.role"] == "cell" and parent.data.metrics["test_acc"] == first.metrics["test_acc"]
-    for role in ("stage1", "stage2", "stage3", "stage4"):
+    algorithms = {"stage1": "gce", "stage2": "p2_diffusion", "stage3": "h_space_injection", "stage4": "diffinject"}
+    note = parent.data.tags["mlflow.note.content"]
+    for role, algorithm in algorithms.items():
         (run,) = _runs(tracker, "cells", role)
         assert run.data.tags["mlflow.parentRunId"] == first.run_id, role
+        # one tag scheme: the cell's method, the stage's own algorithm, the stage's artifact key
+        assert run.data.tags["method"] == "diffinject" and run.data.tags["stage.algorithm"] == algorithm, role
+        key = parent.data.tags["artifact.key"] if role == "stage4" else parent.data.tags[f"{role}.key"]
+        assert run.data.tags["artifact.key"] == key, role
+        assert f"[{run.info.run_name}](#/experiments/{exp}/runs/{run.info.run_id})" in note, role
     # a second seed reuses the diffusion model only; a rerun of the first reuses everything
     second = runner.cell(with_seed(tiny_cfg, 1), "diffinject")
     assert second.stages["stage2"] == "reused" and second.stages["stage1"] == "built"
     assert tracker.client.get_run(second.run_id).data.tags["stage2.run_id"] == parent.data.tags["stage2.run_id"]
+    second_note = tracker.client.get_run(second.run_id).data.tags["mlflow.note.content"]
+    assert f"(#/experiments/{exp}/runs/{parent.data.tags['stage2.run_id']}) | reused" in second_note  # the shared one
     again = runner.cell(tiny_cfg, "diffinject")
     assert again.cached and again.metrics == first.metrics and again.run_id == first.run_id
     assert len(_runs(tracker, "cells", "stage2")) == 1
@@ -82,6 +99,9 @@ def test_a_cell_reused_in_another_experiment_gets_a_run_there(ray_session, tiny_
     (run,) = _runs(tracker, "elsewhere", "cell")
     assert run.info.run_id == linked.run_id and run.data.tags["cell.cached_from"] == built.run_id
     assert run.data.metrics["test_acc"] == built.metrics["test_acc"] and run.data.tags["method"] == "vanilla"
+    assert run.data.params["method"] == "vanilla" and run.data.metrics["selected_step"] == built.metrics["selected_step"]
+    origin = tracker.client.get_run(built.run_id)
+    assert f"(#/experiments/{origin.info.experiment_id}/runs/{built.run_id})" in run.data.tags["mlflow.note.content"]
     assert runner.cell(other, "vanilla").run_id == linked.run_id and len(_runs(tracker, "elsewhere", "cell")) == 1
     assert runner.cell(tiny_cfg, "vanilla").run_id == built.run_id and len(_runs(tracker, "cells", "cell")) == 1
 
@@ -121,6 +141,24 @@ def test_two_parallel_cells_train_the_shared_diffusion_model_once(ray_session, t
     assert len(_runs(tracker, "cells", "stage2")) == 1
     keys = {tracker.client.get_run(r.run_id).data.tags["stage2.key"] for r in results}
     assert len(keys) == 1
+
+
+def test_a_rerun_marks_killed_the_runs_a_dead_process_left_running_under_its_key(ray_session, tiny_cfg, tmp_path,
+                                                                                 mlflow_uri):
+    """A SIGKILLed cell leaves its runs RUNNING; rebuilding that cell (under its key's lock) ends
+    them KILLED, and leaves alone a RUNNING run of another key (maybe a live process's)."""
+    runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker())
+    tracker, exp = runner.tracker, runner.tracker.experiment("cells")
+    key = artifact_key("cell", runner.cell_material(tiny_cfg, "vanilla"))
+    other = artifact_key("cell", runner.cell_material(with_seed(tiny_cfg, 1), "vanilla"))
+    dead = tracker.start_run(exp, "vanilla (killed)", {"diffinject.role": "cell", "artifact.key": key})
+    dead_stage4 = tracker.start_run(exp, "stage4 (killed)", {"diffinject.role": "stage4", "artifact.key": key},
+                                    parent=dead)
+    alive = tracker.start_run(exp, "vanilla seed 1 (running)", {"diffinject.role": "cell", "artifact.key": other})
+    rerun = runner.cell(tiny_cfg, "vanilla")
+    assert [_status(tracker, r) for r in (dead, dead_stage4, rerun.run_id, alive)] == \
+        ["KILLED", "KILLED", "FINISHED", "RUNNING"]
+    assert tracker.client.get_run(rerun.run_id).data.tags["artifact.key"] == key
 
 
 def test_checkpoint_for_an_unknown_file_or_dataset_is_an_error(tmp_path):
@@ -180,7 +218,7 @@ def test_miniature_full_run_with_a_guided_diffusion_checkpoint(table1, ray_sessi
     (stage3,) = _runs(tracker, "table1", "stage3")
     assert stage3.data.metrics["n_syn"] == round(0.6 * 28)  # BFFHQ's conflict ratio 0.6 of 28 training images
     (table_run,) = _runs(tracker, "table1", "table")
-    names = {a.path for a in tracker.client.list_artifacts(table_run.info.run_id)}
+    names = {a.path for a in tracker.list_artifacts(table_run.info.run_id)}
     assert {"table1.md", "table1.csv", "table1.png"} <= names
     # the same command again recomputes nothing
     assert table1.main(argv) == 0

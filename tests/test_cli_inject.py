@@ -39,7 +39,7 @@ def test_inject_runs_stage1_then_writes_the_synthetic_set(ray_session, digits_ro
     runs = client.search_runs([client.get_experiment_by_name("t-inject").experiment_id],
                               "tags.`diffinject.role` = 'stage3'")
     assert len(runs) == 1 and runs[0].data.metrics["n_syn"] == 6 and runs[0].data.metrics["t_edit"] == QUICK_INJECTION["t_edit"]
-    assert "triptych.png" in [a.path for a in client.list_artifacts(runs[0].info.run_id)]
+    assert "triptych.png" in [a.path for a in Tracker(mlflow_uri).list_artifacts(runs[0].info.run_id)]
 
 
 def test_checkpoint_of_another_resolution_is_refused(digits_root, tiny_checkpoint, tmp_path, mlflow_uri,

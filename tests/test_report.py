@@ -146,3 +146,21 @@ def test_no_precision_row_when_no_method_ran_stage_1():
     assert "top-K precision" not in t.markdown()
     t.add_precision("colored_digits", "1", 0.8)
     assert _cells(t.markdown(), "top-K precision (stage 1)") == ["0.80"]
+
+
+def test_metrics_of_the_table_run_are_the_numbers_the_table_shows(table):
+    metrics, md = table.metrics(), table.markdown()
+    for column, ratio in enumerate(("1", "5")):
+        for method, label in (("vanilla", "Vanilla"), ("diffinject", "DiffInject")):
+            shown = _cells(md, label)[column].strip("*").split(" (")[0].strip("*")
+            prefix = f"colored_digits/{ratio}/{method}"
+            assert f"{metrics[f'{prefix}/unbiased_acc_pct_mean']:.2f} ± " \
+                   f"{metrics[f'{prefix}/unbiased_acc_pct_std']:.2f}" == shown
+            assert metrics[f"{prefix}/seeds"] == 2
+            detail = next(l for l in table.detail_markdown().splitlines() if f"| {ratio}% | {method} |" in l)
+            aligned, conflicting = (c.split(" ± ")[0].strip() for c in detail.strip("|").split("|")[5:7])
+            assert f"{metrics[f'{prefix}/aligned_acc_pct_mean']:.2f}" == aligned
+            assert f"{metrics[f'{prefix}/conflicting_acc_pct_mean']:.2f}" == conflicting
+    assert metrics["colored_digits/1/disent_be/seeds"] == 1 and "colored_digits/5/disent_be/seeds" not in metrics
+    assert f"{metrics['colored_digits/1/top_k_precision']:.2f}" == _cells(md, "top-K precision (stage 1)")[0]
+    assert "colored_digits/5/top_k_precision" not in metrics

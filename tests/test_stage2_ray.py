@@ -24,10 +24,10 @@ def test_stage2_run_logs_loss_curve_sample_grids_and_checkpoint(ray_session, qui
     assert run.info.status == "FINISHED"
     assert run.data.tags["diffinject.role"] == "stage2" and run.data.tags["ratio"] == "5"
     assert [m.step for m in client.get_metric_history(out.run_id, "loss")] == [2, 4, 6]
-    assert [a.path for a in client.list_artifacts(out.run_id, "samples")] == [
+    assert [a.path for a in Tracker(mlflow_uri).list_artifacts(out.run_id, "samples")] == [
         "samples/step_0000003.png", "samples/step_0000006.png"]
-    assert [a.path for a in client.list_artifacts(out.run_id, "checkpoint")] == ["checkpoint/diffusion.pt"]
-    assert "loss_curve.png" in [a.path for a in client.list_artifacts(out.run_id)]
+    assert [a.path for a in Tracker(mlflow_uri).list_artifacts(out.run_id, "checkpoint")] == ["checkpoint/diffusion.pt"]
+    assert "loss_curve.png" in [a.path for a in Tracker(mlflow_uri).list_artifacts(out.run_id)]
     unet, meta = load_unet_checkpoint(diffusion_checkpoint(out), expect_preset="tiny_32")
     assert meta["step"] == 6 and out.metrics == {"final_loss": pytest.approx(out.metrics["final_loss"]),
                                                  "final_step": 6, "resumed_from": -1}

@@ -1,5 +1,6 @@
 """experiments/table1.py: the printed table covers this invocation's runs only."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,22 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert "± 0.00" in rows["Vanilla"] and "(32.59)" in rows["Vanilla"] and "(74.23)" in rows["LfF"]  # 1 seed; CMNIST
     assert "top-K precision (stage 1)" not in rows
+    # the table run holds the table's numbers as metrics, and links the cell runs behind them
+    from diffinject.tracking import Tracker
+
+    tracker = Tracker(mlflow_uri)
+    exp = tracker.client.get_experiment_by_name("table1-quick")
+    (table_run,) = tracker.client.search_runs([exp.experiment_id], "tags.`diffinject.role` = 'table'")
+    cells = json.loads((tmp_path / "results" / "table1-quick-runs.json").read_text())
+    for method, label in (("vanilla", "Vanilla"), ("lff", "LfF")):
+        mean = table_run.data.metrics[f"colored_digits/1/{method}/unbiased_acc_pct_mean"]
+        assert rows[label].split(" | ")[1].strip("*").startswith(f"{mean:.2f} ± 0.00")
+        (cell,) = [c for c in cells if c["method"] == method]
+        assert mean == round(100 * cell["test_acc"], 2)
+        run = tracker.client.get_run(cell["run_id"])
+        assert run.data.metrics["unbiased_acc_pct"] == mean and run.data.params["method"] == method
+        assert f"[s0](#/experiments/{exp.experiment_id}/runs/{cell['run_id']})" in \
+            table_run.data.tags["mlflow.note.content"]
     # the second invocation computes nothing and prints the same table
     assert table1.main(argv) == 0
     second = capsys.readouterr().out

@@ -49,3 +49,49 @@ def test_kill_running_ends_only_the_running_runs_that_match(tracker):
     killed = tracker.kill_running(tracker.experiment("t"), "tags.`role` = 'trial'")
     assert killed == [match]
     assert [_status(tracker, r) for r in (match, other, done)] == ["KILLED", "RUNNING", "FINISHED"]
+
+
+def test_artifacts_travel_with_the_database(tmp_path):
+    """Artifact locations are relative to the folder beside the database (`mlflow-artifacts:/`),
+    so a moved project folder keeps them: for the Tracker, and for `mlflow ui` started there."""
+    from mlflow.server.handlers import _get_proxied_run_artifact_destination_path
+
+    project = tmp_path / "project"
+    project.mkdir()
+    tracker = Tracker(f"sqlite:///{project / 'mlflow.db'}")
+    run = tracker.start_run(tracker.experiment("t"), "r", {})
+    (tmp_path / "table.md").write_text("| a |")
+    tracker.log_artifact(run, tmp_path / "table.md", "tables")
+    tracker.finish(run)
+    moved = project.rename(tmp_path / "moved")
+    again = Tracker(f"sqlite:///{moved / 'mlflow.db'}")
+    uri = again.client.get_run(run).info.artifact_uri
+    assert uri == f"mlflow-artifacts:/t/{run}/artifacts"
+    assert [a.path for a in again.list_artifacts(run, "tables")] == ["tables/table.md"]
+    # the MLflow server resolves it under its --artifacts-destination, ./mlartifacts by default
+    served = moved / "mlartifacts" / _get_proxied_run_artifact_destination_path(uri, "tables/table.md")
+    assert served.read_text() == "| a |"
+
+
+def test_experiments_open_in_the_training_view_with_a_description(tracker):
+    exp = tracker.client.get_experiment(tracker.experiment("t"))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "`unbiased_acc_pct`" in exp.tags["mlflow.note.content"]
+    older = tracker.client.create_experiment("older")  # made before these tags; its description edited
+    tracker.client.set_experiment_tag(older, "mlflow.note.content", "my notes")
+    assert tracker.experiment("older") == older
+    tags = tracker.client.get_experiment(older).tags
+    assert tags["mlflow.note.content"] == "my notes" and tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_runs_name_their_source_commit_and_user(tracker):
+    from diffinject.tracking import git_commit
+
+    (run,) = _runs(tracker, 1)
+    tags = tracker.client.get_run(run).data.tags
+    assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+    assert tags.get("mlflow.source.git.commit") == (git_commit() or None)  # None outside a git checkout
+    assert tags["mlflow.user"]
+    named = Tracker(tracker.uri, source="experiments/table1.py")
+    (run,) = _runs(named, 1)
+    assert named.client.get_run(run).data.tags["mlflow.source.name"] == "experiments/table1.py"

@@ -70,6 +70,19 @@ def test_model_selection_keeps_the_best_valid_weights(data):
     best = max(m["valid_acc"] for m in reported)
     assert result.metrics["valid_acc"] == pytest.approx(best)
     assert result.metrics["selected_score"] == pytest.approx(best)
+    first_best = next(m for m in reported if m["valid_acc"] == best)  # ties keep the earliest
+    assert result.metrics["selected_step"] == first_best["step"]
+    assert result.metrics["test_acc"] == pytest.approx(first_best["test_acc"])
+
+
+def test_a_resumed_fit_remembers_the_step_it_selected(data):
+    c = cfg(num_steps=60, eval_every=5, lr=3e-3)
+    straight = fit(make(c, data), data, c, TrainContext(), seed=0)
+    states = {}
+    fit(make(c, data), data, cfg(num_steps=30, eval_every=5, lr=3e-3), TrainContext(
+        report=lambda metrics, state: states.__setitem__(metrics["step"], copy.deepcopy(state))), seed=0)
+    resumed = fit(make(c, data, seed=99), data, c, TrainContext(resume_state=states[30]), seed=0)
+    assert resumed.metrics["selected_step"] == straight.metrics["selected_step"]
 
 
 def test_last_selection_keeps_the_final_weights(data):

@@ -16,10 +16,12 @@ biases, pixels), so where the data lies and its files' mtimes change no key.
 
 MLflow: each cell is one parent run (role "cell") with its stage runs nested under it: the
 stage-4 run always, and the stage 1-3 runs this cell built. A stage built earlier or by
-another cell (the dataset's diffusion model serves every cell) is linked by tags on the
-parent: `<stage>.key`, `<stage>.run_id`, `<stage>.reused`. A whole cell reused in another
-experiment (ablations and table1 share the cache) gets a cell run there too, tagged
-`cell.cached_from`.
+another cell (the dataset's diffusion model serves every cell) is linked from the parent's
+description, and by tags: `<stage>.key`, `<stage>.run_id`, `<stage>.reused`. A whole cell
+reused in another experiment (ablations and table1 share the cache) gets a cell run there
+too, tagged `cell.cached_from`. Every stage and cell run is tagged `artifact.key`: a build
+runs under its key's lock, so a RUNNING run of that key found then is one whose process died
+(SIGKILL, a lost node), and is marked KILLED.
 """
 from __future__ import annotations
 
@@ -30,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import Artifact, ArtifactCache, artifact_key, file_digest
-from .config import ExperimentConfig, absolute_path, flatten, to_dict
+from .config import ExperimentConfig, absolute_path, to_dict
 from .data.parquet import conversion_fingerprint
 from .errors import CheckpointError, ConfigError
 from .methods import get_method
-from .pipeline import dataset_folder, diffusion_training_data, run_cell, run_stage1, run_stage2, run_stage3
+from .notes import cell_note, linked_run
+from .pipeline import (cell_name, cell_params, cell_tags, dataset_folder, diffusion_training_data, run_cell,
+                       run_stage1, run_stage2, run_stage3, selected_metrics)
 from .ray_train import DIFFUSION_FILE
 from .tracking import Tracker
 
@@ -105,30 +109,41 @@ class CellRunner:
         return conversion_fingerprint(dataset_folder(cfg))
 
     # ---- stages ------------------------------------------------------------------------
-    def stage1(self, cfg: ExperimentConfig, parent: str | None = None) -> Artifact:
+    def _stage_tags(self, cfg: ExperimentConfig, key: str, method: str | None) -> dict:
+        """Tags of a run built under `key`'s lock (the cell's `method` when a cell builds it), after
+        marking KILLED the runs of that key left RUNNING by a process that died."""
+        self.tracker.kill_running(self.tracker.experiment(cfg.run.experiment), f"tags.`artifact.key` = '{key}'")
+        return {"artifact.key": key, **({"method": method} if method else {})}
+
+    def stage1(self, cfg: ExperimentConfig, parent: str | None = None, method: str | None = None) -> Artifact:
         """The GCE bias classifier and its top-K set (topk.json, topk_images.npy, model.pt, grid)."""
+        material = self.stage1_material(cfg)
+
         def build(work: Path) -> dict:
-            out = run_stage1(cfg, self.tracker, parent=parent, output_dir=work)
+            tags = self._stage_tags(cfg, artifact_key("stage1", material), method)
+            out = run_stage1(cfg, self.tracker, parent=parent, output_dir=work, tags=tags)
             return {"run_id": out.run_id, "metrics": out.metrics}
 
-        return self.cache.get_or_build("stage1", self.stage1_material(cfg), build)
+        return self.cache.get_or_build("stage1", material, build)
 
-    def stage2(self, cfg: ExperimentConfig, parent: str | None = None) -> Artifact:
+    def stage2(self, cfg: ExperimentConfig, parent: str | None = None, method: str | None = None) -> Artifact:
         """The dataset's diffusion model as `diffusion.pt` (trained, or imported from --checkpoint)."""
         material = self.stage2_material(cfg)
         key = artifact_key("stage2", material)
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=cfg.diffusion.seed))
 
         def build(work: Path) -> dict:
+            tags = self._stage_tags(cfg, key, method)
             given = self.checkpoints.get(cfg.data.dataset)
             if given:
-                return self._import_checkpoint(cfg, Path(given), work, parent)
-            out = run_stage2(cfg, self.tracker, parent=parent, output_dir=work, name=f"stage2-{key}")
+                return self._import_checkpoint(cfg, Path(given), work, parent, tags)
+            out = run_stage2(cfg, self.tracker, parent=parent, output_dir=work, name=f"stage2-{key}", tags=tags)
             return {"run_id": out.run_id, "metrics": {k: v for k, v in out.metrics.items() if k != "resumed_from"}}
 
         return self.cache.get_or_build("stage2", material, build)
 
-    def _import_checkpoint(self, cfg: ExperimentConfig, path: Path, work: Path, parent: str | None) -> dict:
+    def _import_checkpoint(self, cfg: ExperimentConfig, path: Path, work: Path, parent: str | None,
+                           tags: dict) -> dict:
         """A given checkpoint, loaded strictly (keys and shapes) and converted once into the
         project's format, so that one that does not fit its preset is never cached."""
         from .diffusion.checkpoint import FORMAT, load_unet_checkpoint, read_checkpoint_file, unet_checkpoint_bytes
@@ -150,49 +165,62 @@ class CellRunner:
                 unet.state_dict(), preset, step=0, config={"source": str(path), "format": "guided-diffusion"}))
             source = "guided-diffusion"
         exp = self.tracker.experiment(cfg.run.experiment)
-        run_id = self.tracker.start_run(exp, f"stage2-{cfg.data.dataset}-{preset.name}-imported",
+        run_id = self.tracker.start_run(exp, f"stage2 {preset.name} imported {cfg.data.dataset}",
                                         {"dataset": cfg.data.dataset, "diffinject.role": "stage2",
-                                         "preset": preset.name, "checkpoint": str(path), "checkpoint_format": source},
+                                         "stage.algorithm": "imported_checkpoint", "preset": preset.name,
+                                         "checkpoint": str(path), "checkpoint_format": source, **tags},
                                         parent=parent)
         self.tracker.finish(run_id)
         return {"run_id": run_id, "metrics": {}, "source": str(path), "format": source}
 
-    def stage3(self, cfg: ExperimentConfig, stage1: Artifact, stage2: Artifact, parent: str | None = None) -> Artifact:
+    def stage3(self, cfg: ExperimentConfig, stage1: Artifact, stage2: Artifact, parent: str | None = None,
+               method: str | None = None) -> Artifact:
         """The synthetic set (`synthetic/`, Parquet split train) and its triptych. A build that
         was interrupted continues in its work folder, writing only the missing pairs."""
+        material = self.stage3_material(cfg)
+
         def build(work: Path) -> dict:
+            tags = self._stage_tags(cfg, artifact_key("stage3", material), method)
             out = run_stage3(cfg, stage1.path, stage2.path / DIFFUSION_FILE, self.tracker, out_dir=work / "synthetic",
-                             random_lpips_backbone=self.random_lpips_backbone, parent=parent, figures_dir=work)
+                             random_lpips_backbone=self.random_lpips_backbone, parent=parent, figures_dir=work,
+                             tags=tags)
             return {"run_id": out.run_id, "metrics": out.metrics}
 
-        return self.cache.get_or_build("stage3", self.stage3_material(cfg), build)
+        return self.cache.get_or_build("stage3", material, build)
 
     # ---- cells -------------------------------------------------------------------------
     def cell(self, cfg: ExperimentConfig, method: str) -> CellResult:
         """Run (or reuse) one table cell; a method trained on synthetic data runs stages 1-3 first."""
         cls = get_method(method)
         started = time.perf_counter()
+        material = self.cell_material(cfg, method)
 
         def build(work: Path) -> dict:
             exp = self.tracker.experiment(cfg.run.experiment)
-            parent = self.tracker.start_run(exp, _cell_name(cfg, method), _cell_tags(cfg, method), flatten(cfg))
-            stages = {}
+            tags = self._stage_tags(cfg, artifact_key("cell", material), None)
+            parent = self.tracker.start_run(exp, cell_name(cfg, method), {**cell_tags(cfg, method), **tags},
+                                            cell_params(cfg, method))
+            stages, links = {}, []
             with self.tracker.ending(parent):
                 extra = []
                 if cls.needs_synthetic:
-                    s1 = self.stage1(cfg, parent)
-                    s2 = self.stage2(cfg, parent)
-                    s3 = self.stage3(cfg, s1, s2, parent)
+                    s1 = self.stage1(cfg, parent, method)
+                    s2 = self.stage2(cfg, parent, method)
+                    s3 = self.stage3(cfg, s1, s2, parent, method)
                     for art in (s1, s2, s3):
                         stages[art.stage] = "reused" if art.reused else "built"
                         self.tracker.set_tags(parent, {f"{art.stage}.key": art.key, f"{art.stage}.run_id":
                                                        art.meta.get("run_id", ""), f"{art.stage}.reused": art.reused})
+                        links.append((art.stage, art.meta.get("run_id", ""), "reused: built earlier, by another cell"
+                                      if art.reused else "built by this cell"))
                     extra = [s3.path / "synthetic"]
-                out = run_cell(cfg, method, self.tracker, extra, parent=parent, output_dir=work)
+                out = run_cell(cfg, method, self.tracker, extra, parent=parent, output_dir=work, tags=tags)
                 stages["stage4"] = "built"
+                links.append(("stage4", out.stage_run_id, "built by this cell"))
+                self.tracker.describe(parent, cell_note(self.tracker, cfg, method, out.metrics, links))
                 return {"run_id": parent, "metrics": out.metrics, "stages": stages}
 
-        art = self.cache.get_or_build("cell", self.cell_material(cfg, method), build)
+        art = self.cache.get_or_build("cell", material, build)
         stages = {"cell": "reused"} if art.reused else {**art.meta["stages"], "cell": "built"}
         run_id = self._run_in_experiment(cfg, method, art) if art.reused else art.meta["run_id"]
         return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed, art.meta["metrics"],
@@ -215,20 +243,17 @@ class CellRunner:
                                                 "attributes.status = 'FINISHED'", max_results=1)
         if found:
             return found[0].info.run_id
-        run_id = self.tracker.start_run(exp, _cell_name(cfg, method), {
-            **_cell_tags(cfg, method), "cell.key": art.key, "cell.cached_from": art.meta["run_id"]}, flatten(cfg))
-        self.tracker.log_metrics(run_id, art.meta["metrics"])
+        run_id = self.tracker.start_run(exp, cell_name(cfg, method), {
+            **cell_tags(cfg, method), "artifact.key": art.key, "cell.key": art.key,
+            "cell.cached_from": art.meta["run_id"]}, cell_params(cfg, method))
+        metrics = art.meta["metrics"]
+        self.tracker.log_metrics(run_id, {**metrics, **selected_metrics(metrics, headline=True)})
+        origin = linked_run(self.tracker, art.meta["run_id"])
+        self.tracker.describe(run_id, cell_note(self.tracker, cfg, method, metrics, []) +
+                              f"\nThis cell came from the artifact cache: built by {origin}, whose description "
+                              f"links its stage runs.\n")
         self.tracker.finish(run_id)
         return run_id
-
-
-def _cell_name(cfg: ExperimentConfig, method: str) -> str:
-    return f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}"
-
-
-def _cell_tags(cfg: ExperimentConfig, method: str) -> dict:
-    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
-            "diffinject.role": "cell"}
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:

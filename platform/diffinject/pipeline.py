@@ -3,8 +3,11 @@
 MLflow layout: one experiment per study; a `stage1` run per (dataset, ratio, seed) with
 the bias classifier's curves, precision@K, the top-K set and its image grid; a `stage2`
 run per diffusion model with its loss curve, sample grids and EMA checkpoint; a `cell`
-parent run per (dataset, ratio, method, seed) holding the final metrics and tags, with
-a nested `stage4` run that holds the training curves and the model checkpoint.
+parent run per (dataset, ratio, method, seed) holding the final metrics, tags and params
+`method`, `dataset`, `ratio`, `seed`, with a nested `stage4` run that holds the training
+curves and the model checkpoint. Every stage run is tagged `stage.algorithm` (what it
+trains: gce, p2_diffusion, h_space_injection, the method) and, when a cell builds it, with
+the cell's `method` (the caller's `tags`).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from .data.registry import get_dataset_spec
 from .diffusion.models import get_preset
 from .errors import CheckpointError, ConfigError
 from .methods import get_method
+from .notes import HEADLINE, cell_note
 from .plots import curve_plot, image_grid
 from .ray_train import DIFFUSION_FILE, TrainJob, load_topk, run_train_job
 from .stage1 import precision_at_k
@@ -31,6 +35,7 @@ from .tracking import Tracker
 
 FINAL_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc",
               "valid_acc", "step")
+SELECTED_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc", "valid_acc")
 
 
 def ensure_ray(num_cpus: int | None = None) -> None:
@@ -55,11 +60,44 @@ class StageOutcome:
     run_id: str
     metrics: dict
     checkpoint_dir: Path
+    stage_run_id: str = ""  # a cell's nested stage-4 run
 
 
-def _tags(cfg: ExperimentConfig, method: str, role: str) -> dict:
-    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method,
-            "seed": cfg.run.seed, "diffinject.role": role}
+def _tags(cfg: ExperimentConfig, role: str, algorithm: str, tags: dict | None) -> dict:
+    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "seed": cfg.run.seed, "diffinject.role": role,
+            "stage.algorithm": algorithm, **(tags or {})}
+
+
+def _label(cfg: ExperimentConfig) -> str:
+    """How run names end: ratio and seed first, so a cut-off name still tells runs apart."""
+    return f"{cfg.data.ratio}% s{cfg.run.seed} {cfg.data.dataset}"
+
+
+def cell_name(cfg: ExperimentConfig, method: str) -> str:
+    return f"{method} {_label(cfg)}"
+
+
+def cell_tags(cfg: ExperimentConfig, method: str) -> dict:
+    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
+            "diffinject.role": "cell"}
+
+
+def cell_params(cfg: ExperimentConfig, method: str) -> dict:
+    """The flattened config plus what tells cells apart, as params: MLflow's Compare view and its
+    plots split runs by params and metrics only."""
+    return {"method": method, "dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "seed": cfg.run.seed,
+            **flatten(cfg)}
+
+
+def selected_metrics(metrics: dict, headline: bool = False) -> dict:
+    """The selected weights' metrics as `selected_*` (and `selected_step`, when known), plus the
+    headline `unbiased_acc_pct` with `headline`."""
+    out = {f"selected_{k}": metrics[k] for k in SELECTED_KEYS if k in metrics}
+    if "selected_step" in metrics:
+        out["selected_step"] = metrics["selected_step"]
+    if headline and "test_acc" in metrics:
+        out[HEADLINE] = round(100.0 * metrics["test_acc"], 2)
+    return out
 
 
 def dataset_folder(cfg: ExperimentConfig) -> Path:
@@ -95,15 +133,15 @@ def check_against_data(cfg: ExperimentConfig) -> None:
 
 
 def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: str | None = None,
-               output_dir: Path | None = None) -> StageOutcome:
+               output_dir: Path | None = None, tags: dict | None = None) -> StageOutcome:
     """Train the GCE bias classifier, extract the top-K set, log precision@K and the grid
-    (a `stage1` run, nested under `parent` when given; files in `output_dir`)."""
+    (a `stage1` run, nested under `parent` when given, with `tags` too; files in `output_dir`)."""
     tracker = tracker or Tracker()
     parquet = dataset_folder(cfg)
     check_topk_size(cfg, parquet)
     exp = tracker.experiment(cfg.run.experiment)
-    run_id = tracker.start_run(exp, f"stage1-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
-                               _tags(cfg, "gce", "stage1"), flatten(cfg), parent=parent)
+    run_id = tracker.start_run(exp, f"stage1 gce {_label(cfg)}", _tags(cfg, "stage1", "gce", tags), flatten(cfg),
+                               parent=parent)
     with tracker.ending(run_id):
         job = TrainJob(kind="bias", method="gce", config=to_dict(cfg), parquet=str(parquet),
                        tracking_uri=tracker.uri, mlflow_run_id=run_id)
@@ -115,7 +153,7 @@ def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: st
         metrics = {f"final_{k}": out.metrics[k] for k in FINAL_KEYS if k in out.metrics}
         metrics[f"precision_at_{cfg.bias.k}"] = precision
         metrics["precision_at_k"] = precision
-        tracker.log_metrics(run_id, metrics)
+        tracker.log_metrics(run_id, {**metrics, **selected_metrics(out.metrics)})
         grid = image_grid(out.checkpoint_dir / "topk_grid.png", topk["images"],
                           [f"y={y} loss={l:.2f}{' *' if not a else ''}" for y, l, a in
                            zip(topk["labels"], topk["losses"], aligned[topk["indices"]])],
@@ -168,7 +206,7 @@ def progress_lines(tracker: Tracker, run_id: str, total_steps: int, label: str, 
 
 
 def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None, parent: str | None = None,
-               output_dir: Path | None = None, name: str | None = None) -> StageOutcome:
+               output_dir: Path | None = None, name: str | None = None, tags: dict | None = None) -> StageOutcome:
     """Train the P2-weighted diffusion model; its EMA checkpoint is `diffusion.pt` in the
     outcome's folder and an MLflow artifact, beside sample grids and the loss curve."""
     tracker = tracker or Tracker()
@@ -176,8 +214,8 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
     dataset, ratio, parquet = diffusion_training_data(cfg)
     exp = tracker.experiment(cfg.run.experiment)
     tags = {"dataset": dataset, "ratio": ratio, "seed": cfg.diffusion.seed, "diffinject.role": "stage2",
-            "preset": cfg.diffusion.preset}
-    run_id = tracker.start_run(exp, f"stage2-{dataset}-{ratio}-{cfg.diffusion.preset}-s{cfg.diffusion.seed}", tags,
+            "stage.algorithm": "p2_diffusion", "preset": cfg.diffusion.preset, **(tags or {})}
+    run_id = tracker.start_run(exp, f"stage2 {cfg.diffusion.preset} {ratio}% s{cfg.diffusion.seed} {dataset}", tags,
                                flatten(cfg), parent=parent)
     with tracker.ending(run_id):
         job = TrainJob(kind="diffusion", method="", config=to_dict(cfg), parquet=str(parquet),
@@ -235,7 +273,7 @@ def resolve_t_edit(cfg: ExperimentConfig, checkpoint: Path, images, tracker: Tra
 
 def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker: Tracker | None = None,
                out_dir: Path | None = None, random_lpips_backbone: bool = False,
-               parent: str | None = None, figures_dir: Path | None = None) -> StageOutcome:
+               parent: str | None = None, figures_dir: Path | None = None, tags: dict | None = None) -> StageOutcome:
     """Make the synthetic set: N_syn pairs (original, top-K content) injected with the diffusion
     checkpoint on Ray Data actors; a `stage3` MLflow run with t_edit, N_syn, speed and the
     paper's Fig. 2 triptych. The outcome's folder is the synthetic set (Parquet, split train);
@@ -258,8 +296,8 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
     manifest = build_manifest(len(train), topk["indices"], train.labels, train.biases, cfg.injection.conflict_ratio,
                               cfg.injection.originals, cfg.run.seed)
     exp = tracker.experiment(cfg.run.experiment)
-    run_id = tracker.start_run(exp, f"stage3-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}",
-                               _tags(cfg, "diffinject", "stage3"), flatten(cfg), parent=parent)
+    run_id = tracker.start_run(exp, f"stage3 {_label(cfg)}", _tags(cfg, "stage3", "h_space_injection", tags),
+                               flatten(cfg), parent=parent)
     out_dir = Path(out_dir or Path(cfg.run.storage_path) / "synthetic" / f"{cfg.data.dataset}-{cfg.data.ratio}-"
                    f"s{cfg.run.seed}-{run_id[:8]}")
     with tracker.ending(run_id):
@@ -289,28 +327,34 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
 
 def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
              extra_train: list[Path] | None = None, parent: str | None = None,
-             output_dir: Path | None = None) -> StageOutcome:
+             output_dir: Path | None = None, tags: dict | None = None) -> StageOutcome:
     """Train and evaluate one registered method: a parent run with a nested stage4 run
-    (an existing `parent` is used, and left open for its owner to finish)."""
+    (an existing `parent` is used, and left open for its owner to finish and describe; `tags`
+    go on both runs)."""
     get_method(method)
     tracker = tracker or Tracker()
     parquet = dataset_folder(cfg)
     exp = tracker.experiment(cfg.run.experiment)
-    name = f"{method}-{cfg.data.dataset}-{cfg.data.ratio}-s{cfg.run.seed}"
     owns_parent = parent is None
     if owns_parent:
-        parent = tracker.start_run(exp, name, _tags(cfg, method, "cell"), flatten(cfg))
-    child = tracker.start_run(exp, f"stage4-{name}", _tags(cfg, method, "stage4"), parent=parent)
+        parent = tracker.start_run(exp, cell_name(cfg, method), {**cell_tags(cfg, method), **(tags or {})},
+                                   cell_params(cfg, method))
+    child = tracker.start_run(exp, f"stage4 {cell_name(cfg, method)}",
+                              _tags(cfg, "stage4", method, {"method": method, **(tags or {})}), parent=parent)
     with tracker.ending(child, *([parent] if owns_parent else [])):
         job = TrainJob(kind="classifier", method=method, config=to_dict(cfg), parquet=str(parquet),
                        extra_train=[str(p) for p in extra_train or []], tracking_uri=tracker.uri,
                        mlflow_run_id=child)
         out = run_train_job(job, output_dir=output_dir)
-        metrics = {k: out.metrics[k] for k in FINAL_KEYS if k in out.metrics}
-        tracker.log_metrics(parent, metrics)
-        tracker.log_metrics(child, {f"final_{k}": v for k, v in metrics.items()})
+        metrics = {k: out.metrics[k] for k in (*FINAL_KEYS, "selected_step") if k in out.metrics}
+        tracker.log_metrics(parent, {**metrics, **selected_metrics(metrics, headline=True)})
+        tracker.log_metrics(child, {**{f"final_{k}": v for k, v in metrics.items() if k in FINAL_KEYS},
+                                    **selected_metrics(metrics)})
         tracker.log_artifact(child, out.checkpoint_dir / "model.pt")
-        return StageOutcome(run_id=parent, metrics=metrics, checkpoint_dir=out.checkpoint_dir)
+        if owns_parent:
+            stages = [("stage4", child, "built by this cell")]
+            tracker.describe(parent, cell_note(tracker, cfg, method, metrics, stages))
+        return StageOutcome(run_id=parent, metrics=metrics, checkpoint_dir=out.checkpoint_dir, stage_run_id=child)
 
 
 def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import ray
@@ -22,7 +22,7 @@ from .artifacts import ArtifactCache, is_remote
 from .cells import CellResult, CellRunner
 from .config import ExperimentConfig
 from .errors import DiffInjectError
-from .tracking import Tracker
+from .tracking import Tracker, run_source
 
 LOCK_ACTOR = "diffinject-artifact-locks"
 
@@ -65,10 +65,14 @@ class RunnerSpec:
     tracking_uri: str
     checkpoints: dict[str, str]
     random_lpips_backbone: bool = False
+    source: str = field(default_factory=run_source)  # the driver's script, for the runs' Source column
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.tracking_uri, self.source)
 
     def runner(self) -> CellRunner:
         lock = cluster_lock if is_remote(self.cache_root) else None
-        return CellRunner(ArtifactCache(self.cache_root, lock=lock), Tracker(self.tracking_uri), self.checkpoints,
+        return CellRunner(ArtifactCache(self.cache_root, lock=lock), self.tracker(), self.checkpoints,
                           self.random_lpips_backbone)
 
 

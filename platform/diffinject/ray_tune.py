@@ -23,7 +23,6 @@ from .ablations import Axis, SettingResult, apply_setting, evaluate_setting, set
 from .config import ExperimentConfig
 from .errors import ConfigError, DiffInjectError
 from .ray_cells import RunnerSpec, cell_task
-from .tracking import Tracker
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 METRIC = "valid_acc_mean"  # settings are chosen on validation accuracy, never on test
@@ -57,7 +56,7 @@ def _trial(config: dict, sweep: Sweep) -> None:
         task = cell_task.options(scheduling_strategy=OUTSIDE_TRIAL)
         return ray.get(task.remote(sweep.runner, cell_cfg, method, sweep.torch_threads))
 
-    evaluate_setting(cfg, sweep.method, setting, sweep.seeds, Tracker(sweep.runner.tracking_uri), run_cell,
+    evaluate_setting(cfg, sweep.method, setting, sweep.seeds, sweep.runner.tracker(), run_cell,
                      sweep.key(setting), on_seed=lambda partial: tune.report(partial.metrics()))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_file
+from .notes import HEADLINE
 from .plots import pyplot, save_figure
 from .results import mean_std
 
@@ -79,6 +80,27 @@ class Table1:
     def _best(self, column) -> str | None:
         means = {m: s[0] for m in self.methods if (s := self.stats(column, m))}
         return max(means, key=means.get) if means else None
+
+    def metrics(self) -> dict[str, float]:
+        """The table's numbers (%, rounded as it shows them) as MLflow metric names:
+        `<dataset>/<ratio>/<method>/unbiased_acc_pct_mean` and `_std`, `aligned_acc_pct_mean`,
+        `conflicting_acc_pct_mean`, `seeds`; `<dataset>/<ratio>/top_k_precision` (stage 1)."""
+        out = {}
+        for column in self.columns:
+            prefix = "/".join(column)
+            for method in self.methods:
+                unbiased = self.stats(column, method)
+                if unbiased is None:
+                    continue
+                out[f"{prefix}/{method}/{HEADLINE}_mean"] = round(unbiased[0], 2)
+                out[f"{prefix}/{method}/{HEADLINE}_std"] = round(unbiased[1], 2)
+                out[f"{prefix}/{method}/seeds"] = unbiased[2]
+                for name, metric in zip(("aligned", "conflicting"), METRICS[1:]):
+                    if (stats := self.stats(column, method, metric)) is not None:
+                        out[f"{prefix}/{method}/{name}_acc_pct_mean"] = round(stats[0], 2)
+            if self.precision.get(column):
+                out[f"{prefix}/top_k_precision"] = round(float(np.mean(self.precision[column])), 2)
+        return out
 
     def markdown(self) -> str:
         """The paper-shaped table: unbiased accuracy, ours (mean ± std, best in bold) and the paper's."""

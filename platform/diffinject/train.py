@@ -53,7 +53,7 @@ class TrainContext:
 class FitResult:
     method: Method
     step: int
-    metrics: dict[str, float]  # final: test and valid metrics of the selected weights
+    metrics: dict[str, float]  # final: test and valid metrics of the selected weights, selected_step
 
 
 class Preprocess:
@@ -145,11 +145,12 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
         method.wrap(lambda net: DistributedDataParallel(net, device_ids=ids))
     method.train(True)
 
-    step, best_score, best_nets = 0, -math.inf, None
+    step, best_score, best_step, best_nets = 0, -math.inf, -1, None
     if ctx.resume_state is not None:
         method.load_state_dict(ctx.resume_state["method"])
         step = ctx.resume_state["step"]
         best_score = ctx.resume_state["best_score"]
+        best_step = ctx.resume_state.get("best_step", -1)  # -1: a checkpoint from before it was kept
         best_nets = ctx.resume_state["best_nets"]
 
     def scores() -> dict[str, float]:
@@ -179,16 +180,16 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
             key = {"valid": "valid_acc", "test": "test_acc", "last": None}[cfg.select]
             score = metrics[key] if key else step
             if score > best_score:
-                best_score, best_nets = score, method.net_states()
+                best_score, best_step, best_nets = score, step, method.net_states()
             metrics.update(step=step, images_per_s=(step - start_step) * cfg.batch_size / (time.perf_counter() - started))
             ctx.log(step, metrics)
             state = {"method": method.state_dict(), "step": step, "best_score": best_score,
-                     "best_nets": best_nets}
+                     "best_step": best_step, "best_nets": best_nets}
             ctx.report({**metrics, **last_log}, state)
 
     method.load_net_states(best_nets)
     final = scores()
-    final.update(step=step, selected_score=float(best_score))
+    final.update(step=step, selected_score=float(best_score), selected_step=best_step)
     return FitResult(method=method, step=step, metrics=final)
 
 

@@ -1,0 +1,87 @@
+"""Markdown descriptions (`mlflow.note.content`) of the experiment, cell and table runs, so that
+the MLflow UI says what a run is, what its headline number is and which runs it was made from.
+Links are the UI's own `#/experiments/<id>/runs/<run id>` routes."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .cells import CellResult
+    from .config import ExperimentConfig
+    from .report import Table1
+    from .tracking import Tracker
+
+HEADLINE = "unbiased_acc_pct"  # the paper's unbiased accuracy, %, 2 decimals
+
+EXPERIMENT_NOTE = f"""\
+DiffInject runs. **Headline metric: `{HEADLINE}`**, the accuracy (%, 2 decimals) on the unbiased
+test split of the weights selected on the validation split: the paper's "unbiased accuracy";
+`test_acc` is the same number as an unrounded fraction.
+
+Runs by tag `diffinject.role`:
+- `cell`: one (dataset, ratio, method, seed), with params `method`, `dataset`, `ratio`, `seed`;
+  its description links the stage runs it used;
+- `stage1` ... `stage4`: nested under the cell that built them; tag `method` is that cell's method,
+  `stage.algorithm` what the stage itself trains; `selected_*` metrics are the selected weights'
+  (`test_acc` on a stage run is the curve over steps);
+- `table`: the table of one invocation; its metrics are the table's means and stds;
+- `trial` and `ablation`: ablation sweeps.
+
+Compare methods: search `tags.diffinject.role = 'cell' and tags.ratio = '1' and attributes.status =
+'FINISHED'`, group by param `method`, add the column `unbiased_acc_pct`; for charts, set the eye menu
+over the run list to "Show all runs" (they show the first 10 by default). README: "Comparing in the
+MLflow UI".
+"""
+
+STAGES = {"stage1": "stage 1: GCE bias classifier, top-K set",
+          "stage2": "stage 2: diffusion model (one per dataset, shared by its cells)",
+          "stage3": "stage 3: synthetic set", "stage4": "stage 4: training curves, checkpoint"}
+
+
+def run_link(experiment_id: str, run_id: str, text: str | None = None) -> str:
+    return f"[{text or run_id}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
+def linked_run(tracker: Tracker, run_id: str) -> str:
+    """A link to the run by its name, wherever its experiment; its id when the store lacks it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = tracker.client.get_run(run_id)
+    except MlflowException:
+        return f"`{run_id}` (not in this tracking store)"
+    return run_link(run.info.experiment_id, run_id, run.info.run_name)
+
+
+def _pct(metrics: dict, key: str) -> str:
+    return f"{100.0 * metrics[key]:.2f}%" if key in metrics else "—"
+
+
+def cell_note(tracker: Tracker, cfg: ExperimentConfig, method: str, metrics: dict,
+              stages: list[tuple[str, str, str]]) -> str:
+    """A cell run's description: its numbers, and a table of (stage, run id, how it came about)."""
+    selected = metrics.get("selected_step")
+    how = (f"the weights of step {int(selected)} of {int(metrics['step'])}, selected by "
+           f"`classifier.select = {cfg.classifier.select}`" if selected is not None and "step" in metrics else
+           f"selected by `classifier.select = {cfg.classifier.select}`")
+    lines = [f"**{method}** on {cfg.data.dataset} at {cfg.data.ratio}% bias-conflicting samples, seed {cfg.run.seed}.",
+             "",
+             f"Unbiased accuracy **{_pct(metrics, 'test_acc')}** (`{HEADLINE}`); aligned "
+             f"{_pct(metrics, 'test_aligned_acc')}, conflicting {_pct(metrics, 'test_conflicting_acc')}; {how}."]
+    if stages:
+        lines += ["", "| stage | run | |", "|---|---|---|"]
+        lines += [f"| {STAGES.get(stage, stage)} | {linked_run(tracker, run_id)} | {origin} |"
+                  for stage, run_id, origin in stages]
+    return "\n".join(lines) + "\n"
+
+
+def table_note(table: Table1, text: str, results: list[CellResult], experiment_id: str) -> str:
+    """The table run's description: the table (`text`), where its numbers are, and links to its cell runs."""
+    lines = [text, "", f"This run's metrics are the table's numbers (`<dataset>/<ratio>/<method>/{HEADLINE}_mean`, "
+             "`_std`, ...): over the cell runs below, the mean and sample std of `test_acc` in %, rounded as "
+             "in the table.", "", "| dataset | ratio | method | cell runs |", "|---|---|---|---|"]
+    by_row: dict = {}
+    for r in sorted(results, key=lambda r: (r.dataset, float(r.ratio), table.methods.index(r.method), r.seed)):
+        by_row.setdefault((r.dataset, r.ratio, r.method), []).append(run_link(experiment_id, r.run_id, f"s{r.seed}"))
+    lines += [f"| {d} | {ratio}% | {m} | {' '.join(links)} |" for (d, ratio, m), links in by_row.items()]
+    return "\n".join(lines) + "\n"
