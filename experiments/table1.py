@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = ", ".join(f"{s} x{n}" for (s, h), n in sorted(built.items()) if h == "built" and n) or "nothing"
     print(f"\nthis run built: {summary}; {sum(r.cached for r in results)} of {len(results)} cells came from the cache")
     print(f"table: {paths['md']} (+ {paths['csv'].name}, {paths['png'].name})   MLflow: {tracker.uri} "
-          f"(experiment {experiment!r}, run {paths['run_id']}; `mlflow ui --backend-store-uri {tracker.uri}`)   "
+          f"(experiment {experiment!r}, run {paths['run_id']}; `{tracker.ui_command()}`; in the UI's runs list, filter `tags.diffinject.role = 'cell'` and group by `method`)   "
           f"total {progress.elapsed():.0f}s")
     return 0
 

@@ -3,14 +3,12 @@ validation accuracy, the plot, and experiments/ablations.py on Ray Tune (grid wi
 interrupted-and-resumed run through DiffInject's real stages; Optuna)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,16 +20,8 @@ from diffinject.cells import CellResult
 from diffinject.config import preset
 from diffinject.errors import ConfigError
 from diffinject.tracking import Tracker
+from scripts import load_script as _script
 from test_cells import TINY
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from diffinject.artifacts import MARKER, ArtifactCache, artifact_key, file_digest
+from diffinject.artifacts import MARKER, ArtifactCache, artifact_key
+from diffinject.integrity import file_digest
 from diffinject.errors import ConfigError
 
 MATERIAL = {"seed": 0, "model": {"width": 64, "blocks": [1, 2]}, "input": "abc"}

@@ -1,4 +1,4 @@
-"""t_edit calibration (DESIGN.md 2.3 item 7): LPIPS loading, the curve, the pick, the plot.
+"""t_edit calibration (docs/design.md 2.3 item 7): LPIPS loading, the curve, the pick, the plot.
 
 Every LPIPS here has a random AlexNet trunk (`random_backbone=True`) and TORCH_HOME points to
 an empty temp dir with the downloaders patched to fail: nothing is fetched.

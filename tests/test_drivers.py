@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import copy
 import fcntl
-import importlib.util
 import os
 import shutil
 import signal
@@ -26,15 +25,7 @@ from diffinject.data.layout import read_layout
 from diffinject.data.parquet import fingerprint
 from diffinject.data.registry import get_dataset_spec
 from diffinject.tracking import Tracker
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_script as _script
 
 
 def test_paths_are_made_absolute_and_uris_left_alone(tmp_path, monkeypatch):

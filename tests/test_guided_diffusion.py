@@ -1,4 +1,4 @@
-"""openai guided-diffusion / P2 checkpoints -> UNet2DModel presets (DESIGN.md 2.2).
+"""openai guided-diffusion / P2 checkpoints -> UNet2DModel presets (docs/design.md 2.2).
 
 The openai key layout and the openai forward computations (ResBlock, legacy attention, the
 whole UNetModel) are written out here independently of the converter.

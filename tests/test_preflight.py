@@ -3,7 +3,6 @@ within seconds, before any work starts (preflight, config, CLI and the drivers).
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import socket
 import sqlite3
@@ -22,15 +21,7 @@ from diffinject.diffusion import build_unet, get_preset
 from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
 from diffinject.errors import ConfigError
 from diffinject.preflight import check_output_dir, check_output_file, check_tracking_store
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "experiments"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_script as _script
 
 
 def _fails(argv: list[str], capsys, entry=main, within_s: float = 15.0) -> str:
@@ -241,7 +232,7 @@ def test_an_offline_download_names_the_url_and_source(name, url, tmp_path, monke
 
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     line = _fails(["data", "build", name, "--download", "--data-root", str(tmp_path)], capsys)
-    assert line.startswith(f"error: could not download ") and f"from {url} (" in line
+    assert line.startswith("error: could not download ") and f"from {url} (" in line
     assert line.endswith("with --source DIR") and "Network is unreachable" in line
 
 

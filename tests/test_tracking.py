@@ -71,6 +71,9 @@ def test_artifacts_travel_with_the_database(tmp_path):
     # the MLflow server resolves it under its --artifacts-destination, ./mlartifacts by default
     served = moved / "mlartifacts" / _get_proxied_run_artifact_destination_path(uri, "tables/table.md")
     assert served.read_text() == "| a |"
+    # from any folder, the printed UI command points the server at the moved artifacts
+    assert again.ui_command() == (f"mlflow ui --backend-store-uri sqlite:///{moved / 'mlflow.db'} "
+                                  f"--artifacts-destination {moved / 'mlartifacts'}")
 
 
 def test_experiments_open_in_the_training_view_with_a_description(tracker):

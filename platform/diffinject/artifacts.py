@@ -1,4 +1,4 @@
-"""Content-addressed cache of stage outputs (DESIGN.md 2: every artifact is addressed by a
+"""Content-addressed cache of stage outputs (docs/design.md 2: every artifact is addressed by a
 hash of the config that made it and the hashes of its inputs).
 
 An artifact is the folder `<root>/<stage>/<key>/`: the stage's files plus `ARTIFACT.json`,
@@ -37,7 +37,7 @@ from typing import Any, Callable, ContextManager
 
 from .atomic import read_json, write_json
 from .errors import ConfigError
-from .integrity import file_digest, first_damage, record_files  # file_digest: part of this module's API
+from .integrity import first_damage, record_files
 
 MARKER = "ARTIFACT.json"
 FORMAT = "diffinject-artifact/1"

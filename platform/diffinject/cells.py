@@ -1,5 +1,5 @@
 """Table cells on the artifact cache: what a (dataset, ratio, method, seed) cell needs, each
-stage's key, and building or reusing every stage (DESIGN.md 2 and 5). Knows nothing of Ray
+stage's key, and building or reusing every stage (docs/design.md 2 and 5). Knows nothing of Ray
 scheduling; `ray_cells` runs many cells at once.
 
 Key material of each stage (nothing else in the config changes its output):
@@ -31,7 +31,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import Artifact, ArtifactCache, artifact_key, file_digest
+from .artifacts import Artifact, ArtifactCache, artifact_key
+from .integrity import file_digest
 from .config import ExperimentConfig, absolute_path, to_dict
 from .data.parquet import conversion_fingerprint
 from .errors import CheckpointError, ConfigError

@@ -1,6 +1,6 @@
 """Typed configs for the stages, per-dataset presets, command-line overrides, flattening.
 
-Presets carry the paper's / reference code's hyperparameters (DESIGN.md 2.4); `quick`
+Presets carry the paper's / reference code's hyperparameters (docs/design.md 2.4); `quick`
 shrinks the Colored Digits run to a CPU budget. Overrides are `section.field=value`
 strings, e.g. `classifier.lr=1e-4` or `bias.k=20`.
 """
@@ -75,7 +75,7 @@ class BaselinesConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Stage 2: the P2-weighted diffusion model (DESIGN.md 2.2)."""
+    """Stage 2: the P2-weighted diffusion model (docs/design.md 2.2)."""
 
     preset: str = "adm_32"            # U-Net preset (diffinject.diffusion.PRESETS)
     train_data: str = "train"         # "train": this dataset's training split at data.ratio;
@@ -103,7 +103,7 @@ class DiffusionConfig:
 
 @dataclass
 class InjectionConfig:
-    """Stage 3: content injection in h-space (DESIGN.md 2.3)."""
+    """Stage 3: content injection in h-space (docs/design.md 2.3)."""
 
     gamma: float = 0.9                # slerp weight of the content's h
     mode: str = "local"               # local (masked region of h) | global
@@ -186,7 +186,7 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
 
 def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
     """The reference implementations' settings: DisEnt's lambdas dis/swap_b/swap per dataset
-    (DESIGN.md 3), its lr and decay; BiasEnsemble's committee of 5 with agreement 3, tau 0.99."""
+    (docs/design.md 3), its lr and decay; BiasEnsemble's committee of 5 with agreement 3, tau 0.99."""
     if dataset in ("cmnist", "colored_digits"):
         return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, disent_lr=0.01)
     if dataset == "cifar10c":
@@ -199,7 +199,7 @@ def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
 
 
 def _injection_preset(dataset: str) -> InjectionConfig:
-    """The paper's per-dataset gamma, injection mode and conflict ratio (DESIGN.md 2.3, item 8)."""
+    """The paper's per-dataset gamma, injection mode and conflict ratio (docs/design.md 2.3, item 8)."""
     gamma, mode, ratio = {"cmnist": (0.9, "local", 0.1), "colored_digits": (0.9, "local", 0.1),
                           "cifar10c": (0.3, "global", 0.1), "bffhq": (0.7, "local", 0.6),
                           "dogs_and_cats": (0.2, "local", 0.6)}[dataset]

@@ -1,4 +1,4 @@
-"""Stage 2: train a P2-weighted diffusion model (DESIGN.md 2.2). Knows nothing of Ray.
+"""Stage 2: train a P2-weighted diffusion model (docs/design.md 2.2). Knows nothing of Ray.
 
 One loop, readable in one sitting: uint8 images -> [-1, 1] (resized to the preset,
 optionally flipped) -> q(x_t | x_0) with diffusers' DDPMScheduler -> P2-weighted eps loss

@@ -116,6 +116,11 @@ class Tracker:
             return None
         return Path(self.uri.removeprefix("sqlite:///")).parent / ARTIFACTS_FOLDER
 
+    def ui_command(self) -> str:
+        """The `mlflow ui` command that shows this store with its artifacts (from any folder)."""
+        root = self.artifact_root()
+        return f"mlflow ui --backend-store-uri {self.uri}" + (f" --artifacts-destination {root}" if root else "")
+
     def _artifact_location(self, name: str) -> str | None:
         """`mlartifacts/<name>` beside a SQLite database, as a location relative to the artifact
         folder of the server that shows it (MLflow would otherwise use ./mlruns of the current

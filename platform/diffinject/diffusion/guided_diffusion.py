@@ -2,7 +2,7 @@
 
 The released P2 models (``ffhq_p2.pt``, ``afhqdog_p2.pt``, ...) are plain state dicts in the
 key layout of openai's ``UNetModel`` (guided_diffusion/unet.py). The mapping to diffusers is
-derived from the preset (DESIGN.md 2.2); every expected key must be present with the preset's
+derived from the preset (docs/design.md 2.2); every expected key must be present with the preset's
 shape and every key of the checkpoint must be used, so a checkpoint for another architecture
 is an error, never a silent partial load.
 

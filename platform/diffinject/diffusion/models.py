@@ -1,4 +1,4 @@
-"""U-Net presets on diffusers' UNet2DModel (the ADM / improved-DDPM layouts, DESIGN.md 2.2)."""
+"""U-Net presets on diffusers' UNet2DModel (the ADM / improved-DDPM layouts, docs/design.md 2.2)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

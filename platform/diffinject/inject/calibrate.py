@@ -1,4 +1,4 @@
-"""t_edit calibration (DESIGN.md 2.3 item 7).
+"""t_edit calibration (docs/design.md 2.3 item 7).
 
 The paper defines t_edit as the t where LPIPS(x0, P_t) reaches 0.33, P_t being the x0
 predicted at t along the DDIM inversion of x0, averaged over ~100 images, LPIPS with the

@@ -1,6 +1,6 @@
 """Content injection engines: the batched one used in production and the reference path.
 
-Both follow DESIGN.md 2.3: DDIM-invert the original to x_T; DDIM-invert the content and
+Both follow docs/design.md 2.3: DDIM-invert the original to x_T; DDIM-invert the content and
 record its h along the way; generate from x_T, and at every step with t >= t_edit mix the
 content's h into h_t (slerp) and take the asymmetric step (x0 from the injected eps, the
 direction from the plain eps); quality boosting (eta = 1) at t <= t_boost. Optional:

@@ -1,4 +1,4 @@
-"""The math of content injection (DESIGN.md 2.3), as pure tensor functions."""
+"""The math of content injection (docs/design.md 2.3), as pure tensor functions."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Which synthetic pairs stage 3 makes: the injection manifest (DESIGN.md 2.3, item 9).
+"""Which synthetic pairs stage 3 makes: the injection manifest (docs/design.md 2.3, item 9).
 
 `N_syn = round(conflict_ratio * num_train)` pairs. Each pair has a content drawn uniformly
 from the top-K set and an original drawn uniformly from the training rows not in the top-K
