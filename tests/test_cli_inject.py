@@ -7,6 +7,7 @@ from diffinject.config import QUICK_INJECTION
 from diffinject.data.parquet import conversion_counts, load_split
 from diffinject.diffusion import build_unet, get_preset
 from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
+from diffinject.tracking import Tracker
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ def test_checkpoint_of_another_resolution_is_refused(digits_root, tiny_checkpoin
                                                      monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv = _argv(digits_root, tiny_checkpoint, "diffusion.preset=p2_256")
-    assert main(argv + ["--topk-dir", str(tmp_path)]) == 2
+    assert main(argv) == 2
     assert "is a 32x32 model (tiny_32), but colored_digits uses 256x256 diffusion models" in \
         capsys.readouterr().err.strip().splitlines()[-1]
 

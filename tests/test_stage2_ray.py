@@ -5,6 +5,7 @@ from mlflow.tracking import MlflowClient
 from diffinject.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.pipeline import diffusion_checkpoint, run_stage2
 from diffinject.ray_train import FaultInjection
+from diffinject.tracking import Tracker
 
 
 def _tiny(cfg, **overrides):
