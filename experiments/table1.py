@@ -94,7 +94,7 @@ class Progress:
     def _heartbeat(self, every_s: float) -> None:
         while not self.stop.wait(every_s / 4):
             if time.perf_counter() - self.last_line >= every_s:
-                print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] finished; working...", flush=True)
+                print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] working...", flush=True)
                 self.last_line = time.perf_counter()
 
     def close(self) -> None:

@@ -67,11 +67,14 @@ def build_missing_colored_digits(data_root: Path, ratio: str) -> None:
         if record is not None and isinstance(record.get("seed"), int):
             seed, why = record["seed"], f"the seed {BUILD_RECORD} records"
         elif not base.is_dir() or not any(p.name.endswith("pct") or p.name == "test" for p in base.iterdir()):
-            seed, why = 0, "a new build"
+            seed, why = 0, None
         else:
             raise DataError(f"{base}: {', '.join(missing)} missing, and no {BUILD_RECORD} says which seed built the "
                             f"rest; rebuild it with `diffinject data build colored_digits --seed N` (every ratio)")
-        print(f"colored_digits: building the missing {' and '.join(missing)} in {base} with seed {seed} ({why})",
-              flush=True)
+        if why is None:
+            print(f"colored_digits: building {' and '.join(missing)} in {base} (a new build, seed 0)", flush=True)
+        else:
+            print(f"colored_digits: building the missing {' and '.join(missing)} in {base} with seed {seed} ({why})",
+                  flush=True)
         build_colored_digits(data_root, ratios=[ratio] if ratio_folder(ratio) in missing else [], seed=seed,
                              shared="test" in missing)
