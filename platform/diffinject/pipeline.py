@@ -63,9 +63,12 @@ class StageOutcome:
     stage_run_id: str = ""  # a cell's nested stage-4 run
 
 
+def _run_tags(cfg: ExperimentConfig, role: str) -> dict:
+    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "seed": cfg.run.seed, "diffinject.role": role}
+
+
 def _tags(cfg: ExperimentConfig, role: str, algorithm: str, tags: dict | None) -> dict:
-    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "seed": cfg.run.seed, "diffinject.role": role,
-            "stage.algorithm": algorithm, **(tags or {})}
+    return {**_run_tags(cfg, role), "stage.algorithm": algorithm, **(tags or {})}
 
 
 def _label(cfg: ExperimentConfig) -> str:
@@ -78,8 +81,7 @@ def cell_name(cfg: ExperimentConfig, method: str) -> str:
 
 
 def cell_tags(cfg: ExperimentConfig, method: str) -> dict:
-    return {"dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "method": method, "seed": cfg.run.seed,
-            "diffinject.role": "cell"}
+    return {**_run_tags(cfg, "cell"), "method": method}
 
 
 def cell_params(cfg: ExperimentConfig, method: str) -> dict:
