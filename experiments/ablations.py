@@ -37,6 +37,7 @@ from diffinject.ablations import (Axis, SettingResult, ablation_plot, apply_sett
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, flatten, preset
+from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                 "a URI pyarrow opens (s3://bucket/path)")
     p.add_argument("--checkpoint", action="append", default=[], metavar="DATASET=PATH",
                    help="a diffusion checkpoint for DATASET instead of training one")
+    p.add_argument("--retrain-diffusion", action="store_true",
+                   help="--quick: train the Colored Digits diffusion model instead of starting from the checkpoint "
+                        "the project ships")
     p.add_argument("--experiment", help="MLflow experiment and Tune experiment name (default ablations[-quick])")
     p.add_argument("--out", default="results", help="folder for the table, CSV and plot")
     p.add_argument("--tune-root", help="Tune experiment state (default OUT/tune)")
@@ -132,6 +136,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             get_method(reference)
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, [args.dataset])
+        checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion)
         base = preset(args.dataset, args.ratio, quick=args.quick)
         base.data.data_root, base.data.cache_root = args.data_root, args.cache_root
         base.run.experiment = experiment

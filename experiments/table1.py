@@ -25,6 +25,7 @@ from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
 from diffinject.data.registry import get_dataset_spec, normalize_ratio
+from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
@@ -51,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", action="append", default=[], metavar="DATASET=PATH",
                    help="a diffusion checkpoint for DATASET (released guided-diffusion / P2 file, or ours) "
                         "instead of training one")
+    p.add_argument("--retrain-diffusion", action="store_true",
+                   help="--quick: train the Colored Digits diffusion model instead of starting from the checkpoint "
+                        "the project ships")
     p.add_argument("--experiment", help="MLflow experiment (default table1 or table1-quick)")
     p.add_argument("--out", default="results", help="folder for the finished table")
     p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 per GPU job on "
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = distinct(args.seeds, "--seeds")
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, datasets)
+        checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion)
         configs = []
         for dataset in datasets:
             for ratio in ratios:

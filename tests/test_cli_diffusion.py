@@ -114,3 +114,28 @@ def test_train_command(ray_session, digits_root, tmp_path, mlflow_uri, monkeypat
     assert torch.load(checkpoint, weights_only=True)["step"] == 2
     assert main(argv[:-2] + ["--set", "diffusion.preset=nope"]) == 2
     assert "unknown U-Net preset 'nope'" in _error(capsys)
+
+
+def test_export_to_float16_halves_the_file_and_loads_back_strictly(tiny_checkpoint, tmp_path, capsys):
+    from diffinject.diffusion.checkpoint import load_unet_checkpoint
+
+    out = tmp_path / "half.pt"
+    assert main(["diffusion", "export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    assert "float16" in capsys.readouterr().out
+    stored = torch.load(out, weights_only=True)["weights"]
+    assert all(v.dtype == torch.float16 for v in stored.values() if v.is_floating_point())
+    assert out.stat().st_size < 0.6 * tiny_checkpoint.stat().st_size
+    full, meta = load_unet_checkpoint(tiny_checkpoint)
+    half, half_meta = load_unet_checkpoint(out)
+    assert half_meta["preset"] == meta["preset"] and half_meta["step"] == meta["step"]
+    for (name, a), b in zip(full.state_dict().items(), half.state_dict().values()):
+        assert b.dtype == a.dtype  # loaded back into the float32 model
+        assert torch.equal(b, a.half().to(a.dtype)), name
+
+
+def test_export_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"junk" * 10)
+    out = tmp_path / "half.pt"
+    assert main(["diffusion", "export", "--checkpoint", str(bad), "--out", str(out)]) == 2
+    assert str(bad) in _error(capsys) and not out.exists()

@@ -180,6 +180,24 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({time.perf_counter() - started:.1f} s)")
 
 
+def cmd_diffusion_export(args: argparse.Namespace) -> None:
+    """Rewrite a diffinject checkpoint with its weights in another dtype (float16 halves the file;
+    loading casts back to float32). The weights are read with the strict loader first."""
+    from .atomic import atomic_file
+    from .diffusion.checkpoint import load_unet_checkpoint, unet_checkpoint_bytes
+    from .diffusion.models import get_preset
+    from .integrity import file_digest
+
+    check_output_file(args.out, "--out")
+    unet, meta = load_unet_checkpoint(args.checkpoint)
+    data = unet_checkpoint_bytes(unet.state_dict(), get_preset(meta["preset"]), meta.get("step", 0),
+                                 meta.get("config", {}), args.dtype)
+    with atomic_file(args.out, "wb") as handle:
+        handle.write(data)
+    print(f"wrote {args.out} ({meta['preset']}, step {meta.get('step', 0)}, {args.dtype}, {len(data) / 1e6:.2f} MB, "
+          f"sha256 {file_digest(args.out)})")
+
+
 def cmd_inject(args: argparse.Namespace) -> None:
     from .diffusion.checkpoint import checkpoint_meta
     from .inject.synthetic import check_output_folder
@@ -288,6 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--scale", type=int, default=1, help="enlarge the grid (nearest neighbour)")
     sample.add_argument("--out", type=Path, default=Path("samples.png"))
     sample.set_defaults(func=cmd_diffusion_sample)
+    export = diffusion.add_parser("export", help="rewrite a checkpoint with its weights in another dtype")
+    export.add_argument("--checkpoint", type=Path, required=True, help="a diffinject diffusion.pt")
+    export.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=cmd_diffusion_export)
 
     calibrate = sub.add_parser("calibrate", help="stage 3: pick t_edit from the LPIPS curve of a checkpoint")
     _add_run_args(calibrate)

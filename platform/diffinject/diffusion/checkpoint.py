@@ -23,9 +23,15 @@ from .models import UNetPreset, build_unet, get_preset
 FORMAT = "diffinject-unet/1"
 
 
-def unet_checkpoint_bytes(weights: dict[str, torch.Tensor], preset: UNetPreset, step: int, config: dict) -> bytes:
+def unet_checkpoint_bytes(weights: dict[str, torch.Tensor], preset: UNetPreset, step: int, config: dict,
+                          dtype: str = "float32") -> bytes:
+    """The checkpoint file's bytes; `dtype` float16 stores floating-point weights in half precision
+    (loading casts them back to the model's float32)."""
+    cast = getattr(torch, dtype)
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "preset": preset.name, "weights": {k: v.detach().cpu() for k, v in weights.items()},
+    torch.save({"format": FORMAT, "preset": preset.name,
+                "weights": {k: (v.detach().cpu().to(cast) if v.is_floating_point() else v.detach().cpu())
+                            for k, v in weights.items()},
                 "step": int(step), "config": config}, buffer)
     return buffer.getvalue()
 
