@@ -136,7 +136,6 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             get_method(reference)
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, [args.dataset])
-        checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion)
         base = preset(args.dataset, args.ratio, quick=args.quick)
         base.data.data_root, base.data.cache_root = args.data_root, args.cache_root
         base.run.experiment = experiment
@@ -148,6 +147,8 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         axes = [parse_axis(text, base) for text in sweeps]
         if len({a.name for a in axes}) != len(axes):
             raise ConfigError("an axis is swept twice; give each --sweep NAME once")
+        checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, [base],
+                                            swept=[f for a in axes for f in a.fields])
         settings = grid_settings(axes, base, args.cross) if args.search == "grid" else None
         for folder, what in ((out, "--out"), (tune_path.parent, "--tune-root"), (args.artifact_root, "--artifact-root"),
                              (base.run.storage_path, "run.storage_path")):

@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
         seeds = distinct(args.seeds, "--seeds")
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, datasets)
-        checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion)
         configs = []
         for dataset in datasets:
             for ratio in ratios:
@@ -130,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
+        checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, configs)
         check_output_dir(args.out, "--out")
         check_output_dir(args.artifact_root, "--artifact-root")
         check_tracking_store()

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..integrity import file_digest
 
 QUICK_CHECKPOINT = Path(__file__).parent / "weights" / "colored_digits_small_32.pt"
-QUICK_CHECKPOINT_SHA256 = "TO-BE-FILLED"
+QUICK_CHECKPOINT_SHA256 = "eee56d0f419afe89bcab589a4b8f5aed21cbfccedc409fc398f905a401fe7035"
 QUICK_CHECKPOINT_DATASET = "colored_digits"
 
 
@@ -32,9 +32,25 @@ def quick_checkpoint(path: Path = QUICK_CHECKPOINT, sha256: str = QUICK_CHECKPOI
     return path
 
 
-def with_quick_checkpoint(checkpoints: dict[str, str], quick: bool, retrain: bool) -> dict[str, str]:
+def with_quick_checkpoint(checkpoints: dict[str, str], quick: bool, retrain: bool, configs=(),
+                          swept=()) -> dict[str, str]:
     """--checkpoint items plus, for a quick run that neither retrains nor names its own
-    Colored Digits checkpoint, the verified shipped one."""
+    Colored Digits checkpoint, the verified shipped one. `configs` (the run's configs) must then
+    keep the quick preset's diffusion settings, and no swept field (`swept`, dotted names) may be
+    a diffusion.* one: either would change nothing on a shipped model, so it is an error that
+    says to retrain."""
     if not quick or retrain or QUICK_CHECKPOINT_DATASET in checkpoints:
         return dict(checkpoints)
+    from ..config import preset
+
+    expected = preset(QUICK_CHECKPOINT_DATASET, quick=True).diffusion
+    changed = [f"a sweep of {name}" for name in swept if name.startswith("diffusion.")]
+    for cfg in configs:
+        if cfg.data.dataset != QUICK_CHECKPOINT_DATASET:
+            continue
+        changed += [f"diffusion.{name}={getattr(cfg.diffusion, name)}" for name in vars(expected)
+                    if getattr(cfg.diffusion, name) != getattr(expected, name)]
+    if changed:
+        raise ConfigError(f"--quick starts from the shipped diffusion checkpoint, so {', '.join(dict.fromkeys(changed))} would "
+                          f"change nothing; add --retrain-diffusion to train the model with these settings")
     return {**checkpoints, QUICK_CHECKPOINT_DATASET: str(quick_checkpoint())}
