@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from ..data.parquet import ArraySplit
 from ..data.registry import get_dataset_spec
 from ..errors import CheckpointError, ConfigError
-from .report import labels_of, quality_metrics
+from .report import labels_of, quality_figure, quality_metrics
 
 ORACLE_KINDS = {"cmnist": "colour", "colored_digits": "colour",
                 "cifar10c": "balanced", "bffhq": "balanced", "dogs_and_cats": "balanced"}
@@ -46,6 +46,7 @@ class QualityConfig:
 
     steps: int = 400              # Adam steps of the colour-blind reader
     balanced_steps: int = 2000    # Adam steps of each balanced oracle (harder images)
+    max_epochs: int = 30          # at most this many passes over a (small) training split
     batch_size: int = 64
     lr: float = 2e-3
     shift: int = 1                # random translation (pixels) while training, for robustness to generated images
@@ -185,10 +186,12 @@ class ColourReader:
 
 def train_net(reader: NetReader, images: np.ndarray, targets: np.ndarray, probabilities: np.ndarray | None,
               steps: int, config: QualityConfig, seed: int) -> NetReader:
-    """Train `reader.net` for `steps` Adam steps on batches drawn (with replacement, by
-    `probabilities`, uniform when None) from `images`; inputs are prepared once up front."""
+    """Train `reader.net` for `steps` Adam steps (at most config.max_epochs passes) on batches
+    drawn (with replacement, by `probabilities`, uniform when None) from `images`; inputs are
+    prepared once up front."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    steps = min(steps, -(-config.max_epochs * len(images) // config.batch_size))
     with one_thread():
         reader.net = reader.network()
         inputs = torch.cat([reader.prepare(images[i:i + CHUNK]) for i in range(0, len(images), CHUNK)])
@@ -332,3 +335,15 @@ def load_synthetic(folder: Path) -> tuple[ArraySplit, np.ndarray, np.ndarray]:
     table = pa.concat_tables([pq.read_table(f, columns=["original_id", "content_id"]) for f in files])
     return (split, np.asarray(table["original_id"].to_pylist(), dtype=object),
             np.asarray(table["content_id"].to_pylist(), dtype=object))
+
+
+def score_folder(oracles: Oracles, train: ArraySplit, folder: Path, figure: Path | None = None, title: str = "",
+                 shown: int = 20) -> dict[str, float]:
+    """The quality report of the synthetic set in `folder`, with its first `shown` images in a
+    captioned grid at `figure` when given."""
+    synthetic, originals, contents = load_synthetic(folder)
+    report = score_with(oracles, train, synthetic, originals, contents)
+    if figure is not None and len(synthetic):
+        images, labels = synthetic.images[:shown], synthetic.labels[:shown]
+        quality_figure(figure, images, labels, *oracles.read(images), report, title)
+    return report

@@ -35,3 +35,27 @@ def labels_of(ids, known_ids, known_labels) -> np.ndarray:
     """The labels of `ids` looked up among (known_ids, known_labels); -1 where an id is unknown."""
     index = {str(k): int(v) for k, v in zip(known_ids, known_labels)}
     return np.asarray([index.get(str(i), -1) for i in ids], dtype=np.int64)
+
+
+PREFIX = "quality."  # how the report's numbers are named as MLflow / cell metrics
+
+
+def prefixed(report: dict) -> dict[str, float]:
+    return {PREFIX + name: float(value) for name, value in report.items()}
+
+
+def unprefixed(metrics: dict) -> dict[str, float]:
+    """The quality report held in a run's or cell's metrics (empty when it has none)."""
+    return {name[len(PREFIX):]: float(value) for name, value in metrics.items() if name.startswith(PREFIX)}
+
+
+def quality_figure(path, images: np.ndarray, labels, read_class, read_bias, report: dict, title: str):
+    """A captioned grid of synthetic images: label / read class / read bias, * = useful (read as
+    its label, with a conflicting bias)."""
+    from ..plots import image_grid
+
+    captions = [f"y={y} c={c} b={b}{' *' if c == y and b != y else ''}"
+                for y, c, b in zip(labels, read_class, read_bias)]
+    return image_grid(path, images, captions, f"{title}: label fidelity {report['label_fidelity']:.2f}, conflict "
+                                              f"rate {report['conflict_rate']:.2f} (y label, c read class, b read "
+                                              f"bias, * useful)")
