@@ -137,6 +137,42 @@ def test_a_setting_is_one_trial_run_with_every_seed(base, tmp_path):
     assert trial_key("diffinject", {"gamma": 0.5}, cfg) != key  # the base config is part of the key
 
 
+def test_a_trial_carries_its_synthetic_sets_fidelity_and_conflict_rate(base, tmp_path):
+    """Cells on synthetic data carry the stage-3 quality report; the trial keeps label fidelity
+    and conflict rate per seed (MLflow, a finished trial found again, the CSV, the plot)."""
+    from diffinject.ablations import write_csv
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    base.run.experiment = "abl"
+    axes = [parse_axis("gamma=0.5", base)]
+    quality = {0: (0.8, 0.4), 1: (0.6, 0.6)}
+
+    def run_cell(cfg, method):
+        fidelity, conflict = quality[cfg.run.seed]
+        return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed,
+                          {"test_acc": 0.5, "valid_acc": 0.4, "quality.label_fidelity": fidelity,
+                           "quality.conflict_rate": conflict, "quality.useful_rate": 0.1}, f"cell-{cfg.run.seed}")
+
+    key = trial_key("diffinject", {"gamma": 0.5}, base)
+    result = evaluate_setting(apply_setting(base, axes, {"gamma": 0.5}), "diffinject", {"gamma": 0.5}, [0, 1],
+                              tracker, run_cell, key)
+    assert result.label_fidelity == {0: 0.8, 1: 0.6} and result.conflict_rate == {0: 0.4, 1: 0.6}
+    metrics = tracker.client.get_run(result.run_id).data.metrics
+    assert metrics["label_fidelity_mean"] == pytest.approx(0.7) and metrics["seed1.conflict_rate"] == 0.6
+    found = finished_trial(tracker, "abl", key)
+    assert found.label_fidelity == result.label_fidelity and found.conflict_rate == result.conflict_rate
+    rows = write_csv(tmp_path / "abl.csv", [result], axes, None).read_text().splitlines()
+    assert rows[0].endswith("cell_run_id,label_fidelity,conflict_rate") and rows[1].endswith(",0.8000,0.4000")
+    plain = SettingResult("diffinject", {"gamma": 0.5}, test=dict(result.test), valid=dict(result.valid))
+    second = SettingResult("diffinject", {"gamma": 0.9}, test={0: 60.0, 1: 62.0}, label_fidelity={0: 0.5, 1: 0.5},
+                           conflict_rate={0: 0.9, 1: 0.7})
+    axes = [parse_axis("gamma=0.5,0.9", base)]
+    with_quality = ablation_plot(tmp_path / "q.png", [result, second], axes, base, None, "q").read_bytes()
+    without = ablation_plot(tmp_path / "p.png", [plain, SettingResult("diffinject", {"gamma": 0.9}, test=second.test)],
+                            axes, base, None, "q").read_bytes()
+    assert with_quality[:8] == b"\x89PNG\r\n\x1a\n" and with_quality != without
+
+
 def test_an_interrupted_sweep_kills_only_the_runs_it_started(tmp_path):
     """A Ctrl-C can end a trial's process before the trial ends its run; the driver then
     marks what this invocation started and left RUNNING as KILLED, and nothing older."""

@@ -85,6 +85,26 @@ def test_diffinject_cell_builds_every_stage_once_and_nests_them(ray_session, tin
     again = runner.cell(tiny_cfg, "diffinject")
     assert again.cached and again.metrics == first.metrics and again.run_id == first.run_id
     assert len(_runs(tracker, "cells", "stage2")) == 1
+    # the synthetic set's quality report: in the stage-3 artifact and run, the cell's run and metrics
+    quality = {k: v for k, v in s3.meta["metrics"].items() if k.startswith("quality.")}
+    assert {"quality.label_fidelity", "quality.conflict_rate", "quality.useful_rate", "quality.shows_original",
+            "quality.shows_content", "quality.class_oracle_acc", "quality.bias_oracle_acc"} <= set(quality)
+    assert quality["quality.class_oracle_acc"] > 0.9
+    stage3_run = tracker.client.get_run(s3.meta["run_id"])
+    assert {k: stage3_run.data.metrics[k] for k in quality} == pytest.approx(quality)
+    assert "quality_grid.png" in {a.path for a in tracker.list_artifacts(stage3_run.info.run_id)}
+    assert {k: first.metrics[k] for k in quality} == quality
+    assert {k: parent.data.metrics[k] for k in quality} == pytest.approx(quality)
+    oracle = runner.oracles(tiny_cfg)
+    assert oracle.reused and len(list((tmp_path / "artifacts" / "oracle").glob("*/ARTIFACT.json"))) == 1
+    # a stage-3 artifact and cell from before the quality report: scored when the cell is reused
+    for folder in (s3.path, tmp_path / "artifacts" / "cell" / artifact_key("cell", runner.cell_material(tiny_cfg,
+                                                                                                         "diffinject"))):
+        marker = json.loads((folder / "ARTIFACT.json").read_text())
+        marker["meta"]["metrics"] = {k: v for k, v in marker["meta"]["metrics"].items() if not k.startswith("quality.")}
+        (folder / "ARTIFACT.json").write_text(json.dumps(marker))
+    old = runner.cell(tiny_cfg, "diffinject")
+    assert old.cached and {k: old.metrics[k] for k in quality} == pytest.approx(quality)
 
 
 def test_a_cell_reused_in_another_experiment_gets_a_run_there(ray_session, tiny_cfg, tmp_path, mlflow_uri):

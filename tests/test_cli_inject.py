@@ -34,6 +34,7 @@ def test_inject_runs_stage1_then_writes_the_synthetic_set(ray_session, digits_ro
     assert main(_argv(digits_root, tiny_checkpoint) + ["--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "running stage 1" in printed and f"wrote 6 synthetic samples to {out}" in printed
+    assert "quality (scoring oracles, held-out accuracy class 0.9" in printed and "label fidelity " in printed
     synthetic = load_split(out, "train")
     assert conversion_counts(out)["train"] == 6 and synthetic.images.shape == (6, 28, 28, 3)
     client = MlflowClient(mlflow_uri)
@@ -41,6 +42,8 @@ def test_inject_runs_stage1_then_writes_the_synthetic_set(ray_session, digits_ro
                               "tags.`diffinject.role` = 'stage3'")
     assert len(runs) == 1 and runs[0].data.metrics["n_syn"] == 6 and runs[0].data.metrics["t_edit"] == QUICK_INJECTION["t_edit"]
     assert "triptych.png" in [a.path for a in Tracker(mlflow_uri).list_artifacts(runs[0].info.run_id)]
+    assert "quality_grid.png" in [a.path for a in Tracker(mlflow_uri).list_artifacts(runs[0].info.run_id)]
+    assert 0 <= runs[0].data.metrics["quality.label_fidelity"] <= 1 and runs[0].data.metrics["quality.class_oracle_acc"] > 0.9
 
 
 def test_checkpoint_of_another_resolution_is_refused(digits_root, tiny_checkpoint, tmp_path, mlflow_uri,

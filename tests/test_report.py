@@ -88,7 +88,8 @@ def test_csv_rows_per_column_and_method(table, tmp_path):
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == ["dataset", "ratio", "method", "seeds", "unbiased_mean", "unbiased_std", "aligned_mean",
-                       "conflicting_mean", "paper_unbiased", "unbiased_per_seed"]
+                       "conflicting_mean", "paper_unbiased", "unbiased_per_seed", "label_fidelity", "conflict_rate",
+                       "useful_rate", "class_oracle_acc", "bias_oracle_acc"]
     body = {(r[0], r[1], r[2]): dict(zip(rows[0], r)) for r in rows[1:]}
     assert list(body) == [("colored_digits", "1", "vanilla"), ("colored_digits", "1", "diffinject"),
                           ("colored_digits", "1", "disent_be"), ("colored_digits", "5", "vanilla"),
@@ -164,3 +165,35 @@ def test_metrics_of_the_table_run_are_the_numbers_the_table_shows(table):
     assert metrics["colored_digits/1/disent_be/seeds"] == 1 and "colored_digits/5/disent_be/seeds" not in metrics
     assert f"{metrics['colored_digits/1/top_k_precision']:.2f}" == _cells(md, "top-K precision (stage 1)")[0]
     assert "colored_digits/5/top_k_precision" not in metrics
+
+
+def test_quality_rows_under_precision_in_markdown_csv_and_metrics(tmp_path):
+    """The DiffInject cells' synthetic-set quality: mean over seeds per column, in the table's
+    rows under precision@K, the CSV's columns and the table run's metrics."""
+    t = Table1(["vanilla", "diffinject"])
+    t.add("colored_digits", "1", "vanilla", {"test_acc": 0.5})
+    for seed, (fidelity, conflict) in enumerate(((0.8, 0.5), (0.6, 0.7))):
+        t.add("colored_digits", "1", "diffinject", {
+            "test_acc": 0.7, "quality.label_fidelity": fidelity, "quality.conflict_rate": conflict,
+            "quality.useful_rate": fidelity * conflict, "quality.class_oracle_acc": 0.96 + 2 * seed / 100,
+            "quality.bias_oracle_acc": 1.0, "quality.shows_original": 0.1})
+    t.add("colored_digits", "5", "diffinject", {"test_acc": 0.8})  # a cell without a report
+    t.add_precision("colored_digits", "1", 0.9)
+    md = t.markdown()
+    names = [line.split("|")[1].strip() for line in md.splitlines()[2:]]
+    assert names[-5:] == ["top-K precision (stage 1)", "label fidelity (stage 3)", "conflict rate (stage 3)",
+                          "useful (fidelity x conflict)", "oracle accuracy class / bias"]
+    assert _cells(md, "label fidelity (stage 3)") == ["0.70", "—"]
+    assert _cells(md, "conflict rate (stage 3)") == ["0.60", "—"]
+    assert _cells(md, "useful (fidelity x conflict)") == [f"{(0.4 + 0.42) / 2:.2f}", "—"]
+    assert _cells(md, "oracle accuracy class / bias") == ["0.97 / 1.00", "— / —"]
+    metrics = t.metrics()
+    assert metrics["colored_digits/1/quality/label_fidelity"] == 0.7
+    assert metrics["colored_digits/1/quality/class_oracle_acc"] == 0.97
+    assert not any(k.startswith("colored_digits/5/quality") for k in metrics)
+    with open(t.write_csv(tmp_path / "t.csv"), newline="") as handle:
+        rows = {(r["ratio"], r["method"]): r for r in csv.DictReader(handle)}
+    assert float(rows["1", "diffinject"]["label_fidelity"]) == pytest.approx(0.7)
+    assert float(rows["1", "diffinject"]["conflict_rate"]) == pytest.approx(0.6)
+    assert rows["1", "vanilla"]["label_fidelity"] == "" and rows["5", "diffinject"]["conflict_rate"] == ""
+    assert "label fidelity" not in Table1(["vanilla"]).markdown()

@@ -29,6 +29,7 @@ from .config import ExperimentConfig, apply_overrides, flatten
 from .drivers import distinct
 from .errors import ConfigError
 from .pipeline import with_seed
+from .quality.report import PREFIX as QUALITY_PREFIX
 from .results import mean_std
 from .tracking import Tracker
 
@@ -141,14 +142,20 @@ def _short(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+QUALITY_SHOWN = ("label_fidelity", "conflict_rate")  # of the synthetic sets, per seed in a trial
+
+
 @dataclass
 class SettingResult:
-    """One setting (or the reference method) over seeds; accuracies in %."""
+    """One setting (or the reference method) over seeds; accuracies in %, and for methods on
+    synthetic data the synthetic sets' label fidelity and conflict rate (fractions)."""
 
     method: str
     setting: dict
     test: dict[int, float] = field(default_factory=dict)
     valid: dict[int, float] = field(default_factory=dict)
+    label_fidelity: dict[int, float] = field(default_factory=dict)
+    conflict_rate: dict[int, float] = field(default_factory=dict)
     cell_runs: dict[int, str] = field(default_factory=dict)
     run_id: str = ""
 
@@ -164,12 +171,17 @@ class SettingResult:
         return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
     def metrics(self) -> dict[str, float]:
-        """What a trial reports to Tune and MLflow: means, stds and every seed's accuracies."""
+        """What a trial reports to Tune and MLflow: means, stds and every seed's accuracies (and
+        quality numbers, as `label_fidelity_mean`, `seed0.label_fidelity`, ...)."""
         out = {"seeds_done": len(self.test)}
         for split in ("test", "valid"):
             if getattr(self, split):
                 out[f"{split}_acc_mean"], out[f"{split}_acc_std"] = self.mean(split), self.std(split)
             out.update({f"seed{s}.{split}_acc": v for s, v in getattr(self, split).items()})
+        for name in QUALITY_SHOWN:
+            if getattr(self, name):
+                out[f"{name}_mean"] = self.mean(name)
+            out.update({f"seed{s}.{name}": v for s, v in getattr(self, name).items()})
         return out
 
     @classmethod
@@ -207,6 +219,9 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
             result.test[seed] = 100.0 * cell.metrics["test_acc"]
             result.valid[seed] = 100.0 * cell.metrics.get("valid_acc", float("nan"))
             result.cell_runs[seed] = cell.run_id
+            for name in QUALITY_SHOWN:
+                if f"{QUALITY_PREFIX}{name}" in cell.metrics:
+                    getattr(result, name)[seed] = float(cell.metrics[f"{QUALITY_PREFIX}{name}"])
             tracker.log_metrics(run_id, result.metrics())
             if on_seed:
                 on_seed(result)
@@ -268,11 +283,13 @@ def format_results(results: list[SettingResult], axes: list[Axis], reference: Se
 def write_csv(path: Path, results: list[SettingResult], axes: list[Axis], reference: SettingResult | None) -> Path:
     with atomic_file(path) as handle:
         out = csv.writer(handle)
-        out.writerow(["method"] + [a.name for a in axes] + ["seed", "test_acc", "valid_acc", "cell_run_id"])
+        out.writerow(["method"] + [a.name for a in axes] + ["seed", "test_acc", "valid_acc", "cell_run_id",
+                                                             *QUALITY_SHOWN])
         for r in ([reference] if reference else []) + results:
             for seed in sorted(r.test):
+                quality = [f"{getattr(r, n)[seed]:.4f}" if seed in getattr(r, n) else "" for n in QUALITY_SHOWN]
                 out.writerow([r.method] + [r.setting.get(a.name, "") for a in axes] +
-                             [seed, f"{r.test[seed]:.4f}", f"{r.valid[seed]:.4f}", r.cell_runs.get(seed, "")])
+                             [seed, f"{r.test[seed]:.4f}", f"{r.valid[seed]:.4f}", r.cell_runs.get(seed, ""), *quality])
     return path
 
 
@@ -282,7 +299,9 @@ def ablation_plot(path: Path, results: list[SettingResult], axes: list[Axis], ba
     seed a dot. One panel per axis with a line through the settings whose other axes keep the
     preset's value (a sweep alone), plus one line per other combination that varies this axis
     (crossed sweeps); settings no line connects (Optuna's) are drawn as points. The reference
-    method is a grey band (mean ± std); the preset's value a dotted line."""
+    method is a grey band (mean ± std); the preset's value a dotted line. Where the settings'
+    synthetic sets have a quality report, a second y axis shows their label fidelity and
+    conflict rate (mean over seeds, dashed) along the preset's line, or the trials' points."""
     from .plots import pyplot, save_figure
 
     plt = pyplot()
@@ -296,7 +315,7 @@ def ablation_plot(path: Path, results: list[SettingResult], axes: list[Axis], ba
         for r in results:
             lines.setdefault(tuple(r.setting[o.name] for o in others), []).append(r)
         preset = tuple(base_value(base, o) for o in others)
-        loose = []
+        loose, main = [], None
         for rest, group in sorted(lines.items(), key=lambda kv: (kv[0] != preset, str(kv[0]))):
             if len(group) < 2:
                 loose += group
@@ -305,8 +324,11 @@ def ablation_plot(path: Path, results: list[SettingResult], axes: list[Axis], ba
             name = ", ".join(f"{o.name}={_short(v)}" for o, v in zip(others, rest)) or axis.name
             _errorbar(ax, group, axis, position, name + (" (preset)" if rest == preset and others else ""),
                       linewidth=2 if rest == preset else 1)
+            main = main or group
         if loose and not any(len(g) > 1 for g in lines.values()):
             _errorbar(ax, loose, axis, position, "trials", linestyle="none")
+            main = sorted(loose, key=lambda r: values.index(r.setting[axis.name]))
+        _quality_axis(ax, main or [], axis, position)
         if reference:
             m, s = reference.mean(), reference.std()
             ax.axhspan(m - s, m + s, color="gray", alpha=0.2)
@@ -321,6 +343,21 @@ def ablation_plot(path: Path, results: list[SettingResult], axes: list[Axis], ba
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _quality_axis(ax, group: list[SettingResult], axis: Axis, position) -> None:
+    """Label fidelity and conflict rate of `group`'s synthetic sets on a second y axis (0-1)."""
+    shown = [(name, [r for r in group if getattr(r, name)]) for name in QUALITY_SHOWN]
+    if not any(rows for _, rows in shown):
+        return
+    twin = ax.twinx()
+    for (name, rows), colour in zip(shown, ("tab:green", "tab:red")):
+        if rows:
+            twin.plot([position(r.setting[axis.name]) for r in rows], [r.mean(name) for r in rows], linestyle="--",
+                      marker="s", markersize=4, color=colour, label=name.replace("_", " ") + " (stage 3)")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("synthetic set: fidelity / conflict rate", fontsize=8)
+    twin.legend(fontsize=7, loc="lower right")
 
 
 def _errorbar(ax, group: list[SettingResult], axis: Axis, position, label: str, **style) -> None:

@@ -10,6 +10,12 @@ Key material of each stage (nothing else in the config changes its output):
     stage3  the stage-1 and stage-2 keys, dataset fingerprint, cfg.injection, seed
     cell    method, dataset fingerprint, cfg.classifier, cfg.baselines, seed, and for
             methods trained on synthetic data the stage-3 key
+    oracle  dataset fingerprint, the quality oracles' settings, seed 0 (one pair of scoring
+            oracles per dataset, shared by all its stage-3 builds)
+
+A stage-3 artifact's metrics hold its quality report (`quality.*`); one built before the
+report existed is scored when a cell uses it (cheap, with the cached oracles), and the
+cell's metrics carry the report either way.
 
 A dataset fingerprint is the content fingerprint of its Parquet conversion (ids, labels,
 biases, pixels), so where the data lies and its files' mtimes change no key.
@@ -39,7 +45,9 @@ from .errors import CheckpointError, ConfigError
 from .methods import get_method
 from .notes import cell_note, linked_run
 from .pipeline import (cell_name, cell_params, cell_tags, dataset_folder, diffusion_training_data, run_cell,
-                       run_stage1, run_stage2, run_stage3, selected_metrics)
+                       run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
+from .quality.oracles import QualityConfig
+from .quality.report import PREFIX as QUALITY_PREFIX
 from .ray_train import DIFFUSION_FILE
 from .tracking import Tracker
 
@@ -97,6 +105,9 @@ class CellRunner:
         return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
                 "stage2": artifact_key("stage2", self.stage2_material(cfg)),
                 "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed}
+
+    def oracle_material(self, cfg: ExperimentConfig) -> dict:
+        return {"data": self._fingerprint(cfg), "quality": dataclasses.asdict(QualityConfig()), "seed": 0}
 
     def cell_material(self, cfg: ExperimentConfig, method: str) -> dict:
         material = {"method": method, "data": self._fingerprint(cfg), "classifier": to_dict(cfg.classifier),
@@ -184,10 +195,39 @@ class CellRunner:
             tags = self._stage_tags(cfg, artifact_key("stage3", material), method)
             out = run_stage3(cfg, stage1.path, stage2.path / DIFFUSION_FILE, self.tracker, out_dir=work / "synthetic",
                              random_lpips_backbone=self.random_lpips_backbone, parent=parent, figures_dir=work,
-                             tags=tags)
+                             tags=tags, oracles_dir=self.oracles(cfg).path)
             return {"run_id": out.run_id, "metrics": out.metrics}
 
         return self.cache.get_or_build("stage3", material, build)
+
+    def oracles(self, cfg: ExperimentConfig) -> Artifact:
+        """The dataset's two scoring oracles (`oracles.pt`), trained on its real training split;
+        their held-out accuracy is the artifact's metrics."""
+        from .data.parquet import load_split
+        from .quality.oracles import ORACLE_FILE, dataset_oracles
+
+        def build(work: Path) -> dict:
+            parquet = dataset_folder(cfg)
+            oracles = dataset_oracles(cfg.data.dataset, load_split(parquet, "train"), load_split(parquet, "valid"))
+            oracles.save(work / ORACLE_FILE)
+            return {"kind": oracles.kind, "metrics": oracles.accuracy}
+
+        return self.cache.get_or_build("oracle", self.oracle_material(cfg), build)
+
+    def stage3_quality(self, cfg: ExperimentConfig, stage3: Artifact) -> dict[str, float]:
+        """The `quality.*` metrics of a synthetic set: from its artifact, or, for one built before
+        the quality report existed, scored now (its grid beside the cell's files is not kept)."""
+        import tempfile
+
+        from .data.parquet import load_split
+
+        found = {k: v for k, v in stage3.meta.get("metrics", {}).items() if k.startswith(QUALITY_PREFIX)}
+        if found:
+            return found
+        parquet = dataset_folder(cfg)
+        with tempfile.TemporaryDirectory() as tmp:
+            return synthetic_quality(cfg, parquet, load_split(parquet, "train"), stage3.path / "synthetic",
+                                     self.oracles(cfg).path, Path(tmp) / "quality_grid.png")
 
     # ---- cells -------------------------------------------------------------------------
     def cell(self, cfg: ExperimentConfig, method: str) -> CellResult:
@@ -203,7 +243,7 @@ class CellRunner:
                                             cell_params(cfg, method))
             stages, links = {}, []
             with self.tracker.ending(parent):
-                extra = []
+                extra, quality = [], {}
                 if cls.needs_synthetic:
                     s1 = self.stage1(cfg, parent, method)
                     s2 = self.stage2(cfg, parent, method)
@@ -215,19 +255,30 @@ class CellRunner:
                         links.append((art.stage, art.meta.get("run_id", ""), "reused: built earlier, by another cell"
                                       if art.reused else "built by this cell"))
                     extra = [s3.path / "synthetic"]
+                    quality = self.stage3_quality(cfg, s3)
+                    self.tracker.log_metrics(parent, quality)
                 out = run_cell(cfg, method, self.tracker, extra, parent=parent, output_dir=work, tags=tags)
                 stages["stage4"] = "built"
                 links.append(("stage4", out.stage_run_id, "built by this cell"))
                 self.tracker.describe(parent, cell_note(self.tracker, cfg, method, out.metrics, links))
-                return {"run_id": parent, "metrics": out.metrics, "stages": stages}
+                return {"run_id": parent, "metrics": {**out.metrics, **quality}, "stages": stages}
 
         art = self.cache.get_or_build("cell", material, build)
         stages = {"cell": "reused"} if art.reused else {**art.meta["stages"], "cell": "built"}
-        run_id = self._run_in_experiment(cfg, method, art) if art.reused else art.meta["run_id"]
-        return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed, art.meta["metrics"],
+        metrics = {**art.meta["metrics"], **self._missing_quality(cfg, cls, art.meta["metrics"])}
+        run_id = self._run_in_experiment(cfg, method, art, metrics) if art.reused else art.meta["run_id"]
+        return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed, metrics,
                           run_id, stages, time.perf_counter() - started)
 
-    def _run_in_experiment(self, cfg: ExperimentConfig, method: str, art: Artifact) -> str:
+    def _missing_quality(self, cfg: ExperimentConfig, cls, metrics: dict) -> dict[str, float]:
+        """The quality report of a cell on synthetic data built before the report existed, from
+        its stage-3 artifact when that is still in the cache (else none)."""
+        if not cls.needs_synthetic or any(k.startswith(QUALITY_PREFIX) for k in metrics):
+            return {}
+        stage3 = self.cache.lookup("stage3", artifact_key("stage3", self.stage3_material(cfg)))
+        return self.stage3_quality(cfg, stage3) if stage3 is not None else {}
+
+    def _run_in_experiment(self, cfg: ExperimentConfig, method: str, art: Artifact, metrics: dict) -> str:
         """The cell's run in this run's MLflow experiment: the run that built it when it is there,
         else a new cell run with its metrics and a `cell.cached_from` tag naming the run that
         built it (a cell reused from another experiment, or from before a new MLflow database),
@@ -247,7 +298,6 @@ class CellRunner:
         run_id = self.tracker.start_run(exp, cell_name(cfg, method), {
             **cell_tags(cfg, method), "artifact.key": art.key, "cell.key": art.key,
             "cell.cached_from": art.meta["run_id"]}, cell_params(cfg, method))
-        metrics = art.meta["metrics"]
         self.tracker.log_metrics(run_id, {**metrics, **selected_metrics(metrics, headline=True)})
         origin = linked_run(self.tracker, art.meta["run_id"])
         self.tracker.describe(run_id, cell_note(self.tracker, cfg, method, metrics, []) +

@@ -223,6 +223,10 @@ def cmd_inject(args: argparse.Namespace) -> None:
     m = out.metrics
     print(f"wrote {m['n_syn']} synthetic samples to {out.checkpoint_dir} (t_edit {m['t_edit']}, "
           f"{m['samples_per_s']:.2f} samples/s; MLflow run {out.run_id}, triptych.png among its artifacts)")
+    print(f"quality (scoring oracles, held-out accuracy class {m['quality.class_oracle_acc']:.2f} / bias "
+          f"{m['quality.bias_oracle_acc']:.2f}): label fidelity {m['quality.label_fidelity']:.2f}, conflict rate "
+          f"{m['quality.conflict_rate']:.2f}, useful {m['quality.useful_rate']:.2f} (quality_grid.png among the "
+          f"run's artifacts)")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:

@@ -275,11 +275,14 @@ def resolve_t_edit(cfg: ExperimentConfig, checkpoint: Path, images, tracker: Tra
 
 def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker: Tracker | None = None,
                out_dir: Path | None = None, random_lpips_backbone: bool = False,
-               parent: str | None = None, figures_dir: Path | None = None, tags: dict | None = None) -> StageOutcome:
+               parent: str | None = None, figures_dir: Path | None = None, tags: dict | None = None,
+               oracles_dir: Path | None = None) -> StageOutcome:
     """Make the synthetic set: N_syn pairs (original, top-K content) injected with the diffusion
-    checkpoint on Ray Data actors; a `stage3` MLflow run with t_edit, N_syn, speed and the
-    paper's Fig. 2 triptych. The outcome's folder is the synthetic set (Parquet, split train);
-    the triptych (and the t_edit curve) go to `figures_dir`, by default a folder beside it."""
+    checkpoint on Ray Data actors; a `stage3` MLflow run with t_edit, N_syn, speed, the
+    paper's Fig. 2 triptych and the set's quality report (`quality.*` metrics, by the oracles
+    in `oracles_dir`, trained here when None, and their grid). The outcome's folder is the
+    synthetic set (Parquet, split train); the triptych, quality grid (and the t_edit curve) go
+    to `figures_dir`, by default a folder beside it."""
     import time
 
     from .data.parquet import load_split
@@ -316,7 +319,9 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
         synthetic = load_split(out_dir, "train")
         metrics = {"t_edit": t_edit, "n_syn": len(synthetic), "injection_seconds": seconds,
                    "samples_per_s": len(synthetic) / seconds}
+        metrics.update(synthetic_quality(cfg, parquet, train, out_dir, oracles_dir, folder / "quality_grid.png"))
         tracker.log_metrics(run_id, metrics)
+        tracker.log_artifact(run_id, folder / "quality_grid.png")
         shown = min(10, len(synthetic))
         rows = manifest.slice(0, shown).to_pydict()
         grid = triptych(folder / "triptych.png", train.images[rows["original_index"]],
@@ -325,6 +330,21 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
                         f"{cfg.injection.mode}", [f"y={y}" for y in synthetic.labels[:shown]])
         tracker.log_artifact(run_id, grid)
         return StageOutcome(run_id=run_id, metrics=metrics, checkpoint_dir=out_dir)
+
+
+def synthetic_quality(cfg: ExperimentConfig, parquet: Path, train, synthetic_dir: Path, oracles_dir: Path | None,
+                      figure: Path) -> dict[str, float]:
+    """The `quality.*` metrics of a synthetic set, by the dataset's oracles (read from
+    `oracles_dir`, or trained on the training split when None), and its quality grid. Bias labels
+    score the set here; they never train anything."""
+    from .data.parquet import load_split
+    from .quality.oracles import ORACLE_FILE, dataset_oracles, load_oracles, score_folder
+    from .quality.report import prefixed
+
+    oracles = (load_oracles(Path(oracles_dir) / ORACLE_FILE) if oracles_dir is not None
+               else dataset_oracles(cfg.data.dataset, train, load_split(parquet, "valid")))
+    report = score_folder(oracles, train, synthetic_dir, figure, f"{cfg.data.dataset} @ {cfg.data.ratio}%")
+    return prefixed(report)
 
 
 def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,

@@ -12,6 +12,7 @@ import numpy as np
 from .atomic import atomic_file
 from .notes import HEADLINE
 from .plots import pyplot, save_figure
+from .quality.report import unprefixed
 from .results import mean_std
 
 # Table 1 of the paper: unbiased test accuracy (%), at 1% and 5% bias-conflicting samples.
@@ -39,6 +40,11 @@ DISPLAY = {"vanilla": "Vanilla", "lff": "LfF", "disent": "DisEnt", "lff_be": "Lf
            "cifar10c": "Corrupted CIFAR-10", "bffhq": "BFFHQ", "dogs_and_cats": "Dogs & Cats",
            "colored_digits": "Colored Digits"}
 METRICS = ("test_acc", "test_aligned_acc", "test_conflicting_acc")
+# the synthetic sets' quality report (fractions, from the cells of methods on synthetic data)
+QUALITY = ("label_fidelity", "conflict_rate", "useful_rate", "class_oracle_acc", "bias_oracle_acc")
+QUALITY_ROWS = (("label fidelity (stage 3)", ("label_fidelity",)), ("conflict rate (stage 3)", ("conflict_rate",)),
+                ("useful (fidelity x conflict)", ("useful_rate",)),
+                ("oracle accuracy class / bias", ("class_oracle_acc", "bias_oracle_acc")))
 
 
 def paper_number(method: str, dataset: str, ratio: str) -> float | None:
@@ -55,11 +61,23 @@ class Table1:
         self.methods = list(methods)
         self.values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         self.precision: dict = defaultdict(list)  # (dataset, ratio) -> [precision@K over seeds]
+        # (dataset, ratio) -> method -> quality metric -> [fraction over seeds]
+        self.quality: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
 
     def add(self, dataset: str, ratio: str, method: str, metrics: dict) -> None:
+        """A cell's metrics: its accuracies, and the quality report of its synthetic set if any."""
         for metric in METRICS:
             if metric in metrics:
                 self.values[(dataset, ratio)][method][metric].append(100.0 * float(metrics[metric]))
+        for name, value in unprefixed(metrics).items():
+            if name in QUALITY:
+                self.quality[(dataset, ratio)][method][name].append(value)
+
+    def quality_mean(self, column, name: str, method: str | None = None) -> float | None:
+        """Mean over seeds (and over the methods on synthetic data, unless `method`)."""
+        per_method = self.quality.get(column, {})
+        values = [v for m, got in per_method.items() if method in (None, m) for v in got.get(name, [])]
+        return float(np.mean(values)) if values else None
 
     def add_precision(self, dataset: str, ratio: str, precision: float) -> None:
         self.precision[(dataset, ratio)].append(float(precision))
@@ -84,7 +102,8 @@ class Table1:
     def metrics(self) -> dict[str, float]:
         """The table's numbers (%, rounded as it shows them) as MLflow metric names:
         `<dataset>/<ratio>/<method>/unbiased_acc_pct_mean` and `_std`, `aligned_acc_pct_mean`,
-        `conflicting_acc_pct_mean`, `seeds`; `<dataset>/<ratio>/top_k_precision` (stage 1)."""
+        `conflicting_acc_pct_mean`, `seeds`; `<dataset>/<ratio>/top_k_precision` (stage 1);
+        `<dataset>/<ratio>/quality/<name>` (the synthetic sets' quality report, stage 3)."""
         out = {}
         for column in self.columns:
             prefix = "/".join(column)
@@ -100,6 +119,9 @@ class Table1:
                         out[f"{prefix}/{method}/{name}_acc_pct_mean"] = round(stats[0], 2)
             if self.precision.get(column):
                 out[f"{prefix}/top_k_precision"] = round(float(np.mean(self.precision[column])), 2)
+            for name in QUALITY:
+                if (mean := self.quality_mean(column, name)) is not None:
+                    out[f"{prefix}/quality/{name}"] = round(mean, 2)
         return out
 
     def markdown(self) -> str:
@@ -124,6 +146,13 @@ class Table1:
                 p = self.precision.get(column)
                 precision.append(f"{np.mean(p):.2f}" if p else "—")
             rows.append(precision)
+        if self.quality:  # only when a method of the table trains on a synthetic set
+            for title, names in QUALITY_ROWS:
+                row = [title]
+                for column in cols:
+                    means = [self.quality_mean(column, name) for name in names]
+                    row.append(" / ".join("—" if m is None else f"{m:.2f}" for m in means))
+                rows.append(row)
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
@@ -153,7 +182,7 @@ class Table1:
         with atomic_file(path) as handle:
             writer = csv.writer(handle)
             writer.writerow(["dataset", "ratio", "method", "seeds", "unbiased_mean", "unbiased_std", "aligned_mean",
-                             "conflicting_mean", "paper_unbiased", "unbiased_per_seed"])
+                             "conflicting_mean", "paper_unbiased", "unbiased_per_seed", *QUALITY])
             for column in self.columns:
                 for method in self.methods:
                     s = self.stats(column, method)
@@ -164,7 +193,9 @@ class Table1:
                     writer.writerow([column[0], column[1], method, s[2], f"{s[0]:.4f}", f"{s[1]:.4f}",
                                      f"{aligned[0]:.4f}" if aligned else "", f"{conflicting[0]:.4f}" if conflicting else "",
                                      "" if paper is None else f"{paper:.2f}",
-                                     " ".join(f"{v:.4f}" for v in self.values[column][method]["test_acc"])])
+                                     " ".join(f"{v:.4f}" for v in self.values[column][method]["test_acc"]),
+                                     *("" if (q := self.quality_mean(column, name, method)) is None else f"{q:.4f}"
+                                       for name in QUALITY)])
         return Path(path)
 
     def bar_chart(self, path: Path, title: str) -> Path:
