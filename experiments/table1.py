@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         results = run_cells(spec, jobs, parallel, progress.cell_done)
         table = Table1(methods)
         for r in results:
-            table.add(r.dataset, r.ratio, r.method, r.metrics)
+            table.add(r.dataset, r.ratio, r.method, r.metrics, r.seed)
         built = Counter((stage, how) for r in results for stage, how in r.stages.items() if stage != "cell")
         if on_synthetic:
             add_precision_row(table, spec.runner(), [with_seed(cfg, seed) for cfg in configs for seed in seeds],

@@ -89,7 +89,7 @@ def test_csv_rows_per_column_and_method(table, tmp_path):
         rows = list(csv.reader(handle))
     assert rows[0] == ["dataset", "ratio", "method", "seeds", "unbiased_mean", "unbiased_std", "aligned_mean",
                        "conflicting_mean", "paper_unbiased", "unbiased_per_seed", "label_fidelity", "conflict_rate",
-                       "useful_rate", "class_oracle_acc", "bias_oracle_acc"]
+                       "useful_rate", "class_oracle_acc", "bias_oracle_acc", "minus_vanilla_mean", "minus_vanilla_std"]
     body = {(r[0], r[1], r[2]): dict(zip(rows[0], r)) for r in rows[1:]}
     assert list(body) == [("colored_digits", "1", "vanilla"), ("colored_digits", "1", "diffinject"),
                           ("colored_digits", "1", "disent_be"), ("colored_digits", "5", "vanilla"),
@@ -197,3 +197,27 @@ def test_quality_rows_under_precision_in_markdown_csv_and_metrics(tmp_path):
     assert float(rows["1", "diffinject"]["conflict_rate"]) == pytest.approx(0.6)
     assert rows["1", "vanilla"]["label_fidelity"] == "" and rows["5", "diffinject"]["conflict_rate"] == ""
     assert "label fidelity" not in Table1(["vanilla"]).markdown()
+
+
+def test_paired_difference_to_vanilla_matches_seeds_and_is_in_markdown_csv_metrics(tmp_path):
+    t = Table1(["vanilla", "diffinject"])
+    vanilla = {0: 0.30, 1: 0.40, 2: 0.35, 3: 0.50}
+    diffinject = {0: 0.36, 1: 0.41, 2: 0.45, 4: 0.99}  # seed 3 / seed 4 ran for one method only: not paired
+    for seed, acc in vanilla.items():
+        t.add("colored_digits", "1", "vanilla", {"test_acc": acc}, seed)
+    for seed, acc in reversed(list(diffinject.items())):  # the order cells finish in does not matter
+        t.add("colored_digits", "1", "diffinject", {"test_acc": acc}, seed)
+    d = np.array([6.0, 1.0, 10.0])
+    mean, std, n = t.paired(("colored_digits", "1"), "diffinject")
+    assert n == 3 and mean == pytest.approx(d.mean()) and std == pytest.approx(d.std(ddof=1))
+    assert t.paired(("colored_digits", "1"), "vanilla") is None
+    md = t.markdown()
+    assert _cells(md, "DiffInject − Vanilla (paired per seed)") == [f"+{d.mean():.2f} ± {d.std(ddof=1):.2f} (3 seeds)"]
+    metrics = t.metrics()
+    assert metrics["colored_digits/1/diffinject/minus_vanilla_pct_mean"] == round(d.mean(), 2)
+    assert metrics["colored_digits/1/diffinject/minus_vanilla_pct_std"] == round(d.std(ddof=1), 2)
+    rows = list(csv.DictReader(t.write_csv(tmp_path / "t.csv").open()))
+    (row,) = [r for r in rows if r["method"] == "diffinject"]
+    assert float(row["minus_vanilla_mean"]) == pytest.approx(d.mean(), abs=1e-4) and [r["minus_vanilla_mean"] for r in rows
+                                                                           if r["method"] == "vanilla"] == [""]
+    assert "paired per seed" not in Table1(["diffinject"]).markdown()

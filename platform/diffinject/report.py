@@ -41,6 +41,8 @@ DISPLAY = {"vanilla": "Vanilla", "lff": "LfF", "disent": "DisEnt", "lff_be": "Lf
            "colored_digits": "Colored Digits"}
 METRICS = ("test_acc", "test_aligned_acc", "test_conflicting_acc")
 # the synthetic sets' quality report (fractions, from the cells of methods on synthetic data)
+# the paired per-seed differences the table reports (the method the paper proposes, against Vanilla)
+PAIRED_METHODS, PAIRED_REFERENCE = ("diffinject",), "vanilla"
 QUALITY = ("label_fidelity", "conflict_rate", "useful_rate", "class_oracle_acc", "bias_oracle_acc")
 QUALITY_ROWS = (("label fidelity (stage 3)", ("label_fidelity",)), ("conflict rate (stage 3)", ("conflict_rate",)),
                 ("useful (fidelity x conflict)", ("useful_rate",)),
@@ -63,9 +65,14 @@ class Table1:
         self.precision: dict = defaultdict(list)  # (dataset, ratio) -> [precision@K over seeds]
         # (dataset, ratio) -> method -> quality metric -> [fraction over seeds]
         self.quality: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+        # (dataset, ratio) -> method -> seed -> unbiased accuracy (%), for the paired differences
+        self.by_seed: dict = defaultdict(lambda: defaultdict(dict))
 
-    def add(self, dataset: str, ratio: str, method: str, metrics: dict) -> None:
-        """A cell's metrics: its accuracies, and the quality report of its synthetic set if any."""
+    def add(self, dataset: str, ratio: str, method: str, metrics: dict, seed: int | None = None) -> None:
+        """A cell's metrics: its accuracies, and the quality report of its synthetic set if any;
+        `seed` pairs it with the other methods' cells of that seed (`paired`)."""
+        if seed is not None:
+            self.by_seed[(dataset, ratio)][method][int(seed)] = 100.0 * float(metrics["test_acc"])
         for metric in METRICS:
             if metric in metrics:
                 self.values[(dataset, ratio)][method][metric].append(100.0 * float(metrics[metric]))
@@ -95,6 +102,19 @@ class Table1:
             return None
         return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
 
+    def paired(self, column, method: str, reference: str = PAIRED_REFERENCE) -> tuple[float, float, int] | None:
+        """Mean and std (ddof 1) over the seeds both ran of `method`'s unbiased accuracy minus
+        `reference`'s, and the number of those seeds (None when they share none)."""
+        ours, theirs = self.by_seed.get(column, {}).get(method, {}), self.by_seed.get(column, {}).get(reference, {})
+        common = sorted(set(ours) & set(theirs))
+        if method == reference or not common:
+            return None
+        d = np.array([ours[s] - theirs[s] for s in common])
+        return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d)
+
+    def _paired_methods(self) -> list[str]:
+        return [m for m in PAIRED_METHODS if m in self.methods and PAIRED_REFERENCE in self.methods]
+
     def _best(self, column) -> str | None:
         means = {m: s[0] for m in self.methods if (s := self.stats(column, m))}
         return max(means, key=means.get) if means else None
@@ -117,6 +137,10 @@ class Table1:
                 for name, metric in zip(("aligned", "conflicting"), METRICS[1:]):
                     if (stats := self.stats(column, method, metric)) is not None:
                         out[f"{prefix}/{method}/{name}_acc_pct_mean"] = round(stats[0], 2)
+            for method in self._paired_methods():
+                if (d := self.paired(column, method)) is not None:
+                    out[f"{prefix}/{method}/minus_{PAIRED_REFERENCE}_pct_mean"] = round(d[0], 2)
+                    out[f"{prefix}/{method}/minus_{PAIRED_REFERENCE}_pct_std"] = round(d[1], 2)
             if self.precision.get(column):
                 out[f"{prefix}/top_k_precision"] = round(float(np.mean(self.precision[column])), 2)
             for name in QUALITY:
@@ -139,6 +163,12 @@ class Table1:
                     ours = f"**{ours}**"
                 paper = paper_number(method, *column)
                 row.append(ours + (f" ({paper:.2f})" if paper is not None else ""))
+            rows.append(row)
+        for method in self._paired_methods():
+            row = [f"{DISPLAY.get(method, method)} − {DISPLAY[PAIRED_REFERENCE]} (paired per seed)"]
+            for column in cols:
+                d = self.paired(column, method)
+                row.append("—" if d is None else f"{d[0]:+.2f} ± {d[1]:.2f} ({d[2]} seeds)")
             rows.append(row)
         if self.precision:  # only when a method of the table runs stage 1
             precision = ["top-K precision (stage 1)"]
@@ -182,7 +212,8 @@ class Table1:
         with atomic_file(path) as handle:
             writer = csv.writer(handle)
             writer.writerow(["dataset", "ratio", "method", "seeds", "unbiased_mean", "unbiased_std", "aligned_mean",
-                             "conflicting_mean", "paper_unbiased", "unbiased_per_seed", *QUALITY])
+                             "conflicting_mean", "paper_unbiased", "unbiased_per_seed", *QUALITY,
+                             f"minus_{PAIRED_REFERENCE}_mean", f"minus_{PAIRED_REFERENCE}_std"])
             for column in self.columns:
                 for method in self.methods:
                     s = self.stats(column, method)
@@ -195,7 +226,9 @@ class Table1:
                                      "" if paper is None else f"{paper:.2f}",
                                      " ".join(f"{v:.4f}" for v in self.values[column][method]["test_acc"]),
                                      *("" if (q := self.quality_mean(column, name, method)) is None else f"{q:.4f}"
-                                       for name in QUALITY)])
+                                       for name in QUALITY),
+                                     *(("", "") if (d := self.paired(column, method)) is None
+                                       else (f"{d[0]:.4f}", f"{d[1]:.4f}"))])
         return Path(path)
 
     def bar_chart(self, path: Path, title: str) -> Path:
