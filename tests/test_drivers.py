@@ -123,6 +123,20 @@ def test_repeated_grid_values_are_one_value(ray_session, digits_root, tmp_path, 
     assert "27.75 ± 0.00" in out and "over 1 seed(s)" in out
 
 
+def test_the_quick_table_defaults_to_1_percent_over_5_seeds_from_the_shipped_model(ray_session, digits_root, tmp_path,
+                                                                                   mlflow_uri, monkeypatch, capsys):
+    jobs, specs = [], []
+    monkeypatch.setattr("diffinject.ray_cells.run_cells", _fake_run_cells(jobs))
+    table1 = _script("table1")
+    real_spec = __import__("diffinject.ray_cells", fromlist=["RunnerSpec"]).RunnerSpec
+    monkeypatch.setattr("diffinject.ray_cells.RunnerSpec", lambda *a, **k: specs.append(a) or real_spec(*a, **k))
+    assert table1.main(_table1_argv(digits_root, tmp_path, "--methods", "vanilla")) == 0
+    assert [(cfg.data.ratio, cfg.run.seed) for cfg, _ in jobs] == [("1", s) for s in range(5)]
+    from diffinject.diffusion.shipped import QUICK_CHECKPOINT
+
+    assert specs[0][2] == {"colored_digits": str(QUICK_CHECKPOINT)}  # the checkpoint the cells start from
+
+
 def test_stage_1_left_to_build_for_precision_at_k_is_counted_in_the_progress(capsys):
     """A method on synthetic data built every stage-1 set its table needs, except one that is
     no longer in the cache: that one is built for the precision@K row, as a counted step."""
