@@ -204,7 +204,7 @@ def test_miniature_full_run_with_a_guided_diffusion_checkpoint(table1, ray_sessi
             "--set", "classifier.batch_size=8", "--set", "classifier.resize=32", "--set", "bias.k=4",
             "--set", "bias.classifier.num_steps=2", "--set", "bias.classifier.resize=32",
             "--set", "injection.inversion_steps=3", "--set", "injection.generation_steps=3",
-            "--set", "injection.batch_size=8"]
+            "--set", "injection.inject_grid=0", "--set", "injection.batch_size=8"]
     assert table1.main(argv) == 0
     out = capsys.readouterr().out
     md = (tmp_path / "results" / "table1.md").read_text()
