@@ -268,8 +268,7 @@ def _set_field(cfg: Any, dotted: str, value: Any) -> None:
 
 def apply_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentConfig:
     """Set `protocol`'s PROTOCOLS fields for cfg's dataset (in place), then the quick layer again on a quick preset."""
-    if protocol not in PROTOCOLS:
-        OneOf(tuple(PROTOCOLS)).check("injection.protocol", protocol)
+    OneOf(tuple(PROTOCOLS)).check("injection.protocol", protocol)
     dataset = cfg.data.dataset
     for dotted, value in PROTOCOLS[protocol].items():
         if isinstance(value, dict):
@@ -289,9 +288,8 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
     """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS); `quick` is the CPU
     budget for Colored Digits, on top of the protocol."""
     classifier = _classifier_preset(dataset)
-    bias_classifier = dataclasses.replace(classifier, select="last")
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
-                           bias=BiasConfig(classifier=bias_classifier), classifier=classifier,
+                           bias=BiasConfig(classifier=dataclasses.replace(classifier)), classifier=classifier,
                            baselines=_baselines_preset(dataset, str(ratio)), diffusion=_diffusion_preset(dataset),
                            injection=_injection_preset(dataset))
     if quick:
