@@ -272,3 +272,12 @@ def test_optuna_search_over_a_range(ray_session, digits_root, tmp_path, mlflow_u
     assert len({r.data.metrics["seed0.test_acc"] for r in runs}) == 1  # one cell behind every trial
     assert "3 Optuna trials" in out and "best by validation accuracy" in out
     assert (tmp_path / "results" / "opt.png").is_file()
+
+
+def test_the_driver_builds_its_base_with_the_protocol(monkeypatch, capsys):
+    ablations, seen = _script("ablations"), []
+    real = ablations.preset
+    monkeypatch.setattr(ablations, "preset", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    assert ablations.main(["--protocol", "paper"]) == 2  # stops at "nothing to sweep", after the preset
+    assert "nothing to sweep" in capsys.readouterr().err
+    assert seen[-1].injection.protocol == "paper" and seen[-1].bias.scope == "global"
