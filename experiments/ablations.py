@@ -10,7 +10,8 @@ or crossed, over seeds.
 
 Axes: gamma (injection.gamma), k (bias.k), ratio (injection.conflict_ratio), scope (bias.scope),
 steps (both DDIM step counts), inversion_steps, generation_steps, t_edit, mode (injection.mode),
-p2_gamma (diffusion.gamma), or any config field as SECTION.FIELD. Swept alone, each axis varies
+label_from (injection.label_from), k_per_class (bias.k with bias.scope=per_class), p2_gamma
+(diffusion.gamma), or any config field as SECTION.FIELD. Swept alone, each axis varies
 around the preset with the others at the preset's value; --cross runs every combination. Grid
 search by default; --search optuna searches jointly (values become choices, LOW:HIGH ranges).
 
@@ -52,6 +53,8 @@ QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"Colored Digits 1%% on CPU, sweeps {' '.join(QUICK_SWEEPS)}")
+    p.add_argument("--protocol", choices=("release", "paper"), default="release",
+                   help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")
     p.add_argument("--dataset", default="colored_digits")
     p.add_argument("--ratio", default="1", help="percent of bias-conflicting training samples of the data set")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...|NAME=LOW:HIGH")
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             get_method(reference)
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, [args.dataset])
-        base = preset(args.dataset, args.ratio, quick=args.quick)
+        base = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol)
         base.data.data_root, base.data.cache_root = args.data_root, args.cache_root
         base.run.experiment = experiment
         apply_overrides(base, args.set)

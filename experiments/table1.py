@@ -41,6 +41,8 @@ PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="embedded Colored Digits on CPU")
+    p.add_argument("--protocol", choices=("release", "paper"), default="release",
+                   help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")
     p.add_argument("--datasets", nargs="+", help=f"default: {' '.join(PAPER_DATASETS)} (--quick: colored_digits)")
     p.add_argument("--ratios", nargs="+", help="default: 1 5 (--quick: 1, where the quick DiffInject row is measured)")
     p.add_argument("--methods", nargs="+", help="default: every registered method")
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = []
         for dataset in datasets:
             for ratio in ratios:
-                cfg = preset(dataset, ratio, quick=args.quick)
+                cfg = preset(dataset, ratio, quick=args.quick, protocol=args.protocol)
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
         progress = Progress(len(jobs))
         results = run_cells(spec, jobs, parallel, progress.cell_done)
-        table = Table1(methods)
+        table = Table1(methods, protocol=configs[0].injection.protocol)  # --protocol, or a --set of it
         for r in results:
             table.add(r.dataset, r.ratio, r.method, r.metrics, r.seed)
         built = Counter((stage, how) for r in results for stage, how in r.stages.items() if stage != "cell")
@@ -227,7 +229,8 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
         json.dump([{"dataset": r.dataset, "ratio": r.ratio, "method": r.method, "seed": r.seed, "run_id": r.run_id,
                     "test_acc": r.metrics["test_acc"]} for r in results], handle, indent=1)
     exp = tracker.experiment(experiment)
-    run_id = tracker.start_run(exp, f"{experiment} table", {"diffinject.role": "table", "cells": len(results)})
+    run_id = tracker.start_run(exp, f"{experiment} table", {"diffinject.role": "table", "cells": len(results),
+                                                            "protocol": table.protocol})
     tracker.log_metrics(run_id, table.metrics())
     tracker.describe(run_id, table_note(table, text, results, exp))
     for path in (md, csv_path, png, runs):

@@ -69,6 +69,21 @@ def test_a_setting_sets_every_field_of_its_axes_and_leaves_the_base_alone(base):
     assert (base.injection.inversion_steps, base.bias.k) == (20, 10)
 
 
+def test_label_from_and_k_per_class_axes_carry_their_fields():
+    base = preset("colored_digits", "1", quick=True, protocol="paper")  # label_from content, global top-K
+    axes = [parse_axis("label_from=original,content", base), parse_axis("k_per_class=5,10,20", base)]
+    assert axes[0].fields == ("injection.label_from",) and axes[0].values == ("original", "content")
+    assert axes[1].fields == ("bias.k",) and axes[1].values == (5, 10, 20)
+    settings = grid_settings(axes, base, crossed=False)
+    assert {"label_from": "original", "k_per_class": 10} in settings and {"label_from": "content", "k_per_class": 20} \
+        in settings
+    cfg = apply_setting(base, axes, {"label_from": "original", "k_per_class": 20})
+    assert (cfg.injection.label_from, cfg.bias.k, cfg.bias.scope) == ("original", 20, "per_class")
+    assert (base.injection.label_from, base.bias.k, base.bias.scope) == ("content", 10, "global")
+    with pytest.raises(ConfigError, match="--sweep label_from: .*content or original, got 'style'"):
+        parse_axis("label_from=style", base)
+
+
 def test_best_setting_is_chosen_on_validation_not_test():
     a = SettingResult("diffinject", {"gamma": 0.5}, test={0: 90.0, 1: 80.0}, valid={0: 50.0, 1: 50.0})
     b = SettingResult("diffinject", {"gamma": 0.9}, test={0: 60.0, 1: 60.0}, valid={0: 70.0, 1: 60.0})
@@ -293,3 +308,12 @@ def test_optuna_search_over_a_range(ray_session, digits_root, tmp_path, mlflow_u
     assert len({r.data.metrics["seed0.test_acc"] for r in runs}) == 1  # one cell behind every trial
     assert "3 Optuna trials" in out and "best by validation accuracy" in out
     assert (tmp_path / "results" / "opt.png").is_file()
+
+
+def test_the_driver_builds_its_base_with_the_protocol(monkeypatch, capsys):
+    ablations, seen = _script("ablations"), []
+    real = ablations.preset
+    monkeypatch.setattr(ablations, "preset", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    assert ablations.main(["--protocol", "paper"]) == 2  # stops at "nothing to sweep", after the preset
+    assert "nothing to sweep" in capsys.readouterr().err
+    assert seen[-1].injection.protocol == "paper" and seen[-1].bias.scope == "global"

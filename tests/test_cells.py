@@ -56,7 +56,7 @@ def test_diffinject_cell_builds_every_stage_once_and_nests_them(ray_session, tin
     assert _status(runner.tracker, dead) == "KILLED"  # its key's rebuild found it RUNNING
     assert first.stages == {"stage1": "built", "stage2": "built", "stage3": "built", "stage4": "built",
                             "cell": "built"}
-    # the synthetic set has N_syn = round(0.01 * 1200) samples labelled by their contents
+    # the synthetic set has N_syn = round(0.01 * 1200) samples (labelled by their originals: release protocol)
     s3 = runner.stage3(tiny_cfg, runner.stage1(tiny_cfg), runner.stage2(tiny_cfg))
     synthetic = load_split(s3.path / "synthetic", "train")
     assert len(synthetic) == 12 == s3.meta["metrics"]["n_syn"] and (s3.path / "triptych.png").is_file()
@@ -66,6 +66,7 @@ def test_diffinject_cell_builds_every_stage_once_and_nests_them(ray_session, tin
     tracker = Tracker()
     parent = tracker.client.get_run(first.run_id)
     assert parent.data.tags["diffinject.role"] == "cell" and parent.data.metrics["test_acc"] == first.metrics["test_acc"]
+    assert parent.data.tags["protocol"] == parent.data.params["protocol"] == "release"
     algorithms = {"stage1": "gce", "stage2": "p2_diffusion", "stage3": "h_space_injection", "stage4": "diffinject"}
     note = parent.data.tags["mlflow.note.content"]
     for role, algorithm in algorithms.items():
@@ -181,6 +182,15 @@ def test_a_rerun_marks_killed_the_runs_a_dead_process_left_running_under_its_key
     assert tracker.client.get_run(rerun.run_id).data.tags["artifact.key"] == key
 
 
+def test_diffinject_cells_carry_their_protocol_as_a_tag_and_param():
+    from diffinject.pipeline import cell_params, cell_tags
+
+    cfg = preset("colored_digits", "1", quick=True, protocol="paper")
+    assert cell_tags(cfg, "diffinject")["protocol"] == cell_params(cfg, "diffinject")["protocol"] == "paper"
+    assert cell_params(cfg, "diffinject")["injection.protocol"] == "paper"
+    assert "protocol" not in cell_tags(cfg, "vanilla") and "protocol" not in cell_params(cfg, "vanilla")
+
+
 def test_checkpoint_for_an_unknown_file_or_dataset_is_an_error(tmp_path):
     from diffinject.cells import check_checkpoint_datasets
 
@@ -224,7 +234,7 @@ def test_miniature_full_run_with_a_guided_diffusion_checkpoint(table1, ray_sessi
             "--set", "classifier.batch_size=8", "--set", "classifier.resize=32", "--set", "bias.k=4",
             "--set", "bias.classifier.num_steps=2", "--set", "bias.classifier.resize=32",
             "--set", "injection.inversion_steps=3", "--set", "injection.generation_steps=3",
-            "--set", "injection.batch_size=8"]
+            "--set", "injection.inject_grid=0", "--set", "injection.batch_size=8"]
     assert table1.main(argv) == 0
     out = capsys.readouterr().out
     md = (tmp_path / "results" / "table1.md").read_text()

@@ -10,11 +10,21 @@ from diffinject.cli import main
     (["train", "vanilla", "--ratio", "3"], "error: invalid conflict ratio '3' for colored_digits"),
     (["topk", "--set", "bias.k=0"], "error: bias.k must be a positive number of samples, got 0"),
     (["topk", "--set", "bias.k=-3"], "error: bias.k must be a positive number of samples, got -3"),
+    (["topk", "--set", "injection.generation_steps=20"],  # the release protocol's 50-step injection grid
+     "error: injection.inject_grid = 50 leaves no injected step below t = 999"),
 ])
 def test_bad_arguments_exit_non_zero_with_one_line(argv, message, capsys, tmp_path):
     assert main(argv + ["--data-root", str(tmp_path / "data")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("argv,protocol", [([], "release"), (["--protocol", "paper"], "paper")])
+def test_run_commands_build_their_config_with_the_protocol(argv, protocol):
+    from diffinject.cli import _config, build_parser
+
+    cfg = _config(build_parser().parse_args(["topk", *argv]))
+    assert cfg.injection.protocol == protocol and cfg.bias.scope == ("per_class" if protocol == "release" else "global")
 
 
 def test_missing_dataset_folder_names_the_path_and_the_source(capsys, tmp_path, mlflow_uri):

@@ -17,11 +17,81 @@ from diffinject.errors import ConfigError
     ("dogs_and_cats", "resnet18", 1e-4, 64, "none", True, 224),
 ])
 def test_presets_carry_the_paper_hyperparameters(dataset, arch, lr, batch, augment, normalize, resize):
-    cfg = preset(dataset, "5")
+    cfg = preset(dataset, "5", protocol="paper")
     c = cfg.classifier
     assert (c.arch, c.lr, c.batch_size, c.augment, c.normalize, c.resize) == (arch, lr, batch, augment, normalize, resize)
     assert c.select == "valid" and cfg.bias.classifier.select == "last"
     assert cfg.bias.q == 0.7 and cfg.bias.k == 10 and cfg.bias.scope == "global"
+
+
+def _protocol_fields(cfg):
+    i, b = cfg.injection, cfg.bias
+    return dict(protocol=i.protocol, label_from=i.label_from, scope=b.scope, k=b.k, select=b.classifier.select,
+                mode=i.mode, t_edit=i.t_edit, calibrate=i.calibrate_t_edit, lpips=i.lpips_threshold,
+                dt_lambda=i.dt_lambda, steps=(i.inversion_steps, i.generation_steps),
+                grids=(i.inject_grid, i.boost_grid))
+
+
+PAPER_MODES = {"cmnist": "local", "colored_digits": "local", "cifar10c": "global", "bffhq": "local",
+               "dogs_and_cats": "local"}
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_MODES))
+def test_protocol_presets_per_dataset(dataset):
+    ratio = DATASETS[dataset].ratios[0]
+    release, paper = preset(dataset, ratio), preset(dataset, ratio, protocol="paper")
+    assert to_dict(release) == to_dict(preset(dataset, ratio, protocol="release"))  # release is the default
+    small = dataset in ("cmnist", "colored_digits", "cifar10c")
+    assert _protocol_fields(release) == dict(
+        protocol="release", label_from="original" if small else "content", scope="per_class", k=10, select="valid",
+        mode="global", t_edit=400, calibrate=False, lpips=0.33, dt_lambda=0.9985, steps=(1000, 1000), grids=(50, 50))
+    assert _protocol_fields(paper) == dict(
+        protocol="paper", label_from="content", scope="global", k=10, select="last", mode=PAPER_MODES[dataset],
+        t_edit=500, calibrate=True, lpips=0.33, dt_lambda=1.0, steps=(50, 50), grids=(0, 0))
+    for name in ("gamma", "t_boost", "conflict_ratio"):  # the paper's per-dataset values in both
+        assert getattr(release.injection, name) == getattr(paper.injection, name)
+    assert release.injection.t_boost == 200
+    # nothing outside the protocol table differs
+    differ = {k for k, v in flatten(release).items() if flatten(paper)[k] != v}
+    assert differ <= {"injection." + f for f in ("protocol", "label_from", "mode", "t_edit", "calibrate_t_edit",
+                                                 "dt_lambda", "inversion_steps", "generation_steps", "inject_grid",
+                                                 "boost_grid")} | {"bias.scope", "bias.classifier.select"}
+
+
+def test_quick_presets_keep_the_cpu_injection_on_top_of_the_protocol():
+    quick = preset("colored_digits", "1", quick=True)
+    assert _protocol_fields(quick) == dict(
+        protocol="release", label_from="original", scope="per_class", k=10, select="valid", mode="global",
+        t_edit=200, calibrate=False, lpips=0.33, dt_lambda=0.9985, steps=(20, 20), grids=(0, 0))
+    assert quick.injection.gamma == 1.0 and quick.bias.classifier.num_steps == 300
+    paper = preset("colored_digits", "1", quick=True, protocol="paper")
+    assert _protocol_fields(paper) == dict(
+        protocol="paper", label_from="content", scope="global", k=10, select="last", mode="global",
+        t_edit=200, calibrate=False, lpips=0.33, dt_lambda=1.0, steps=(20, 20), grids=(0, 0))
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_protocol_override_applies_the_protocol_first(quick):
+    want = apply_overrides(preset("cmnist", "1", quick=quick, protocol="paper"), [])  # paths made absolute too
+    want.injection.t_edit, want.bias.k = 300, 7
+    for order in (["injection.protocol=paper", "injection.t_edit=300", "bias.k=7"],
+                  ["injection.t_edit=300", "bias.k=7", "injection.protocol=paper"]):
+        assert to_dict(apply_overrides(preset("cmnist", "1", quick=quick), order)) == to_dict(want)
+    back = apply_overrides(preset("cmnist", "1", quick=quick, protocol="paper"), ["injection.protocol=release"])
+    assert to_dict(back) == to_dict(apply_overrides(preset("cmnist", "1", quick=quick), []))
+    with pytest.raises(ConfigError, match="^injection.protocol must be release or paper, got 'code'"):
+        apply_overrides(preset("cmnist"), ["injection.protocol=code"])
+
+
+def test_an_inject_grid_that_leaves_no_injected_step_is_an_error():
+    with pytest.raises(ConfigError, match=r"^injection.inject_grid = 50 leaves no injected step below t = 999"):
+        apply_overrides(preset("cmnist"), ["injection.generation_steps=20"])
+    apply_overrides(preset("cmnist"), ["injection.generation_steps=50"])        # the grid itself
+    apply_overrides(preset("cmnist"), ["injection.generation_steps=20", "injection.inject_grid=0"])
+    with pytest.raises(ConfigError, match=r"^injection.inject_grid must be in \[2, 1000\] \(or 0 to disable\)"):
+        apply_overrides(preset("cmnist"), ["injection.inject_grid=1"])
+    with pytest.raises(ConfigError, match="unknown config field 'quick_preset'"):
+        apply_overrides(preset("cmnist"), ["quick_preset=true"])
 
 
 def test_quick_preset_is_smaller():
@@ -65,7 +135,8 @@ def test_bad_overrides_name_the_field(override, message):
 def test_flatten_and_round_trip():
     cfg = preset("cifar10c", "1")
     flat = flatten(cfg)
-    assert flat["classifier.lr"] == 1e-3 and flat["bias.classifier.select"] == "last" and flat["data.ratio"] == "1"
+    assert flat["classifier.lr"] == 1e-3 and flat["bias.classifier.select"] == "valid" and flat["data.ratio"] == "1"
+    assert flat["injection.protocol"] == "release"  # MLflow params and the stage-3 key see the protocol
     assert from_dict(to_dict(cfg)) == cfg
 
 

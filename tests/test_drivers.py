@@ -240,8 +240,8 @@ def test_a_second_sweep_on_the_same_tune_state_is_refused(ray_session, digits_ro
 
 
 @pytest.mark.parametrize("sweep, message", [
-    ("k=5,100000", "error: --sweep gamma=1,k=100000: bias.k = 100000 is larger than the training set of "
-                   "colored_digits at 1% (1200 samples)"),
+    ("k=5,100000", "error: --sweep gamma=1,k=100000: bias.k = 100000 per class is larger than the smallest class "
+                   "of the training set of colored_digits at 1% (109 samples)"),
     ("ratio=0.1,0.0001", "error: --sweep gamma=1,ratio=0.0001: injection.conflict_ratio = 0.0001 of the 1200 "
                          "training samples of colored_digits at 1% rounds to 0 synthetic samples")])
 def test_swept_values_are_checked_against_the_data_before_tune_starts(ray_session, digits_root, tmp_path, mlflow_uri,

@@ -236,3 +236,80 @@ def test_batched_engine_equals_the_reference_path_in_float32_on_a_trained_model(
                            for i in range(8)])
     assert batched.dtype == torch.float32
     assert torch.allclose(batched, reference, rtol=1e-4, atol=1e-3)
+
+
+def test_inject_and_boost_grids_at_1000_steps_take_only_on_grid_steps():
+    from diffinject.inject.engine import DT_LAMBDA_FROM
+
+    cfg = InjectionConfig(inversion_steps=1000, generation_steps=1000, t_edit=500, t_boost=200, dt_lambda=0.9985,
+                          inject_grid=50, boost_grid=50)
+    plan, coarse = InjectionPlan.from_config(cfg), timestep_grid(50)
+    gen = plan.generation_grid
+    assert gen == list(range(1000))                      # at 1000 steps, step i starts at t = i
+
+    def steps(ts):
+        return sorted(gen.index(t) for t in ts)
+
+    assert sorted(plan.content_step) == steps(t for t in coarse if t >= 500)
+    assert len(plan.content_step) == sum(t >= 500 for t in coarse) == 25
+    assert sorted(plan.boost_steps) == steps(t for t in coarse if 0 < t <= 200)
+    assert sorted(plan.dt_lambda_steps) == steps(t for t in coarse if t >= DT_LAMBDA_FROM) == steps([958, 978, 999])
+    every = InjectionPlan.from_config(InjectionConfig(**{**cfg.__dict__, "inject_grid": 0, "boost_grid": 0}))
+    assert sorted(every.content_step) == list(range(500, 1000))
+    assert sorted(every.boost_steps) == list(range(1, 201))
+    assert sorted(every.dt_lambda_steps) == list(range(DT_LAMBDA_FROM, 1000))
+    assert not InjectionPlan.from_config(InjectionConfig(**{**cfg.__dict__, "dt_lambda": 1.0})).dt_lambda_steps
+
+
+def test_a_grid_equal_to_the_generation_grid_changes_nothing(tiny64):
+    originals, contents, content_index, seeds = _pairs(n=1, k=1)
+    cfg = InjectionConfig(inversion_steps=5, generation_steps=50, t_edit=400, t_boost=200, mode="global",
+                          dt_lambda=0.9985, batch_size=1)
+    gridded = InjectionConfig(**{**cfg.__dict__, "inject_grid": 50, "boost_grid": 50})
+    assert InjectionPlan.from_config(gridded) == InjectionPlan.from_config(cfg)
+    images = [InjectionEngine(tiny64, c, contents).generate_tensor(originals, content_index, seeds) for c in (cfg, gridded)]
+    assert torch.equal(images[0], images[1])
+
+
+def test_batched_engine_equals_the_reference_path_with_grids(tiny64):
+    originals, contents, content_index, seeds = _pairs(n=2, k=2)
+    # 19 generation steps (t = 0, 55, 111, ...); the 10-step grid holds every other one, the 7-step every third
+    cfg = InjectionConfig(inversion_steps=8, generation_steps=19, t_edit=300, t_boost=600, mode="global",
+                          dt_lambda=0.9, inject_grid=10, boost_grid=7, batch_size=2)
+    plan = InjectionPlan.from_config(cfg)
+    assert len(plan.content_step) == sum(t >= 300 for t in timestep_grid(10)) < sum(t >= 300 for t in plan.generation_grid)
+    assert 0 < len(plan.boost_steps) < sum(0 < t <= 600 for t in plan.generation_grid)
+    batched = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals, content_index, seeds)
+    reference = torch.cat([reference_inject_tensor(tiny64, cfg, originals[i], contents[content_index[i]], seeds[i])
+                           for i in range(len(originals))])
+    assert torch.allclose(batched, reference, rtol=1e-9, atol=1e-9)
+    every = InjectionConfig(**{**cfg.__dict__, "inject_grid": 0, "boost_grid": 0})
+    assert not torch.allclose(batched, InjectionEngine(tiny64, every, contents).generate_tensor(
+        originals, content_index, seeds))
+
+
+def test_dt_lambda_scales_only_on_grid_steps(tiny64):
+    # 37 generation steps: t = 999 and 971 are both >= 950; only 999 is on the 19-step grid
+    originals, contents, content_index, seeds = _pairs(n=1, k=1)
+    cfg = InjectionConfig(inversion_steps=3, generation_steps=37, t_edit=0, gamma=0.0, t_boost=-1, dt_lambda=0.5,
+                          inject_grid=19, batch_size=1)
+    plan = InjectionPlan.from_config(cfg)
+    assert [plan.generation_grid[i] for i in sorted(plan.dt_lambda_steps)] == [999]
+    assert plan.generation_grid[-2] == 971 and len(plan.generation_grid) - 2 not in plan.dt_lambda_steps
+    engine = InjectionEngine(tiny64, cfg, contents)
+    x, _ = engine.invert(to_model_pixels(originals, 32, torch.device("cpu"), torch.float64))
+    grid, abar = plan.generation_grid, linear_alphas_cumprod().double()
+    with torch.no_grad():
+        for i in range(len(grid) - 1, 0, -1):  # gamma 0: every step is plain DDIM, scaled at t = 999 only
+            t, t_next = grid[i], grid[i - 1]
+            eps = tiny64(x, torch.full((1,), t)).sample
+            x0 = (x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+            x = abar[t_next].sqrt() * x0 + (1 - abar[t_next]).sqrt() * (0.5 if t == 999 else 1.0) * eps
+    assert torch.allclose(engine.generate_tensor(originals, content_index, seeds), x, rtol=1e-9, atol=1e-9)
+
+
+def test_a_grid_off_the_generation_grid_is_a_clear_error():
+    with pytest.raises(ConfigError, match=r"^injection.inject_grid = 50 leaves no injected step below t = 999"):
+        InjectionPlan.from_config(InjectionConfig(generation_steps=20, inject_grid=50), t_edit=200)
+    assert list(InjectionPlan.from_config(InjectionConfig(generation_steps=20, inject_grid=50), t_edit=999)
+                .content_step) == [19]  # t_edit 999: the t = 999 step is all every-step injection would take too

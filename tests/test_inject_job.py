@@ -11,7 +11,8 @@ from diffinject.config import InjectionConfig
 from diffinject.data.parquet import concat_splits, conversion_counts, load_split
 from diffinject.errors import ConfigError, DataError
 from diffinject.inject.manifest import build_manifest
-from diffinject.inject.synthetic import PARTS, batch_table, checkpoint_hash, finalize, part_files, write_part
+from diffinject.inject.synthetic import (PARTS, SYNTHETIC_SCHEMA, batch_table, checkpoint_hash, finalize, part_files,
+                                         write_part)
 
 NUM_TRAIN, K, SIZE = 24, 4, 32
 CFG = InjectionConfig(inversion_steps=3, generation_steps=3, batch_size=4, t_edit=300, t_boost=400,
@@ -52,7 +53,8 @@ def _run(d, checkpoint, out, manifest, **kw):
 
     t = d["topk"]
     return run_injection_job(manifest, d["images"], d["ids"], d["labels"], d["biases"], d["images"][t], d["ids"][t],
-                             d["labels"][t], checkpoint, CFG, out, num_actors=kw.pop("num_actors", 1), **kw)
+                             d["labels"][t], d["biases"][t], checkpoint, CFG, out, num_actors=kw.pop("num_actors", 1),
+                             **kw)
 
 
 def _final(out):
@@ -101,11 +103,31 @@ def test_manifest_aligned_flag_and_errors(data):
 def _fake_part(d, parts, pair_ids, value=7):
     n = len(pair_ids)
     images = np.full((n, SIZE, SIZE, 3), value, dtype=np.uint8)
-    prov = dict(gamma=0.9, t_edit=300, inversion_steps=3, generation_steps=3, checkpoint_hash="0" * 16)
+    prov = dict(gamma=0.9, t_edit=300, inversion_steps=3, generation_steps=3, checkpoint_hash="0" * 16,
+                label_from="content")
     t = d["topk"]
-    table = batch_table(pair_ids, np.arange(n), np.arange(n) % K, np.arange(n), images, d["ids"], d["biases"],
-                        d["ids"][t], d["labels"][t], prov)
+    table = batch_table(pair_ids, np.arange(n), np.arange(n) % K, np.arange(n), images, d["ids"], d["labels"],
+                        d["biases"], d["ids"][t], d["labels"][t], d["biases"][t], prov)
     return write_part(parts, table)
+
+
+@pytest.mark.parametrize("label_from", ["content", "original"])
+def test_synthetic_rows_take_label_and_bias_as_label_from_says(data, label_from):
+    d, t, n = data, data["topk"], 8
+    original_index, content_index = np.arange(n) + 2, np.arange(n) % K
+    prov = dict(gamma=0.9, t_edit=300, inversion_steps=3, generation_steps=3, checkpoint_hash="0" * 16,
+                label_from=label_from)
+    table = batch_table(np.arange(n), original_index, content_index, np.arange(n),
+                        np.zeros((n, SIZE, SIZE, 3), np.uint8), d["ids"], d["labels"], d["biases"], d["ids"][t],
+                        d["labels"][t], d["biases"][t], prov)
+    orig_label, orig_bias = d["labels"][original_index], d["biases"][original_index]
+    cont_label, cont_bias = d["labels"][t][content_index], d["biases"][t][content_index]
+    label, bias = (orig_label, cont_bias) if label_from == "original" else (cont_label, orig_bias)
+    assert not np.array_equal(orig_label, cont_label) and not np.array_equal(orig_bias, cont_bias)  # the test can tell
+    assert table["label"].to_numpy().tolist() == label.tolist()
+    assert table["bias"].to_numpy().tolist() == bias.tolist()
+    assert table["aligned"].to_pylist() == (label == bias).tolist()
+    assert table["label_from"].to_pylist() == [label_from] * n and table.schema == SYNTHETIC_SCHEMA
 
 
 def test_finalize_dedupes_and_checks(data, tmp_path):
@@ -142,6 +164,7 @@ def test_job_writes_every_pair_once_and_matches_engine(ray_session, data, checkp
     assert table["original_id"].to_pylist() == list(data["ids"][orig])
     assert table["content_id"].to_pylist() == list(data["ids"][t][cont])
     assert set(table["checkpoint_hash"].to_pylist()) == {checkpoint_hash(checkpoint)}
+    assert set(table["label_from"].to_pylist()) == {"content"}
     assert split.images.shape == (n, SIZE, SIZE, 3)
     # the job's images are the engine's, pair by pair
     unet, _ = load_unet_checkpoint(checkpoint)

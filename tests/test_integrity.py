@@ -53,9 +53,11 @@ def _part(parts: Path, pair_ids) -> Path:
     """A part file of synthetic rows for `pair_ids` (4x4 images; no model involved)."""
     n = len(pair_ids)
     ids = np.asarray([f"img-{i}" for i in range(n)], dtype=object)
-    prov = dict(gamma=0.9, t_edit=300, inversion_steps=3, generation_steps=3, checkpoint_hash="0" * 16)
+    prov = dict(gamma=0.9, t_edit=300, inversion_steps=3, generation_steps=3, checkpoint_hash="0" * 16,
+                label_from="content")
+    zeros = np.zeros(n, np.int64)
     table = batch_table(pair_ids, np.arange(n), np.arange(n), np.arange(n), np.zeros((n, 4, 4, 3), np.uint8),
-                        ids, np.zeros(n, np.int64), ids, np.zeros(n, np.int64), prov)
+                        ids, zeros, zeros, ids, zeros, zeros, prov)
     return write_part(parts, table)
 
 

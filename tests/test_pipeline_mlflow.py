@@ -72,6 +72,6 @@ def test_failed_training_marks_the_run_failed(ray_session, quick_cfg, mlflow_uri
 
 
 def test_k_larger_than_the_training_set_fails_before_training(quick_cfg, mlflow_uri):
-    quick_cfg.bias.k = 5000
+    quick_cfg.bias.k, quick_cfg.bias.scope = 5000, "global"
     with pytest.raises(ConfigError, match=r"bias.k = 5000 is larger than the training set .* \(1200 samples\)"):
         run_stage1(quick_cfg)

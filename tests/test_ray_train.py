@@ -26,7 +26,7 @@ def test_classifier_job_in_process(ray_session, quick_cfg, digits_parquet):
 
 
 def test_bias_job_returns_the_topk_set(ray_session, quick_cfg, digits_parquet):
-    quick_cfg.bias.k = 7
+    quick_cfg.bias.k, quick_cfg.bias.scope = 7, "global"
     out = run_train_job(TrainJob(kind="bias", method="gce", config=to_dict(quick_cfg), parquet=str(digits_parquet)))
     topk = load_topk(out.checkpoint_dir)
     assert len(topk["indices"]) == 7 and len(set(topk["indices"].tolist())) == 7

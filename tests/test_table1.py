@@ -55,3 +55,33 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
 def test_unknown_method_fails_before_any_training(table1, capsys):
     assert table1.main(["--quick", "--methods", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: unknown method 'nope'")
+
+
+def test_the_table_shows_diffinjects_protocol():
+    from diffinject.report import Table1
+
+    table = Table1(["vanilla", "diffinject"], protocol="paper")
+    for method in ("vanilla", "diffinject"):
+        table.add("colored_digits", "1", method, {"test_acc": 0.5})
+    labels = [line.split(" | ")[0].strip("| ") for line in table.markdown().splitlines()[2:]]
+    assert "DiffInject (paper)" in labels and "Vanilla" in labels
+    assert "DiffInject (paper only)" in [line.split(" | ")[0].strip("| ") for line in
+                                         Table1(["vanilla"], protocol="paper").markdown().splitlines()[2:]]
+
+
+@pytest.mark.parametrize("argv,protocol", [([], "release"), (["--protocol", "paper"], "paper"),
+                                           (["--set", "injection.protocol=paper"], "paper")])
+def test_protocol_reaches_every_config(table1, monkeypatch, capsys, argv, protocol):
+    from diffinject.errors import ConfigError
+
+    seen = []
+
+    def stop(folder, what):  # the first check after the configs are built
+        raise ConfigError("stopped here")
+
+    real_apply = table1.apply_overrides
+    monkeypatch.setattr(table1, "apply_overrides", lambda cfg, items: seen.append(real_apply(cfg, items)) or seen[-1])
+    monkeypatch.setattr(table1, "check_output_dir", stop)
+    assert table1.main(["--quick", "--methods", "vanilla", *argv]) == 2
+    assert "stopped here" in capsys.readouterr().err
+    assert [cfg.injection.protocol for cfg in seen] == [protocol, protocol]  # 1% and 5%

@@ -158,7 +158,8 @@ def run_inject(spec: dict) -> dict:
     d = np.load(spec["arrays"])
     ids, t = d["ids"].astype(object), d["topk"]
     run_injection_job(pq.read_table(spec["manifest"]), d["images"], ids, d["labels"], d["biases"], d["images"][t],
-                      ids[t], d["labels"][t], spec["checkpoint"], InjectionConfig(**spec["injection"]), spec["out"])
+                      ids[t], d["labels"][t], d["biases"][t], spec["checkpoint"], InjectionConfig(**spec["injection"]),
+                      spec["out"])
     return {}
 
 

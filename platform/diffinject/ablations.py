@@ -38,6 +38,7 @@ from .tracking import Tracker
 class AxisKind:
     fields: tuple[str, ...]   # config fields the axis sets (all to the same value)
     about: str
+    fixed: tuple[str, ...] = ()  # `section.field=value` overrides every value of the axis comes with
 
 
 # The named axes; any other `section.field` of the config can be swept too.
@@ -51,6 +52,8 @@ AXES = {
     "generation_steps": AxisKind(("injection.generation_steps",), "DDIM generation steps"),
     "t_edit": AxisKind(("injection.t_edit",), "inject at generation steps with t >= t_edit"),
     "mode": AxisKind(("injection.mode",), "local (masked region of h) or global injection"),
+    "label_from": AxisKind(("injection.label_from",), "whose label a synthetic sample gets: content or original"),
+    "k_per_class": AxisKind(("bias.k",), "top-K per class (sets bias.scope=per_class)", ("bias.scope=per_class",)),
     "p2_gamma": AxisKind(("diffusion.gamma",), "P2 weighting of the diffusion loss (one model per value)"),
 }
 
@@ -64,6 +67,10 @@ class Axis:
     values: tuple = ()
     low: Any = None
     high: Any = None
+    fixed: tuple[str, ...] = ()  # overrides that come with every value (AxisKind.fixed)
+
+    def overrides(self, value: Any) -> list[str]:
+        return [*self.fixed, *(f"{f}={value}" for f in self.fields)]
 
     @property
     def is_range(self) -> bool:
@@ -88,24 +95,25 @@ def parse_axis(text: str, base: ExperimentConfig) -> Axis:
     name, spec = name.strip(), spec.strip()
     if not sep or not name or not spec:
         raise ConfigError(f"--sweep {text!r}: expected NAME=V1,V2,... or NAME=LOW:HIGH, e.g. gamma=0.5,0.7,0.9")
-    fields = AXES[name].fields if name in AXES else (name,)
-    kind = type(_field_value(base, fields[0]))
+    named = AXES.get(name)
+    axis = Axis(name, named.fields, fixed=named.fixed) if named else Axis(name, (name,))
+    kind = type(_field_value(base, axis.fields[0]))
     if ":" in spec:
-        low, high = (_typed(v, kind, name, fields, base) for v in spec.split(":", 1))
+        low, high = (_typed(v, kind, axis, base) for v in spec.split(":", 1))
         if kind is str or not low < high:
             raise ConfigError(f"--sweep {text!r}: a range needs numbers LOW < HIGH")
-        return Axis(name, fields, low=low, high=high)
-    values = tuple(distinct([_typed(v, kind, name, fields, base) for v in spec.split(",")], f"--sweep {name}"))
-    return Axis(name, fields, values=values)
+        return dataclasses.replace(axis, low=low, high=high)
+    values = tuple(distinct([_typed(v, kind, axis, base) for v in spec.split(",")], f"--sweep {name}"))
+    return dataclasses.replace(axis, values=values)
 
 
-def _typed(text: str, kind: type, name: str, fields: tuple[str, ...], base: ExperimentConfig) -> Any:
+def _typed(text: str, kind: type, axis: Axis, base: ExperimentConfig) -> Any:
     """The value as the field's type, validated by applying it to a copy of the config."""
     try:
-        cfg = apply_overrides(copy.deepcopy(base), [f"{f}={text.strip()}" for f in fields])
+        cfg = apply_overrides(copy.deepcopy(base), axis.overrides(text.strip()))
     except ConfigError as exc:
-        raise ConfigError(f"--sweep {name}: {exc}") from None
-    return kind(_field_value(cfg, fields[0]))
+        raise ConfigError(f"--sweep {axis.name}: {exc}") from None
+    return kind(_field_value(cfg, axis.fields[0]))
 
 
 def base_value(base: ExperimentConfig, axis: Axis) -> Any:
@@ -130,7 +138,7 @@ def grid_settings(axes: list[Axis], base: ExperimentConfig, crossed: bool) -> li
 
 def apply_setting(base: ExperimentConfig, axes: list[Axis], setting: dict) -> ExperimentConfig:
     by_name = {a.name: a for a in axes}
-    overrides = [f"{f}={setting[name]}" for name in setting for f in by_name[name].fields]
+    overrides = [item for name in setting for item in by_name[name].overrides(setting[name])]
     return apply_overrides(copy.deepcopy(base), overrides)
 
 

@@ -105,6 +105,8 @@ class DiffusionConfig:
 class InjectionConfig:
     """Stage 3: content injection in h-space (docs/design.md 2.3)."""
 
+    protocol: str = "release"         # release | paper: whose PROTOCOLS fields preset() filled in
+    label_from: str = "content"       # content | original: whose label a synthetic sample gets
     gamma: float = 0.9                # slerp weight of the content's h
     mode: str = "local"               # local (masked region of h) | global
     mask: str = "0.5,0.375,0.875,0.625"  # local region: top,left,bottom,right as fractions of h's H and W
@@ -115,7 +117,9 @@ class InjectionConfig:
     t_boost: int = 200                # stochastic (eta = 1) steps at t <= t_boost; -1 disables boosting
     inversion_steps: int = 50         # the released scripts use 1000 / 1000
     generation_steps: int = 50
-    dt_lambda: float = 1.0            # scale of the direction eps at steps with t >= 950 (released option: 0.9985)
+    inject_grid: int = 0              # N: only generation steps whose t is on the N-step grid inject; 0: every step
+    boost_grid: int = 0               # N: only steps whose t is on the N-step grid boost; 0: every step
+    dt_lambda: float = 1.0            # scale of the direction eps at (inject-grid) steps with t >= 950
     omega: float = 0.0                # InjectFusion's latent calibration (0: off, as in the released scripts)
     conflict_ratio: float = 0.1       # N_syn = round(conflict_ratio * |train|)
     originals: str = "non_topk"       # non_topk | aligned (the released code's choice; uses bias labels)
@@ -141,6 +145,9 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # True on a quick preset (a plain attribute, not a field: neither logged nor in any key),
+    # so that an injection.protocol override puts the quick layer back on top of the protocol
+    quick_preset = False
 
 
 def _classifier_preset(dataset: str) -> ClassifierConfig:
@@ -171,8 +178,10 @@ QUICK_DIFFUSION = dict(preset="small_32", train_data="colored_digits@1", lr=2e-3
                        sample_steps=50, sample_eta=1.0)
 # The quick run's injection (found by measurement, see the end-to-end issue's closing note):
 # the CPU-sized U-Net's decoder barely reads h, so the content's h replaces h outright (global,
-# gamma 1) down to t = 200, with 20 + 20 DDIM steps to fit the budget.
-QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, inversion_steps=20, generation_steps=20, batch_size=60)
+# gamma 1) down to t = 200 (fixed), with 20 + 20 DDIM steps to fit the budget; every step injects
+# and boosts (a 50-step grid would leave almost none of 20 steps).
+QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=False, inversion_steps=20,
+                       generation_steps=20, inject_grid=0, boost_grid=0, batch_size=60)
 
 
 def _diffusion_preset(dataset: str) -> DiffusionConfig:
@@ -200,29 +209,98 @@ def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
 
 
 def _injection_preset(dataset: str) -> InjectionConfig:
-    """The paper's per-dataset gamma, injection mode and conflict ratio (docs/design.md 2.3, item 8)."""
-    gamma, mode, ratio = {"cmnist": (0.9, "local", 0.1), "colored_digits": (0.9, "local", 0.1),
-                          "cifar10c": (0.3, "global", 0.1), "bffhq": (0.7, "local", 0.6),
-                          "dogs_and_cats": (0.2, "local", 0.6)}[dataset]
-    return InjectionConfig(gamma=gamma, mode=mode, conflict_ratio=ratio)
+    """The paper's per-dataset gamma and conflict ratio (docs/design.md 2.3, item 8); both protocols keep them."""
+    gamma, ratio = {"cmnist": (0.9, 0.1), "colored_digits": (0.9, 0.1), "cifar10c": (0.3, 0.1), "bffhq": (0.7, 0.6),
+                    "dogs_and_cats": (0.2, 0.6)}[dataset]
+    return InjectionConfig(gamma=gamma, conflict_ratio=ratio)
 
 
-def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False) -> ExperimentConfig:
-    """The paper's settings for `dataset`; `quick` is the CPU budget for Colored Digits."""
+def _by_dataset(small: Any, large: Any) -> dict[str, Any]:
+    """One value for the 32x32 datasets (cmnist, colored_digits, cifar10c), another for bffhq and dogs_and_cats."""
+    return {"cmnist": small, "colored_digits": small, "cifar10c": small, "bffhq": large, "dogs_and_cats": large}
+
+
+# The two DiffInject protocols (docs/design.md 2.3): the fields each sets, one value or one per
+# dataset. `release` follows the authors' released code (seanko29/DiffInject), `paper` its text.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "release": {
+        # train_classifier.py BaseDataset.__getitem__ reads the label from the synthetic file name:
+        # field -2 (the original's) for new-cmnist / cifar10c, field -6 (the content's) otherwise
+        "injection.label_from": _by_dataset("original", "content"),
+        "bias.scope": "per_class",               # top_k_loss.py: the K highest-loss samples of each class
+        "bias.k": 10,                            # top_k_loss.py --K default
+        "bias.classifier.select": "valid",       # top_k_loss.py loads best.path.tar, the best-on-valid GCE model
+        "injection.mode": "global",              # no released script passes --use_mask
+        "injection.calibrate_t_edit": False,     # the synthetic-set scripts pass no t_edit ...
+        "injection.t_edit": 400,                 # ... so main.py's user_defined_t_edit default, 400
+        "injection.lpips_threshold": 0.33,       # (unused: nothing is calibrated)
+        "injection.dt_lambda": 0.9985,           # every released script
+        "injection.inversion_steps": 1000,       # the released scripts' step counts
+        "injection.generation_steps": 1000,
+        "injection.inject_grid": 50,             # main.py content_replace_step: only the 50-step grid's steps inject
+        "injection.boost_grid": 50,              # main.py: eta = 1 only at those on-grid steps
+    },
+    "paper": {
+        "injection.label_from": "content",       # paper Sec. 3: a synthetic sample keeps its content's label
+        "bias.scope": "global",                  # paper Sec. 3, Eq. 3-4: top-K over the whole training set
+        "bias.k": 10,
+        "bias.classifier.select": "last",        # the paper names no model selection for f_B
+        "injection.mode": {"cmnist": "local", "colored_digits": "local", "cifar10c": "global", "bffhq": "local",
+                           "dogs_and_cats": "local"},  # paper App. B
+        "injection.calibrate_t_edit": True,      # paper App. B: t_edit where LPIPS reaches 0.33
+        "injection.t_edit": 500,                 # (used only with calibrate_t_edit=false)
+        "injection.lpips_threshold": 0.33,       # paper App. B
+        "injection.dt_lambda": 1.0,              # the paper has no direction scaling
+        "injection.inversion_steps": 50,         # the paper names no count; at 50 the release's injection
+        "injection.generation_steps": 50,        # grid is the generation grid
+        "injection.inject_grid": 0,              # every step with t >= t_edit injects (paper Sec. 3)
+        "injection.boost_grid": 0,               # every step with t <= t_boost boosts
+    },
+}
+
+
+def _set_field(cfg: Any, dotted: str, value: Any) -> None:
+    *sections, name = dotted.split(".")
+    target = cfg
+    for section in sections:
+        target = getattr(target, section)
+    setattr(target, name, value)
+
+
+def apply_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentConfig:
+    """Set `protocol`'s PROTOCOLS fields for cfg's dataset (in place), then the quick layer again on a quick preset."""
+    OneOf(tuple(PROTOCOLS)).check("injection.protocol", protocol)
+    dataset = cfg.data.dataset
+    for dotted, value in PROTOCOLS[protocol].items():
+        if isinstance(value, dict):
+            if dataset not in value:
+                raise ConfigError(f"injection.protocol={protocol}: no preset for dataset {dataset!r} "
+                                  f"(known: {', '.join(value)})")
+            value = value[dataset]
+        _set_field(cfg, dotted, value)
+    cfg.injection.protocol = protocol
+    if cfg.quick_preset:
+        cfg.injection = dataclasses.replace(cfg.injection, **QUICK_INJECTION)
+    return cfg
+
+
+def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False,
+           protocol: str = "release") -> ExperimentConfig:
+    """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS); `quick` is the CPU
+    budget for Colored Digits, on top of the protocol."""
     classifier = _classifier_preset(dataset)
-    bias_classifier = dataclasses.replace(classifier, select="last")
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
-                           bias=BiasConfig(classifier=bias_classifier), classifier=classifier,
+                           bias=BiasConfig(classifier=dataclasses.replace(classifier)), classifier=classifier,
                            baselines=_baselines_preset(dataset, str(ratio)), diffusion=_diffusion_preset(dataset),
                            injection=_injection_preset(dataset))
     if quick:
+        cfg.quick_preset = True
         cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
-        cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300, select="last")
+        cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300)
         cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
-        cfg.injection = dataclasses.replace(cfg.injection, **QUICK_INJECTION)
         # the reference schedules scaled to 1,000 steps: swapping and lr decay from step 500
         cfg.baselines = dataclasses.replace(cfg.baselines, curr_step=500, lr_decay_step=250, committee_steps=200)
-    return cfg
+    return apply_protocol(cfg, protocol)  # the quick layer of injection settings goes on top of it
 
 
 def _coerce(text: str, kind: Any, key: str) -> Any:
@@ -282,10 +360,16 @@ def absolute_args(args: Any, *names: str) -> Any:
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Apply `a.b.c=value` overrides in place, with the field's declared type; then make the
     config's paths absolute (resolve_paths) and validate it. Every entry point makes its
-    config through here."""
+    config through here. An `injection.protocol=X` override first sets X's PROTOCOLS fields
+    (apply_protocol), so the other overrides change them, whatever their order."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"invalid override {item!r}; expected section.field=value")
+    protocols = [item.split("=", 1)[1].strip() for item in overrides
+                 if item.split("=", 1)[0].strip() == "injection.protocol"]
+    if protocols:
+        apply_protocol(cfg, protocols[-1])
+    for item in overrides:
         key, value = item.split("=", 1)
         target = cfg
         parts = key.strip().split(".")
@@ -316,6 +400,26 @@ def validate(cfg: ExperimentConfig) -> None:
     b = cfg.baselines
     if b.agreement > b.num_bias_models:
         raise ConfigError(f"baselines.agreement must be in [1, num_bias_models={b.num_bias_models}], got {b.agreement}")
+    inj = cfg.injection
+    check_inject_grid(inj, 0 if inj.calibrate_t_edit else inj.t_edit)
+
+
+def check_inject_grid(cfg: InjectionConfig, t_edit: int) -> None:
+    """ConfigError when injection.inject_grid leaves no injected generation step below t = 999
+    (t = 999 is on every grid) where every-step injection would have some: the grid does not fit
+    the generation grid (e.g. 50 at 20 generation steps)."""
+    if not cfg.inject_grid:
+        return
+    from .inject.formulas import on_grid, timestep_grid
+
+    generation = timestep_grid(cfg.generation_steps)
+    every = [generation[i] for i in on_grid(generation, 0) if t_edit <= generation[i] < NUM_TIMESTEPS - 1]
+    kept = [generation[i] for i in on_grid(generation, cfg.inject_grid) if t_edit <= generation[i] < NUM_TIMESTEPS - 1]
+    if every and not kept:
+        raise ConfigError(f"injection.inject_grid = {cfg.inject_grid} leaves no injected step below t = 999: none of "
+                          f"the {cfg.generation_steps}-step generation grid's timesteps >= t_edit = {t_edit} lies on "
+                          f"the {cfg.inject_grid}-step grid; use generation_steps whose grid holds it (e.g. "
+                          f"{cfg.inject_grid} or 1000) or inject_grid=0 (every step)")
 
 
 def _check_section(section: Any, prefix: str) -> None:
@@ -484,10 +588,11 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "sample_steps": DDIM_STEPS, "sample_eta": NON_NEGATIVE, "check_sync_every": NON_NEGATIVE, "seed": SEED,
     },
     InjectionConfig: {
-        "gamma": FRACTION, "mode": OneOf(("local", "global")), "mask": Checked(lambda key, text: parse_mask(text)),
+        "protocol": OneOf(tuple(PROTOCOLS)), "label_from": OneOf(("content", "original")), "gamma": FRACTION, "mode": OneOf(("local", "global")), "mask": Checked(lambda key, text: parse_mask(text)),
         "t_edit": TIMESTEP, "calibrate_t_edit": Flag(), "lpips_threshold": Range(0, 1, low_open=True, high_open=True),
         "calibration_images": COUNT, "t_boost": Range(0, NUM_TIMESTEPS - 1, also=(-1,)),
-        "inversion_steps": GRID_STEPS, "generation_steps": GRID_STEPS, "dt_lambda": POSITIVE, "omega": NON_NEGATIVE,
+        "inversion_steps": GRID_STEPS, "generation_steps": GRID_STEPS, "inject_grid": Range(2, NUM_TIMESTEPS, also=(0,)),
+        "boost_grid": Range(2, NUM_TIMESTEPS, also=(0,)), "dt_lambda": POSITIVE, "omega": NON_NEGATIVE,
         "conflict_ratio": POSITIVE, "originals": OneOf(("non_topk", "aligned")), "batch_size": COUNT,
     },
     RunConfig: {"seed": SEED, "num_workers": NON_NEGATIVE, "use_gpu": OneOf(("auto", "true", "false")),

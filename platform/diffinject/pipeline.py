@@ -80,15 +80,20 @@ def cell_name(cfg: ExperimentConfig, method: str) -> str:
     return f"{method} {_label(cfg)}"
 
 
+def _protocol(cfg: ExperimentConfig, method: str) -> dict:
+    """{"protocol": ...} for a method trained on synthetic data (DiffInject's protocol), else {}."""
+    return {"protocol": cfg.injection.protocol} if get_method(method).needs_synthetic else {}
+
+
 def cell_tags(cfg: ExperimentConfig, method: str) -> dict:
-    return {**_run_tags(cfg, "cell"), "method": method}
+    return {**_run_tags(cfg, "cell"), "method": method, **_protocol(cfg, method)}
 
 
 def cell_params(cfg: ExperimentConfig, method: str) -> dict:
     """The flattened config plus what tells cells apart, as params: MLflow's Compare view and its
     plots split runs by params and metrics only."""
     return {"method": method, "dataset": cfg.data.dataset, "ratio": cfg.data.ratio, "seed": cfg.run.seed,
-            **flatten(cfg)}
+            **_protocol(cfg, method), **flatten(cfg)}
 
 
 def selected_metrics(metrics: dict, headline: bool = False) -> dict:
@@ -312,7 +317,8 @@ def run_stage3(cfg: ExperimentConfig, topk_dir: Path, checkpoint: Path, tracker:
                                 random_lpips_backbone)
         started = time.perf_counter()
         run_injection_job(manifest, train.images, train.ids, train.labels, train.biases, topk["images"],
-                          np.asarray(topk["ids"], dtype=object), np.asarray(topk["labels"]), checkpoint,
+                          np.asarray(topk["ids"], dtype=object), np.asarray(topk["labels"]),
+                          train.biases[topk["indices"]], checkpoint,
                           cfg.injection, out_dir, t_edit=t_edit,
                           use_gpu={"true": True, "false": False}.get(cfg.run.use_gpu, "auto"))
         seconds = time.perf_counter() - started

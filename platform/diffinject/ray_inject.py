@@ -77,8 +77,8 @@ class InjectorActor:
             np.array(batch[name], dtype=np.int64) for name in ("pair_id", "original_index", "content_index", "seed"))
         a = self.arrays
         images = self.engine.generate(a["train_images"][original_index], content_index, seeds)
-        table = batch_table(pair_ids, original_index, content_index, seeds, images, a["train_ids"],
-                            a["train_biases"], a["topk_ids"], a["topk_labels"], self.prov)
+        table = batch_table(pair_ids, original_index, content_index, seeds, images, a["train_ids"], a["train_labels"],
+                            a["train_biases"], a["topk_ids"], a["topk_labels"], a["topk_biases"], self.prov)
         write_part(self.parts_dir, table)
         return {"pair_id": pair_ids}
 
@@ -111,15 +111,15 @@ def actor_cpus(cluster_cpus: int, num_actors: int, node_cpus: list[int]) -> int:
 
 
 def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_labels, train_biases,
-                      topk_images: np.ndarray, topk_ids, topk_labels, checkpoint_path: Path,
+                      topk_images: np.ndarray, topk_ids, topk_labels, topk_biases, checkpoint_path: Path,
                       cfg: InjectionConfig, out_dir: Path, t_edit: int | None = None, num_actors: int | None = None,
                       use_gpu="auto", fail_once_marker: str | None = None, finalize_output: bool = True,
                       verbose: bool = True) -> Path:
     """Generate the synthetic set of `manifest` into `out_dir` on the running Ray cluster.
 
     `manifest`: a pyarrow Table (or dict of arrays) from `inject.manifest.build_manifest`;
-    `original_index` rows `train_*`, `content_index` rows `topk_*`. `train_labels` is kept for
-    the signature's symmetry (labels of synthetic rows come from the contents). Returns
+    `original_index` rows `train_*`, `content_index` rows `topk_*` (a synthetic row's label and
+    bias come from them as cfg.label_from says, see `inject.synthetic`). Returns
     `out_dir`, readable by `load_split(out_dir, "train")`. `fail_once_marker` (tests): the
     first batch that finds no file at that path creates it and kills its actor.
     """
@@ -175,8 +175,9 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
         cpus = None if gpu else actor_cpus(int(resources.get("CPU", 1)), num_actors,
                                            [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]])
         arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids),
-                  "train_biases": np.asarray(train_biases), "topk_images": topk_images,
-                  "topk_ids": np.asarray(topk_ids), "topk_labels": np.asarray(topk_labels)}
+                  "train_labels": np.asarray(train_labels), "train_biases": np.asarray(train_biases),
+                  "topk_images": topk_images, "topk_ids": np.asarray(topk_ids),
+                  "topk_labels": np.asarray(topk_labels), "topk_biases": np.asarray(topk_biases)}
         ref = ray.put(arrays)  # once; every actor gets it from the object store
         # one block per batch: blocks are the unit Ray Data spreads over actors (and retries)
         blocks = [todo.slice(start, bs) for start in range(0, todo.num_rows, bs)]

@@ -59,8 +59,9 @@ def paper_number(method: str, dataset: str, ratio: str) -> float | None:
 class Table1:
     """Per-seed results: (dataset, ratio) -> method -> metric -> [values in %]."""
 
-    def __init__(self, methods: list[str]):
+    def __init__(self, methods: list[str], protocol: str | None = None):
         self.methods = list(methods)
+        self.protocol = protocol  # DiffInject's (injection.protocol), shown beside its name
         self.values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
         self.precision: dict = defaultdict(list)  # (dataset, ratio) -> [precision@K over seeds]
         # (dataset, ratio) -> method -> quality metric -> [fraction over seeds]
@@ -156,7 +157,7 @@ class Table1:
         best = {column: self._best(column) for column in cols}
         paper_only = [m for m in PAPER_TABLE1 if m not in self.methods]
         for method in self.methods + paper_only:
-            row = [DISPLAY.get(method, method) + (" (paper only)" if method in paper_only else "")]
+            row = [self.label(method) + (" (paper only)" if method in paper_only else "")]
             for column in cols:
                 ours = mean_std(self._seeds(column, method))
                 if method == best[column]:
@@ -186,6 +187,11 @@ class Table1:
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         return "\n".join(lines)
+
+    def label(self, method: str) -> str:
+        """The method's display name; DiffInject's with its protocol, e.g. "DiffInject (release)"."""
+        name = DISPLAY.get(method, method)
+        return f"{name} ({self.protocol})" if method == "diffinject" and self.protocol and method in self.methods else name
 
     def notes(self, seeds: int) -> str:
         compared = sorted({PAPER_DATASET[d] for d, _ in self.columns if d in PAPER_DATASET})
@@ -251,7 +257,7 @@ class Table1:
                 if p is not None:
                     paper_x.append(x)
                     paper_y.append(p)
-            ax.bar(xs, means, width, yerr=stds, capsize=2, color=colors(j % 10), label=DISPLAY.get(method, method))
+            ax.bar(xs, means, width, yerr=stds, capsize=2, color=colors(j % 10), label=self.label(method))
             ax.scatter(paper_x, paper_y, marker="_", s=120, color="black", zorder=3,
                        label="paper" if j == 0 and paper_x else None)
         ax.set_xticks(range(len(cols)))

@@ -6,6 +6,8 @@ content's h into h_t (slerp) and take the asymmetric step (x0 from the injected 
 direction from the plain eps); quality boosting (eta = 1) at t <= t_boost. Optional:
 dt_lambda (the direction term scaled at t >= 950) and omega (InjectFusion's latent
 calibration: x_t moved towards the injection, then a plain step; one more U-Net pass).
+With `inject_grid` / `boost_grid` (the released code), only generation steps whose t lies on
+that coarser grid inject (and take dt_lambda) / boost; the others are plain eta-0 DDIM steps.
 
 * `InjectionEngine` (batched): many pairs per U-Net pass; each content is inverted once and
   only the h it needs is kept; one encoder pass and two decoder passes at injected steps
@@ -24,12 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import InjectionConfig, parse_mask
+from ..config import InjectionConfig, check_inject_grid, parse_mask
 from ..diffusion.hspace import HSpace, decode, encode
 from ..diffusion.pixels import to_model_pixels, to_uint8
 from ..diffusion.schedule import linear_alphas_cumprod
 from ..errors import ConfigError
-from .formulas import calibrated_latent, ddim_step, inject_h, region_mask, timestep_grid
+from .formulas import calibrated_latent, ddim_step, inject_h, on_grid, region_mask, timestep_grid
+
+DT_LAMBDA_FROM = 950  # dt_lambda scales the direction term at steps with t >= this
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,12 @@ class InjectionPlan:
 
     inversion_grid: list[int]
     generation_grid: list[int]
-    # generation step index i (t = generation_grid[i] >= t_edit) -> inversion-grid index of the
-    # content h to use (the nearest recorded timestep)
+    # generation step index i (the step from generation_grid[i]; on the inject grid, with
+    # t >= t_edit) -> inversion-grid index of the content h to use (the nearest recorded timestep)
     content_step: dict[int, int]
+    boost_steps: frozenset[int]      # steps with eta = 1: on the boost grid, with t <= t_boost
+    dt_lambda_steps: frozenset[int]  # steps whose direction term is scaled: on the inject grid, t >= 950
     gamma: float
-    t_boost: int
     dt_lambda: float
     omega: float
     mask_box: tuple[float, float, float, float] | None
@@ -52,11 +57,19 @@ class InjectionPlan:
         t_edit = cfg.t_edit if t_edit is None else t_edit
         if not 0 <= t_edit <= 999:
             raise ConfigError(f"t_edit must be in [0, 999], got {t_edit}")
+        check_inject_grid(cfg, t_edit)
         inv, gen = timestep_grid(cfg.inversion_steps), timestep_grid(cfg.generation_steps)
         inv_arr = np.asarray(inv)
-        content_step = {i: int(np.abs(inv_arr - t).argmin()) for i, t in enumerate(gen) if i > 0 and t >= t_edit}
-        return cls(inv, gen, content_step, cfg.gamma, cfg.t_boost, cfg.dt_lambda, cfg.omega,
+        injectable = on_grid(gen, cfg.inject_grid)
+        content_step = {i: int(np.abs(inv_arr - gen[i]).argmin()) for i in injectable if gen[i] >= t_edit}
+        boost = frozenset(i for i in on_grid(gen, cfg.boost_grid) if cfg.t_boost >= 0 and gen[i] <= cfg.t_boost)
+        scaled = frozenset(i for i in injectable if cfg.dt_lambda != 1.0 and gen[i] >= DT_LAMBDA_FROM)
+        return cls(inv, gen, content_step, boost, scaled, cfg.gamma, cfg.dt_lambda, cfg.omega,
                    None if cfg.mode == "global" else parse_mask(cfg.mask))
+
+    def direction(self, i: int, eps: torch.Tensor) -> torch.Tensor:
+        """The direction term of generation step i: eps, times dt_lambda at dt_lambda_steps."""
+        return eps * self.dt_lambda if i in self.dt_lambda_steps else eps
 
     def mask(self, h: torch.Tensor) -> torch.Tensor | None:
         return None if self.mask_box is None else region_mask(h.shape[-2], h.shape[-1], self.mask_box)
@@ -68,13 +81,6 @@ class _Schedule:
 
     def __getitem__(self, t: int) -> float:
         return self.abar[t]
-
-
-DT_LAMBDA_FROM = 950  # dt_lambda scales the direction term at steps with t >= this
-
-
-def _direction(eps: torch.Tensor, t: int, dt_lambda: float) -> torch.Tensor:
-    return eps * dt_lambda if dt_lambda != 1.0 and t >= DT_LAMBDA_FROM else eps
 
 
 class InjectionEngine:
@@ -180,9 +186,9 @@ class InjectionEngine:
                     _, eps = self._eps(x, t)
                     eps_x0 = eps
             noise = None
-            if plan.t_boost >= 0 and t <= plan.t_boost:
+            if i in plan.boost_steps:
                 noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(self.device, x.dtype)
-            x = ddim_step(x, eps_x0, _direction(eps, t, plan.dt_lambda), self.abar[t], self.abar[t_next], noise)
+            x = ddim_step(x, eps_x0, plan.direction(i, eps), self.abar[t], self.abar[t_next], noise)
         return x
 
 
@@ -233,7 +239,7 @@ def reference_inject_tensor(unet: nn.Module, cfg: InjectionConfig, original: np.
                     x = calibrated_latent(x, eps, eps_x0, abar[t], plan.omega)
                     eps = eps_x0 = eps_of(x, t)
             noise = None
-            if plan.t_boost >= 0 and t <= plan.t_boost:
+            if i in plan.boost_steps:
                 noise = torch.randn(x.shape[1:], generator=generator).to(device, dtype)[None]
-            x = ddim_step(x, eps_x0, _direction(eps, t, plan.dt_lambda), abar[t], abar[t_next], noise)
+            x = ddim_step(x, eps_x0, plan.direction(i, eps), abar[t], abar[t_next], noise)
     return x.cpu()

@@ -16,6 +16,13 @@ def timestep_grid(n: int) -> list[int]:
     return [int(s + 1e-6) for s in np.linspace(0, 1, n) * 999]
 
 
+def on_grid(generation_grid: list[int], steps: int) -> list[int]:
+    """Indices i >= 1 of the generation grid (the step from grid[i] to grid[i - 1]) whose t lies
+    on the `steps`-step timestep grid (the released code's `i in seq_replace`); 0: every step."""
+    on = set(timestep_grid(steps)) if steps else None
+    return [i for i in range(1, len(generation_grid)) if on is None or generation_grid[i] in on]
+
+
 def _per_sample_norm(x: torch.Tensor) -> torch.Tensor:
     return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1)))
 

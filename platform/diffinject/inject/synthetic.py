@@ -11,10 +11,12 @@ that replaces the whole of OUT, OUT must be new, empty, a synthetic set or one i
 `<name>.unreadable`, and kept in `OUT/_unreadable/` by `finalize`) and its pairs are
 generated again.
 
-Rows have the columns of `data.parquet.SCHEMA` (id `syn-<pair_id>`, label = the content's
-label, bias = the original's bias, aligned = label == bias, split "train") plus provenance:
-pair_id, original_id, content_id (dataset ids), seed, gamma, t_edit, inversion_steps,
-generation_steps and checkpoint_hash (first 16 hex digits of the checkpoint's sha256).
+Rows have the columns of `data.parquet.SCHEMA` (id `syn-<pair_id>`, split "train", aligned =
+label == bias; with injection.label_from=content the label is the content's and the bias the
+original's, with label_from=original the label is the original's and the bias the content's:
+the image is meant to show that class with that bias attribute) plus provenance: pair_id,
+original_id, content_id (dataset ids), seed, gamma, t_edit, inversion_steps, generation_steps,
+checkpoint_hash (first 16 hex digits of the checkpoint's sha256) and label_from.
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ SET_ASIDE = "_unreadable"  # where finalize keeps the part files that could not 
 SYNTHETIC_SCHEMA = pa.schema(list(SCHEMA) + [
     ("pair_id", pa.int64()), ("original_id", pa.string()), ("content_id", pa.string()), ("seed", pa.int64()),
     ("gamma", pa.float64()), ("t_edit", pa.int32()), ("inversion_steps", pa.int32()),
-    ("generation_steps", pa.int32()), ("checkpoint_hash", pa.string()),
+    ("generation_steps", pa.int32()), ("checkpoint_hash", pa.string()), ("label_from", pa.string()),
 ])
 
 
@@ -55,21 +57,25 @@ def checkpoint_hash(path: Path) -> str:
 
 def provenance(cfg: InjectionConfig, t_edit: int, checkpoint_digest: str) -> dict:
     return {"gamma": float(cfg.gamma), "t_edit": int(t_edit), "inversion_steps": int(cfg.inversion_steps),
-            "generation_steps": int(cfg.generation_steps), "checkpoint_hash": checkpoint_digest}
+            "generation_steps": int(cfg.generation_steps), "checkpoint_hash": checkpoint_digest,
+            "label_from": cfg.label_from}
 
 
-def batch_table(pair_ids, original_index, content_index, seeds, images: np.ndarray, train_ids, train_biases,
-                topk_ids, topk_labels, prov: dict) -> pa.Table:
+def batch_table(pair_ids, original_index, content_index, seeds, images: np.ndarray, train_ids, train_labels,
+                train_biases, topk_ids, topk_labels, topk_biases, prov: dict) -> pa.Table:
     """Rows of the synthetic set for one batch of manifest pairs and their generated images
-    (uint8 N x H x W x 3, in the pairs' order)."""
+    (uint8 N x H x W x 3, in the pairs' order); prov["label_from"] says whose label a row gets."""
     pair_ids = np.asarray(pair_ids, dtype=np.int64)
     original_index = np.asarray(original_index, dtype=np.int64)
     content_index = np.asarray(content_index, dtype=np.int64)
     n = len(pair_ids)
     if images.shape[0] != n or images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
         raise ValueError(f"expected {n} uint8 H x W x 3 images, got {images.dtype} {images.shape}")
-    labels = np.asarray(topk_labels)[content_index].astype(np.int64)
-    biases = np.asarray(train_biases)[original_index].astype(np.int64)
+    if prov["label_from"] == "original":
+        labels, biases = np.asarray(train_labels)[original_index], np.asarray(topk_biases)[content_index]
+    else:
+        labels, biases = np.asarray(topk_labels)[content_index], np.asarray(train_biases)[original_index]
+    labels, biases = labels.astype(np.int64), biases.astype(np.int64)
     height, width = images.shape[1], images.shape[2]
     columns = {
         "id": [f"syn-{int(p):07d}" for p in pair_ids],
@@ -84,7 +90,7 @@ def batch_table(pair_ids, original_index, content_index, seeds, images: np.ndarr
         "gamma": np.full(n, prov["gamma"]), "t_edit": np.full(n, prov["t_edit"]),
         "inversion_steps": np.full(n, prov["inversion_steps"]),
         "generation_steps": np.full(n, prov["generation_steps"]),
-        "checkpoint_hash": [prov["checkpoint_hash"]] * n,
+        "checkpoint_hash": [prov["checkpoint_hash"]] * n, "label_from": [prov["label_from"]] * n,
     }
     arrays = [pa.array(columns[f.name], type=f.type) for f in SYNTHETIC_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=SYNTHETIC_SCHEMA)

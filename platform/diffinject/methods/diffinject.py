@@ -1,5 +1,7 @@
 """DiffInject's stage 4: cross-entropy on the original training set plus the synthetic
-bias-conflict samples of stages 1-3 (labelled with their content image's label)."""
+bias-conflict samples of stages 1-3, labelled with their content image's label
+(injection.label_from=content, the paper) or their original image's (original: the released
+code on the 32x32 datasets); see inject.synthetic."""
 from __future__ import annotations
 
 from .base import register_method
