@@ -61,7 +61,7 @@ def test_protocol_presets_per_dataset(dataset):
 def test_quick_presets_keep_the_cpu_injection_on_top_of_the_protocol():
     quick = preset("colored_digits", "1", quick=True)
     assert _protocol_fields(quick) == dict(
-        protocol="release", label_from="original", scope="per_class", k=10, select="valid", mode="global",
+        protocol="release", label_from="content", scope="per_class", k=10, select="valid", mode="global",
         t_edit=200, calibrate=False, lpips=0.33, dt_lambda=0.9985, steps=(20, 20), grids=(0, 0))
     assert quick.injection.gamma == 1.0 and quick.bias.classifier.num_steps == 300
     paper = preset("colored_digits", "1", quick=True, protocol="paper")
