@@ -54,7 +54,10 @@ def test_stage1_and_vanilla_are_logged(ray_session, quick_cfg, mlflow_uri):
     note = parent.data.tags["mlflow.note.content"]
     assert f"**{100 * test_at_best:.2f}%**" in note and f"step {best.step} of 40" in note
     assert f"(#/experiments/{parent.info.experiment_id}/runs/{child.info.run_id})" in note
-    assert s1.data.metrics["selected_step"] == 30  # stage 1 keeps its last weights (bias.classifier.select)
+    # the release protocol's f_B is its best-on-valid model (bias.classifier.select=valid)
+    assert quick_cfg.bias.classifier.select == "valid"
+    s1_valid = sorted(client.get_metric_history(s1.info.run_id, "valid_acc"), key=lambda m: m.step)
+    assert s1.data.metrics["selected_step"] == next(m.step for m in s1_valid if m.value == max(v.value for v in s1_valid))
 
     table = format_table(collect("t-pipeline", Tracker(mlflow_uri)))
     assert "vanilla" in table and "stage-1 bias classifier" in table and "colored_digits @ 1%" in table
