@@ -42,7 +42,6 @@ def test_nan_loss_in_a_worker_is_a_clear_error(ray_session, quick_cfg, digits_pa
     assert list(Path(quick_cfg.run.storage_path).rglob("error.json")), "a failed job keeps its run folder"
 
 
-@pytest.mark.slow
 def test_killed_ddp_worker_resumes_from_its_checkpoint(ray_session, quick_cfg, digits_parquet, tmp_path):
     """Two gloo DDP workers; rank 0 is SIGKILLed at step 25, between the checkpoints of steps
     20 and 30; the run restarts the worker group, resumes from the last checkpoint Ray had
