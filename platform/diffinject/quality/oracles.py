@@ -304,11 +304,12 @@ def dataset_oracles(dataset: str, train: ArraySplit, valid: ArraySplit, config: 
 
 
 def score_with(oracles: Oracles, train: ArraySplit, synthetic: ArraySplit, original_ids=None,
-               content_ids=None) -> dict[str, float]:
+               content_ids=None, reads: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """The quality report of `synthetic` (images and the labels they are trained with): the
     metrics of `report.quality_metrics` plus the oracles' held-out accuracy. original_ids /
-    content_ids (the provenance columns) are looked up among the training split's ids."""
-    read_class, read_bias = oracles.read(synthetic.images)
+    content_ids (the provenance columns) are looked up among the training split's ids; `reads`
+    is what the oracles read of its images, when the caller has it already."""
+    read_class, read_bias = reads if reads is not None else oracles.read(synthetic.images)
     originals = None if original_ids is None else labels_of(original_ids, train.ids, train.labels)
     contents = None if content_ids is None else labels_of(content_ids, train.ids, train.labels)
     return {**quality_metrics(read_class, read_bias, synthetic.labels, originals, contents), **oracles.accuracy}
@@ -342,8 +343,9 @@ def score_folder(oracles: Oracles, train: ArraySplit, folder: Path, figure: Path
     """The quality report of the synthetic set in `folder`, with its first `shown` images in a
     captioned grid at `figure` when given."""
     synthetic, originals, contents = load_synthetic(folder)
-    report = score_with(oracles, train, synthetic, originals, contents)
+    read_class, read_bias = oracles.read(synthetic.images)
+    report = score_with(oracles, train, synthetic, originals, contents, (read_class, read_bias))
     if figure is not None and len(synthetic):
-        images, labels = synthetic.images[:shown], synthetic.labels[:shown]
-        quality_figure(figure, images, labels, *oracles.read(images), report, title)
+        quality_figure(figure, synthetic.images[:shown], synthetic.labels[:shown], read_class[:shown],
+                       read_bias[:shown], report, title)
     return report

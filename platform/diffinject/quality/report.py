@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# what the report holds, in the order tables show it
-METRIC_NAMES = ("label_fidelity", "conflict_rate", "useful_rate", "shows_original", "shows_content",
-                "class_oracle_acc", "bias_oracle_acc", "class_oracle_conflicting_acc", "bias_oracle_conflicting_acc")
-
 
 def _share(mask: np.ndarray) -> float:
     return float(np.mean(mask)) if len(mask) else float("nan")
