@@ -224,7 +224,7 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
     with tracker.ending(run_id):
         for seed in seeds:
             cell = run_cell(with_seed(cfg, seed), method)
-            result.test[seed] = 100.0 * cell.metrics["test_acc"]
+            result.test[seed] = 100.0 * cell.metrics["reported_acc"]
             result.valid[seed] = 100.0 * cell.metrics.get("valid_acc", float("nan"))
             result.cell_runs[seed] = cell.run_id
             for name in QUALITY_SHOWN:
