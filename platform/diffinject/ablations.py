@@ -55,6 +55,8 @@ AXES = {
     "label_from": AxisKind(("injection.label_from",), "whose label a synthetic sample gets: content or original"),
     "k_per_class": AxisKind(("bias.k",), "top-K per class (sets bias.scope=per_class)", ("bias.scope=per_class",)),
     "p2_gamma": AxisKind(("diffusion.gamma",), "P2 weighting of the diffusion loss (one model per value)"),
+    "baselines": AxisKind(("baselines.protocol",), "how the classifiers train: reference (as the reference "
+                                                    "repositories) or uniform (all alike)"),
 }
 
 

@@ -101,12 +101,16 @@ def cmd_data_check(args: argparse.Namespace) -> None:
                 size = size or (pixels.shape[1], pixels.shape[0])
         print(f"{spec.name} @ {ratio}%: images {size[0]}x{size[1]}, all readable")
         print(f"  {'split':<6} {'class':>5} {'aligned':>8} {'conflicting':>12}")
+        shares = []
         for split, per_class in index.counts().items():
             for c, (aligned, conflicting) in per_class.items():
                 print(f"  {split:<6} {c:>5} {aligned:>8} {conflicting:>12}")
             total_a = sum(a for a, _ in per_class.values())
             total_c = sum(b for _, b in per_class.values())
             print(f"  {split:<6} {'all':>5} {total_a:>8} {total_c:>12}")
+            shares.append(f"{split} {total_c / max(total_a + total_c, 1):.3f}")
+        # a valid split as biased as the training split makes valid selection favour the most biased weights
+        print(f"  bias-conflicting share: {', '.join(shares)}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -89,7 +89,8 @@ def _protocol(cfg: ExperimentConfig, method: str) -> dict:
 
 
 def cell_tags(cfg: ExperimentConfig, method: str) -> dict:
-    return {**_run_tags(cfg, "cell"), "method": method, **_protocol(cfg, method)}
+    """Tags of a cell run; `baselines` is how its classifier trained (baselines.protocol)."""
+    return {**_run_tags(cfg, "cell"), "method": method, "baselines": cfg.baselines.protocol, **_protocol(cfg, method)}
 
 
 def cell_params(cfg: ExperimentConfig, method: str) -> dict:

@@ -162,7 +162,7 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
     reported = f"test_{data.reported}"
 
     step, best_score, best_step, best_nets = 0, -math.inf, -1, None
-    best_test, best_test_step, last_test = -math.inf, -1, None
+    best_test, best_test_step, latest_test, latest_step = -math.inf, -1, None, -1
     if ctx.resume_state is not None:
         method.load_state_dict(ctx.resume_state["method"])
         step = ctx.resume_state["step"]
@@ -171,6 +171,7 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
         best_nets = ctx.resume_state["best_nets"]
         best_test = ctx.resume_state.get("best_test", -math.inf)
         best_test_step = ctx.resume_state.get("best_test_step", -1)
+        latest_test, latest_step = ctx.resume_state.get("latest_test"), ctx.resume_state.get("latest_step", -1)
 
     def scores() -> dict[str, float]:
         args = (prep, cfg.batch_size * 2, data.num_classes, data.num_biases, ctx.rank, ctx.world_size)
@@ -207,13 +208,12 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
                 best_score, best_step, best_nets = score, step, method.net_states()
             if metrics[reported] > best_test:
                 best_test, best_test_step = metrics[reported], step
-            if step == cfg.num_steps:
-                last_test = metrics[reported]
+            latest_test, latest_step = metrics[reported], step
             metrics.update(step=step, images_per_s=(step - start_step) * cfg.batch_size / (time.perf_counter() - started))
             ctx.log(step, metrics)
             state = {"method": method.state_dict(), "step": step, "best_score": best_score,
                      "best_step": best_step, "best_nets": best_nets, "best_test": best_test,
-                     "best_test_step": best_test_step}
+                     "best_test_step": best_test_step, "latest_test": latest_test, "latest_step": latest_step}
             ctx.report({**metrics, **last_log}, state)
 
     if cfg.select == "last" and best_step != step:  # the last weights, evaluated or not
@@ -223,8 +223,8 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
     final.update(step=step, selected_score=float(best_score), selected_step=best_step,
                  reported_acc=final[reported], reported_acc_best_test=float(best_test), best_test_step=best_test_step,
                  valid_conflict_share=float(1.0 - data.valid.aligned.mean()))
-    if last_test is not None:
-        final["reported_acc_last"] = last_test
+    if latest_step == step:  # the last weights were evaluated (always, unless eval_offset)
+        final["reported_acc_last"] = latest_test
     return FitResult(method=method, step=step, metrics=final)
 
 
