@@ -182,6 +182,18 @@ def test_method_classifier_gives_lff_its_own_lr_and_length():
     assert method_classifier(bffhq, "lff") is bffhq.classifier
 
 
+def test_stage_4_trains_each_method_with_its_classifier(monkeypatch):
+    from diffinject import stage4
+
+    seen = {}
+    monkeypatch.setattr(stage4, "train_method", lambda name, clf, *args, **kw: seen.setdefault(name, clf))
+    cfg = preset("colored_digits", "1")
+    for method in ("lff", "vanilla"):
+        stage4.train_classifier(method, cfg, data=None, ctx=None)
+    assert seen == {"lff": method_classifier(cfg, "lff"), "vanilla": cfg.classifier}
+    assert seen["lff"].num_steps == 23_500
+
+
 def test_an_unknown_baselines_protocol_is_an_error_naming_the_field():
     with pytest.raises(ConfigError, match="^baselines.protocol must be reference or uniform, got 'code'"):
         apply_overrides(preset("cmnist"), ["baselines.protocol=code"])
