@@ -87,8 +87,6 @@ def test_a_resumed_fit_remembers_the_step_it_selected(data):
     assert resumed.metrics["selected_step"] == straight.metrics["selected_step"]
 
 
-@pytest.mark.xfail(strict=True, reason="train.fit: last_test is not in the checkpoint state, so a fit resumed from "
-                                        "its final checkpoint runs no evaluation and drops reported_acc_last")
 def test_a_fit_resumed_from_its_final_checkpoint_keeps_every_selection(data):
     c = cfg()
     states = {}
