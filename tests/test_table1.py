@@ -27,7 +27,14 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
     assert "[2/2" in first and "this run built: stage4 x2;" in first  # no stage 1: neither method needs it
     table = (tmp_path / "results" / "table1-quick.md").read_text()
     assert "Colored Digits 1%" in table and "5%" not in table
-    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    # the valid-selected table, then the references' best-on-test one and every selection, printed and written
+    main_table, _, references = table.partition("As the references report (best test accuracy during training):")
+    printed = references.split("## Detail")[0].strip()
+    assert "Each selection, from the same runs:" in printed and "| Colored Digits | 1% | LfF |" in printed
+    assert printed in first
+    rows = {line.split(" | ")[0].strip("| "): line for line in main_table.splitlines() if line.startswith("| ")}
+    header = (tmp_path / "results" / "table1-quick.csv").read_text().splitlines()[0].split(",")
+    assert {"unbiased_mean", "best_test_mean", "last_mean", "valid_conflict_share"} <= set(header)
     assert "± 0.00" in rows["Vanilla"] and "(32.59)" in rows["Vanilla"] and "(74.23)" in rows["LfF"]  # 1 seed; CMNIST
     assert "top-K precision (stage 1)" not in rows
     # the table run holds the table's numbers as metrics, and links the cell runs behind them
