@@ -55,6 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help=f"Colored Digits 1%% on CPU, sweeps {' '.join(QUICK_SWEEPS)}")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")
+    p.add_argument("--baselines", choices=("reference", "uniform"), default="reference",
+                   help="how the comparison methods and the stage-4 classifier train: as their reference "
+                        "repositories do, or all alike (docs/design.md 2.4)")
     p.add_argument("--dataset", default="colored_digits")
     p.add_argument("--ratio", default="1", help="percent of bias-conflicting training samples of the data set")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...|NAME=LOW:HIGH")
@@ -139,7 +142,8 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             get_method(reference)
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, [args.dataset])
-        base = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol)
+        base = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol,
+                      baselines=args.baselines)
         base.data.data_root, base.data.cache_root = args.data_root, args.cache_root
         base.run.experiment = experiment
         apply_overrides(base, args.set)

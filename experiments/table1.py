@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="embedded Colored Digits on CPU")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")
+    p.add_argument("--baselines", choices=("reference", "uniform"), default="reference",
+                   help="how the comparison methods and the stage-4 classifier train: as their reference "
+                        "repositories do, or all alike (docs/design.md 2.4)")
     p.add_argument("--datasets", nargs="+", help=f"default: {' '.join(PAPER_DATASETS)} (--quick: colored_digits)")
     p.add_argument("--ratios", nargs="+", help="default: 1 5 (--quick: 1, where the quick DiffInject row is measured)")
     p.add_argument("--methods", nargs="+", help="default: every registered method")
@@ -90,7 +93,8 @@ class Progress:
 
     def cell_done(self, r: CellResult) -> None:
         how = "cached" if r.cached else ", ".join(f"{s} {v}" for s, v in sorted(r.stages.items()) if s != "cell")
-        self.step_done(f"{r.dataset} {r.ratio}% seed {r.seed} {r.method}: unbiased {100 * r.metrics['test_acc']:.2f}  "
+        self.step_done(f"{r.dataset} {r.ratio}% seed {r.seed} {r.method}: unbiased {100 * r.metrics['reported_acc']:.2f} "
+                       f"(best on test {100 * r.metrics['reported_acc_best_test']:.2f})  "
                        f"({how}; {r.seconds:.0f}s)")
 
     def step_done(self, text: str) -> None:
@@ -128,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = []
         for dataset in datasets:
             for ratio in ratios:
-                cfg = preset(dataset, ratio, quick=args.quick, protocol=args.protocol)
+                cfg = preset(dataset, ratio, quick=args.quick, protocol=args.protocol, baselines=args.baselines)
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
@@ -164,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
         progress = Progress(len(jobs))
         results = run_cells(spec, jobs, parallel, progress.cell_done)
-        table = Table1(methods, protocol=configs[0].injection.protocol)  # --protocol, or a --set of it
+        table = Table1(methods, protocol=configs[0].injection.protocol,  # --protocol / --baselines, or a --set
+                       baselines=configs[0].baselines.protocol)
         for r in results:
             table.add(r.dataset, r.ratio, r.method, r.metrics, r.seed)
         built = Counter((stage, how) for r in results for stage, how in r.stages.items() if stage != "cell")
@@ -215,7 +220,9 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
     from diffinject.atomic import atomic_file
     from diffinject.notes import table_note
 
-    text = f"{table.markdown()}\n\n{table.notes(seeds)}"
+    text = (f"{table.markdown()}\n\n{table.notes(seeds)}\n\n"
+            f"As the references report (best test accuracy during training):\n\n{table.markdown('best_test')}\n\n"
+            f"{table.references_notes()}\n\nEach selection, from the same runs:\n\n{table.selection_markdown()}")
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path, png = out / f"{experiment}.md", out / f"{experiment}.csv", out / f"{experiment}.png"
@@ -227,10 +234,12 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
     runs = out / f"{experiment}-runs.json"
     with atomic_file(runs) as handle:
         json.dump([{"dataset": r.dataset, "ratio": r.ratio, "method": r.method, "seed": r.seed, "run_id": r.run_id,
-                    "test_acc": r.metrics["test_acc"]} for r in results], handle, indent=1)
+                    "reported_acc": r.metrics["reported_acc"],
+                    "reported_acc_best_test": r.metrics["reported_acc_best_test"]} for r in results], handle, indent=1)
     exp = tracker.experiment(experiment)
     run_id = tracker.start_run(exp, f"{experiment} table", {"diffinject.role": "table", "cells": len(results),
-                                                            "protocol": table.protocol})
+                                                            "protocol": table.protocol,
+                                                            "baselines": table.baselines})
     tracker.log_metrics(run_id, table.metrics())
     tracker.describe(run_id, table_note(table, text, results, exp))
     for path in (md, csv_path, png, runs):

@@ -116,7 +116,8 @@ def _fake_cells(accuracies: dict[int, float], fail_at: int | None = None, error:
             raise error("boom")
         acc = accuracies[cfg.run.seed]
         return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed,
-                          {"test_acc": acc, "valid_acc": acc / 2}, f"cell-{cfg.run.seed}-{cfg.injection.gamma}")
+                          {"reported_acc": acc, "test_acc": acc - 0.1, "valid_acc": acc / 2},  # the trial keeps reported_acc
+                          f"cell-{cfg.run.seed}-{cfg.injection.gamma}")
     return run_cell
 
 
@@ -165,7 +166,7 @@ def test_a_trial_carries_its_synthetic_sets_fidelity_and_conflict_rate(base, tmp
     def run_cell(cfg, method):
         fidelity, conflict = quality[cfg.run.seed]
         return CellResult(cfg.data.dataset, cfg.data.ratio, method, cfg.run.seed,
-                          {"test_acc": 0.5, "valid_acc": 0.4, "quality.label_fidelity": fidelity,
+                          {"reported_acc": 0.5, "valid_acc": 0.4, "quality.label_fidelity": fidelity,
                            "quality.conflict_rate": conflict, "quality.useful_rate": 0.1}, f"cell-{cfg.run.seed}")
 
     key = trial_key("diffinject", {"gamma": 0.5}, base)

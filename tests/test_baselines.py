@@ -1,4 +1,5 @@
 """LfF, DisEnt and BiasEnsemble: each mechanism pinned down on hand-made inputs."""
+import dataclasses
 import io
 
 import numpy as np
@@ -8,11 +9,11 @@ import torch.nn.functional as F
 
 from diffinject.config import preset
 from diffinject.methods import get_method, table_methods
-from diffinject.methods.bias_ensemble import committee_vote
+from diffinject.methods.bias_ensemble import committee_config, committee_vote, true_label_probabilities
 from diffinject.methods.disent import DisentNet, Encoder
 from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
 from diffinject.models import MLP
-from diffinject.train import TrainContext, TrainData, fit
+from diffinject.train import Preprocess, TrainContext, TrainData, fit, train_method
 
 
 def test_registry_lists_the_table_methods_in_order():
@@ -81,14 +82,26 @@ def _method(name, data, steps=12, **options):
 def test_disent_swaps_only_after_the_curriculum_step_and_decays_lr_from_there():
     data = _tiny_data()
     method, clf = _method("disent", data, curr_step=4, lr_decay_step=2, lr_gamma=0.5, disent_lr=0.01)
+    clf.log_every = 1
     method.prepare(data, TrainContext(), 0)
     logs = []
     fit(method, data, clf, TrainContext(log=lambda step, m: logs.append((step, m))), seed=0)
     swapping = {step: m["train_swapping"] for step, m in logs if "train_swapping" in m}
     lrs = {step: m["train_lr"] for step, m in logs if "train_lr" in m}
-    assert swapping == {3: 0.0, 6: 1.0, 9: 1.0, 12: 1.0}  # steps 1-4 without swapping, then with
+    # DisEnt's `step > curr_step` on 0-based steps: updates 1-5 without swapping, from update 6 with
+    assert swapping == {step: float(step > 5) for step in range(1, 13)}
     # the lr of each update: the decay counts from update 5 (past curr_step), halving every 2
-    assert lrs == {3: 0.01, 6: 0.01, 9: 0.0025, 12: 0.00125}
+    assert lrs == {**dict.fromkeys(range(1, 7), 0.01), 7: 0.005, 8: 0.005, 9: 0.0025, 10: 0.0025, 11: 0.00125,
+                   12: 0.00125}
+
+
+@pytest.mark.parametrize("disent_lr,lr", [(0.0, 0.003), (0.02, 0.02)])
+def test_disent_trains_at_its_own_lr_or_the_classifiers(disent_lr, lr):
+    data = _tiny_data()
+    cfg = preset("colored_digits", "1", quick=True).classifier
+    cfg.lr = 0.003
+    method = get_method("disent")(cfg, 2, (3, 4, 4), len(data.train), {"disent_lr": disent_lr})
+    assert method.optimizers["model"].param_groups[0]["lr"] == lr
 
 
 def test_committee_vote_needs_agreement_above_tau():
@@ -118,7 +131,68 @@ def test_be_detector_runs_the_committee_and_logs_precision_and_recall():
     logs = []
     method.prepare(data, TrainContext(log=lambda step, m: logs.append(m)), seed=0)
     assert method.pseudo_aligned.shape == (48,) and method.pseudo_aligned.dtype == torch.bool
-    assert set(logs[0]) == {"be_pseudo_aligned", "be_precision", "be_recall"}
+    assert set(logs[0]) == {"be_pseudo_aligned", "be_precision", "be_recall", "be_kept_step_mean"}
+
+
+def test_committee_config_keeps_the_best_on_valid_evaluation_or_the_last_weights():
+    clf = preset("colored_digits", "1", quick=True).classifier
+    options = {"committee_steps": 1_000, "committee_eval_every": 500}
+    cfg, offset = committee_config(clf, {**options, "committee_select": "valid"})
+    assert (cfg.num_steps, cfg.select, cfg.eval_every, offset) == (1_000, "valid", 500, 1)
+    assert cfg == dataclasses.replace(clf, num_steps=1_000, select="valid", eval_every=500)
+    cfg, offset = committee_config(clf, {**options, "committee_select": "last"})
+    assert (cfg.num_steps, cfg.select, cfg.eval_every, offset) == (1_000, "last", 1_000, 0)
+
+
+@pytest.mark.parametrize("select,kept", [("valid", {1, 9, 17}), ("last", {20})])
+def test_each_committee_model_keeps_the_weights_its_selection_gives(select, kept):
+    """committee_select=valid: each model's best-on-valid evaluation after steps 1, 1 + N, ...
+    (BE's schedule); last: its last weights. The detector logs the mean kept step."""
+    data = _tiny_data(n=48)
+    method, clf = _method("lff_be", data, num_bias_models=3, agreement=2, committee_steps=20,
+                          committee_eval_every=8, committee_select=select)
+    logs = []
+    method.prepare(data, TrainContext(log=lambda step, m: logs.append(m)), seed=0)
+    cfg, offset = committee_config(clf, method.options)
+    steps = [train_method("gce", cfg, data, TrainContext(), m, {"q": 0.7}, eval_offset=offset).metrics["selected_step"]
+             for m in range(3)]  # the committee's seeds: seed * 100 + m
+    assert set(steps) <= kept and logs[0]["be_kept_step_mean"] == pytest.approx(np.mean(steps))
+
+
+@pytest.mark.parametrize("augment", ["crop_flip", "none"])
+def test_true_label_probabilities_score_augmented_images_given_a_generator(augment):
+    data = _tiny_data()
+    clf = dataclasses.replace(preset("colored_digits", "1", quick=True).classifier, augment=augment)
+    torch.manual_seed(0)
+    net = MLP(3 * 4 * 4, 2)
+    prep = Preprocess(clf, torch.device("cpu"))
+
+    def score(generator=None):
+        return true_label_probabilities(net, data, prep, 16, generator)
+
+    plain, augmented = score(), score(torch.Generator().manual_seed(5))
+    assert np.array_equal(augmented, score(torch.Generator().manual_seed(5)))  # seeded: the same crops and flips
+    if augment == "none":
+        assert np.array_equal(plain, augmented)
+    else:
+        assert not np.allclose(plain, augmented)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_the_detector_scores_with_the_training_augmentation_when_asked(augment, monkeypatch):
+    import diffinject.methods.bias_ensemble as be
+
+    generators = []
+
+    def recording(net, data, prep, batch_size, generator=None):
+        generators.append(generator)
+        return np.ones(len(data.train))
+
+    monkeypatch.setattr(be, "true_label_probabilities", recording)
+    data = _tiny_data()
+    method, _ = _method("lff_be", data, num_bias_models=2, agreement=2, committee_steps=2, committee_augment=augment)
+    method.prepare(data, TrainContext(), seed=0)
+    assert len(generators) == 2 and all((g is not None) == augment for g in generators)
 
 
 def test_lff_resume_reproduces_the_ema_state():

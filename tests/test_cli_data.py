@@ -65,6 +65,9 @@ def test_check_prints_counts(digits_root, capsys):
             assert table[(split, str(c))] == counts
         assert sum(a for a, _ in per_class.values()) == table[(split, "all")][0]
     assert all(table[("test", str(c))] == (4, 36) for c in range(10))
+    # each split's share of bias-conflicting images, from the same counts (valid: whatever it holds)
+    a, c = table[("valid", "all")]
+    assert f"  bias-conflicting share: train {12 / 1200:.3f}, valid {c / (a + c):.3f}, test 0.900" in captured.out
 
 
 def test_check_accepts_ratio_spellings(digits_root, capsys):

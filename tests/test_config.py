@@ -5,7 +5,7 @@ from typing import get_type_hints
 import pytest
 
 from diffinject.config import (FIELD_RULES, ExperimentConfig, Range, Text, apply_overrides, flatten, from_dict,
-                               preset, to_dict, validate)
+                               method_classifier, preset, to_dict, validate)
 from diffinject.data.registry import DATASETS
 from diffinject.errors import ConfigError
 
@@ -17,10 +17,12 @@ from diffinject.errors import ConfigError
     ("dogs_and_cats", "resnet18", 1e-4, 64, "none", True, 224),
 ])
 def test_presets_carry_the_paper_hyperparameters(dataset, arch, lr, batch, augment, normalize, resize):
-    cfg = preset(dataset, "5", protocol="paper")
-    c = cfg.classifier
-    assert (c.arch, c.lr, c.batch_size, c.augment, c.normalize, c.resize) == (arch, lr, batch, augment, normalize, resize)
-    assert c.select == "valid" and cfg.bias.classifier.select == "last"
+    """The paper's classifier: stage 1's under either baseline protocol, and the uniform one's."""
+    cfg = preset(dataset, "5", protocol="paper", baselines="uniform")
+    for c in (cfg.classifier, cfg.bias.classifier, preset(dataset, "5", protocol="paper").bias.classifier):
+        assert (c.arch, c.lr, c.batch_size, c.augment, c.normalize, c.resize) == (arch, lr, batch, augment, normalize,
+                                                                                 resize)
+    assert cfg.classifier.select == "valid" and cfg.bias.classifier.select == "last"
     assert cfg.bias.q == 0.7 and cfg.bias.k == 10 and cfg.bias.scope == "global"
 
 
@@ -81,6 +83,122 @@ def test_a_protocol_override_applies_the_protocol_first(quick):
     assert to_dict(back) == to_dict(apply_overrides(preset("cmnist", "1", quick=quick), []))
     with pytest.raises(ConfigError, match="^injection.protocol must be release or paper, got 'code'"):
         apply_overrides(preset("cmnist"), ["injection.protocol=code"])
+
+
+# The reference repositories' settings per dataset and ratio (config.BASELINE_PROTOCOLS["reference"]):
+# classifier (lr, num_steps, augment, MLP /255), LfF (lr, steps), DisEnt (lr, lambdas dis/swap_b/swap, lr_gamma)
+SMALL = dict(lr=0.01, augment="none", divide=True, lff=(1e-3, 23_500), disent_lr=0.01, lambdas=(10, 10, 1), gamma=0.5)
+REFERENCE = {
+    ("cmnist", "1"): SMALL, ("colored_digits", "1"): SMALL, ("colored_digits", "5"): SMALL,
+    **{("cifar10c", r): dict(lr=1e-3, augment="crop_flip", divide=False, lff=(1e-3, 39_200),
+                             disent_lr=5e-4 if r == "0.5" else 1e-3,
+                             lambdas=(5, 5, 1) if r in ("1", "2") else (1, 1, 1), gamma=0.5)
+       for r in ("0.5", "1", "2", "5")},
+    ("bffhq", "1"): dict(lr=1e-4, augment="crop_flip", divide=False, lff=(0.0, 0), disent_lr=1e-4,
+                         lambdas=(2, 2, 0.1), gamma=0.1),
+    ("dogs_and_cats", "1"): dict(lr=1e-4, augment="crop_flip", divide=False, lff=(0.0, 0), disent_lr=1e-4,
+                                 lambdas=(1, 1, 1), gamma=0.1),
+}
+
+
+def _baseline_fields(cfg):
+    c, b = cfg.classifier, cfg.baselines
+    return dict(lr=c.lr, augment=c.augment, divide=c.mlp_divide_by_255, lff=(b.lff_lr, b.lff_num_steps),
+                disent_lr=b.disent_lr, lambdas=(b.lambda_dis_align, b.lambda_swap_align, b.lambda_swap),
+                gamma=b.lr_gamma)
+
+
+def _committee(cfg):
+    b = cfg.baselines
+    return b.committee_steps, b.committee_select, b.committee_eval_every, b.committee_augment
+
+
+@pytest.mark.parametrize("dataset,ratio", sorted(REFERENCE))
+def test_the_reference_baseline_protocol_per_dataset_and_ratio(dataset, ratio):
+    cfg = preset(dataset, ratio)  # reference is the default
+    assert to_dict(cfg) == to_dict(preset(dataset, ratio, baselines="reference"))
+    assert cfg.baselines.protocol == "reference" and _baseline_fields(cfg) == REFERENCE[dataset, ratio]
+    assert cfg.classifier.num_steps == 50_000
+    assert (cfg.baselines.curr_step, cfg.baselines.lr_decay_step) == (10_000, 10_000)
+    assert _committee(cfg) == (1_000, "valid", 500, True)
+
+
+@pytest.mark.parametrize("dataset,ratio", sorted(REFERENCE))
+def test_the_uniform_baseline_protocol_trains_every_method_with_the_classifier_preset(dataset, ratio):
+    uniform, reference = preset(dataset, ratio, baselines="uniform"), preset(dataset, ratio)
+    stage1 = uniform.bias.classifier
+    assert uniform.baselines.protocol == "uniform"
+    assert _baseline_fields(uniform) == dict(REFERENCE[dataset, ratio], lr=stage1.lr, augment=stage1.augment,
+                                             divide=False, lff=(0.0, 0), disent_lr=0.0)
+    assert uniform.classifier.num_steps == stage1.num_steps
+    assert _committee(uniform) == (1_000, "last", 1_000, False)
+    # stage 1 trains alike under both: the baseline protocol changes the stage-4 / baseline copy only
+    assert to_dict(uniform)["bias"] == to_dict(reference)["bias"]
+    assert flatten(uniform)["injection.protocol"] == flatten(reference)["injection.protocol"] == "release"
+
+
+def test_dogs_and_cats_augments_only_under_the_reference_protocol():
+    assert preset("dogs_and_cats", "1", baselines="uniform").classifier.augment == "none"
+    assert preset("dogs_and_cats", "1").classifier.augment == "crop_flip"
+    assert preset("dogs_and_cats", "1").bias.classifier.augment == "none"
+
+
+@pytest.mark.parametrize("quick", [False, True])
+def test_a_baselines_protocol_override_applies_the_protocol_first(quick):
+    want = apply_overrides(preset("colored_digits", "1", quick=quick, baselines="uniform"), [])
+    want.classifier.lr, want.baselines.disent_lr, want.baselines.committee_select = 0.05, 0.002, "valid"
+    others = ["classifier.lr=0.05", "baselines.disent_lr=0.002", "baselines.committee_select=valid"]
+    for order in (["baselines.protocol=uniform", *others], [*others, "baselines.protocol=uniform"]):
+        assert to_dict(apply_overrides(preset("colored_digits", "1", quick=quick), order)) == to_dict(want)
+    back = apply_overrides(preset("colored_digits", "1", quick=quick, baselines="uniform"),
+                           ["baselines.protocol=reference"])
+    assert to_dict(back) == to_dict(apply_overrides(preset("colored_digits", "1", quick=quick), []))
+
+
+def test_the_quick_preset_scales_the_reference_lengths_to_its_steps():
+    cfg = preset("colored_digits", "1", quick=True)
+    c, b = cfg.classifier, cfg.baselines
+    assert (c.num_steps, c.eval_every, c.log_every, c.lr, c.mlp_divide_by_255) == (1_000, 50, 10, 0.01, True)
+    assert (b.lff_lr, b.lff_num_steps, b.curr_step, b.lr_decay_step) == (1e-3, 470, 200, 200)  # x 1,000 / 50,000
+    assert (b.committee_steps, b.committee_eval_every, b.committee_select) == (200, 100, "valid")
+    uniform = preset("colored_digits", "1", quick=True, baselines="uniform")  # x 1,000 / 20,000
+    assert uniform.classifier.num_steps == 1_000 and uniform.classifier.lr == 1e-3
+    assert (uniform.baselines.lff_num_steps, uniform.baselines.curr_step, uniform.baselines.lr_decay_step) == (0, 500, 500)
+    assert cfg.bias.classifier.num_steps == uniform.bias.classifier.num_steps == 300
+
+
+def test_method_classifier_gives_lff_its_own_lr_and_length():
+    cfg = preset("colored_digits", "1")
+    lff = method_classifier(cfg, "lff")
+    assert (lff.lr, lff.num_steps) == (1e-3, 23_500)
+    assert lff == dataclasses.replace(cfg.classifier, lr=1e-3, num_steps=23_500)  # nothing else differs
+    for method in ("vanilla", "lff_be", "disent", "disent_be", "diffinject"):
+        assert method_classifier(cfg, method) is cfg.classifier
+    cfg.baselines.lff_lr = 0.0  # 0: the classifier's lr, keeping LfF's length
+    assert (method_classifier(cfg, "lff").lr, method_classifier(cfg, "lff").num_steps) == (0.01, 23_500)
+    uniform = preset("colored_digits", "1", baselines="uniform")
+    assert method_classifier(uniform, "lff") is uniform.classifier
+    bffhq = preset("bffhq", "1")  # LfF has no BFFHQ setting: it trains as the classifier
+    assert method_classifier(bffhq, "lff") is bffhq.classifier
+
+
+def test_stage_4_trains_each_method_with_its_classifier(monkeypatch):
+    from diffinject import stage4
+
+    seen = {}
+    monkeypatch.setattr(stage4, "train_method", lambda name, clf, *args, **kw: seen.setdefault(name, clf))
+    cfg = preset("colored_digits", "1")
+    for method in ("lff", "vanilla"):
+        stage4.train_classifier(method, cfg, data=None, ctx=None)
+    assert seen == {"lff": method_classifier(cfg, "lff"), "vanilla": cfg.classifier}
+    assert seen["lff"].num_steps == 23_500
+
+
+def test_an_unknown_baselines_protocol_is_an_error_naming_the_field():
+    with pytest.raises(ConfigError, match="^baselines.protocol must be reference or uniform, got 'code'"):
+        apply_overrides(preset("cmnist"), ["baselines.protocol=code"])
+    with pytest.raises(ConfigError, match="^baselines.protocol must be reference or uniform, got 'code'"):
+        preset("cmnist", baselines="code")
 
 
 def test_an_inject_grid_that_leaves_no_injected_step_is_an_error():

@@ -19,7 +19,8 @@ def test_stage1_and_vanilla_are_logged(ray_session, quick_cfg, mlflow_uri):
     assert s1.info.status == "FINISHED"
     assert s1.data.tags["diffinject.role"] == "stage1" and s1.data.tags["dataset"] == "colored_digits"
     assert 0.0 <= s1.data.metrics["precision_at_10"] <= 1.0
-    assert s1.data.params["bias.q"] == "0.7" and s1.data.params["classifier.lr"] == "0.001"
+    assert s1.data.params["bias.q"] == "0.7" and s1.data.params["bias.classifier.lr"] == "0.001"
+    assert s1.data.params["classifier.lr"] == "0.01" and s1.data.params["baselines.protocol"] == "reference"
     assert {"topk.json", "model.pt", "topk_grid.png"} <= {a.path for a in tracker.list_artifacts(stage1.run_id)}
 
     parent = client.get_run(cell.run_id)

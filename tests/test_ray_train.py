@@ -12,6 +12,28 @@ from diffinject.errors import TrainingError
 from diffinject.ray_train import FaultInjection, TrainJob, load_model_state, load_topk, run_train_job
 
 
+def test_only_bffhq_reports_its_bias_conflicting_test_images():
+    from diffinject.data.registry import DATASETS
+
+    assert {name: spec.reported_test for name, spec in DATASETS.items()} == {
+        name: "conflicting_acc" if name == "bffhq" else "acc" for name in DATASETS}
+
+
+@pytest.mark.parametrize("dataset,reported", [("bffhq", "conflicting_acc"), ("colored_digits", "acc")])
+def test_the_train_data_carries_the_accuracy_its_dataset_reports(dataset, reported, monkeypatch):
+    import numpy as np
+
+    import diffinject.ray_train as ray_train
+    from diffinject.config import preset
+    from diffinject.data.parquet import ArraySplit
+
+    split = ArraySplit(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), np.array([0, 0]), np.array(["a", "b"]))
+    monkeypatch.setattr(ray_train, "load_split", lambda path, name: split)  # no Parquet set needed
+    data = ray_train.load_train_data(TrainJob(kind="classifier", method="vanilla", config={}, parquet="unused"),
+                                     preset(dataset, "1"))
+    assert data.reported == reported
+
+
 def test_classifier_job_in_process(ray_session, quick_cfg, digits_parquet):
     out = run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
                                  parquet=str(digits_parquet)))

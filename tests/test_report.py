@@ -6,7 +6,8 @@ import pytest
 
 from diffinject.report import PAPER_TABLE1, Table1, paper_number
 
-# (dataset, ratio) -> method -> per-seed unbiased accuracy (fractions, as the trainers report them)
+# (dataset, ratio) -> method -> per-seed reported accuracy of the valid-selected weights (fractions, as
+# the trainers report them)
 RESULTS = {
     ("colored_digits", "1"): {"vanilla": (0.41, 0.45), "diffinject": (0.80, 0.84)},
     ("colored_digits", "5"): {"vanilla": (0.90, 0.86), "diffinject": (0.70, 0.74)},
@@ -32,15 +33,26 @@ def _ours(values):
     return f"{np.mean(v):.2f} ± {np.std(v, ddof=1):.2f}"
 
 
+def _best_test(acc, seed):
+    return acc + 0.02 + seed / 100  # what the references' selection adds: 2 points at seed 0, 3 at seed 1
+
+
+def _cell_metrics(acc, seed, ratio):
+    """A cell's final metrics: `acc` the reported accuracy of the valid-selected weights; the other
+    selections, the whole test split's accuracy and the valid split's conflict share differ from it."""
+    return {"reported_acc": acc, "reported_acc_best_test": _best_test(acc, seed), "reported_acc_last": acc - 0.01,
+            "test_acc": acc + 0.01, "test_aligned_acc": 0.99 - seed / 100, "test_conflicting_acc": acc - 0.05,
+            "valid_conflict_share": float(ratio) / 100, "other": 1.0}
+
+
 @pytest.fixture
 def table():
     t = Table1(["vanilla", "diffinject", "disent_be"])
     for (dataset, ratio), methods in RESULTS.items():
         for method, accs in methods.items():
             for seed, acc in enumerate(accs):
-                t.add(dataset, ratio, method, {"test_acc": acc, "test_aligned_acc": 0.99 - seed / 100,
-                                               "test_conflicting_acc": acc - 0.05, "other": 1.0})
-    t.add("colored_digits", "1", "disent_be", {"test_acc": 0.5})
+                t.add(dataset, ratio, method, _cell_metrics(acc, seed, ratio), seed)
+    t.add("colored_digits", "1", "disent_be", {"reported_acc": 0.5, "test_acc": 0.4})
     t.add_precision("colored_digits", "1", 0.9)
     t.add_precision("colored_digits", "1", 0.6)
     return t
@@ -75,10 +87,69 @@ def test_markdown_means_bold_best_and_paper_numbers(table):
     assert _cells(md, "top-K precision (stage 1)") == ["0.75", "—"]
 
 
+def test_the_other_selections_tables_read_their_own_accuracy(table):
+    """markdown("best_test") is the references' selection, markdown("last") the last weights':
+    the same table, bold and paper numbers included, without the paired and stage rows."""
+    md = table.markdown("best_test")
+    assert md.splitlines()[:2] == table.markdown().splitlines()[:2]
+    best = {key: [_best_test(acc, seed) for seed, acc in enumerate(accs)]
+            for key, accs in RESULTS["colored_digits", "1"].items()}
+    assert _cells(md, "Vanilla")[0] == f"{_ours(best['vanilla'])} (32.59)"
+    assert _cells(md, "DiffInject")[0] == f"**{_ours(best['diffinject'])}** (85.58)"
+    assert _cells(md, "DisEnt + BE") == ["—", "—"]  # its one cell has no best-on-test number
+    assert md.count("**") == 4 and "paired per seed" not in md and "top-K precision" not in md
+    last = table.markdown("last")
+    assert _cells(last, "Vanilla")[1] == f"**{_ours([a - 0.01 for a in RESULTS['colored_digits', '5']['vanilla']])}** (82.44)"
+    assert "paired per seed" in table.markdown()
+
+
+def test_selection_markdown_gives_each_selection_and_the_inflation_paired_per_seed():
+    t = Table1(["vanilla", "lff", "disent"])
+    for seed, (selected, best) in enumerate(((0.40, 0.45), (0.50, 0.53), (0.60, None))):
+        metrics = {"reported_acc": selected, "reported_acc_last": selected - 0.01}
+        if best is not None:  # seed 2 has no best-on-test number: it is left out of the difference
+            metrics["reported_acc_best_test"] = best
+        t.add("colored_digits", "1", "vanilla", metrics, seed)
+    t.add("colored_digits", "1", "lff", {"reported_acc": 0.3, "reported_acc_best_test": 0.4})  # no seed: unpaired
+    mean, std, n = t.inflation(("colored_digits", "1"), "vanilla")
+    assert n == 2 and mean == pytest.approx(4.0) and std == pytest.approx(np.std([5.0, 3.0], ddof=1))
+    assert t.inflation(("colored_digits", "1"), "lff") is None
+    lines = t.selection_markdown().splitlines()
+    assert lines[0] == ("| dataset | ratio | method | valid-selected | best on test (references) | last weights | "
+                        "best on test − valid-selected |")
+    assert lines[2] == (f"| Colored Digits | 1% | Vanilla | 50.00 ± 10.00 | 49.00 ± {np.std([45, 53], ddof=1):.2f} | "
+                        f"49.00 ± 10.00 | +4.00 ± {np.std([5.0, 3.0], ddof=1):.2f} |")
+    assert lines[3] == "| Colored Digits | 1% | LfF | 30.00 ± 0.00 | 40.00 ± 0.00 | — | — |"
+    assert len(lines) == 4  # DisEnt ran no cell
+
+
+def test_bffhq_columns_say_conflicting_and_the_notes_say_why():
+    from diffinject.report import column_title
+
+    assert column_title("bffhq", "1") == "BFFHQ 1% (conflicting)"
+    assert column_title("cifar10c", "0.5") == "Corrupted CIFAR-10 0.5%"
+    t = Table1(["vanilla"])
+    t.add("colored_digits", "1", "vanilla", {"reported_acc": 0.5, "reported_acc_best_test": 0.6})
+    assert "BFFHQ" not in t.notes(1) and "(conflicting)" not in t.markdown()
+    t.add("bffhq", "1", "vanilla", {"reported_acc": 0.5, "reported_acc_best_test": 0.6})
+    for selection in ("selected", "best_test"):
+        assert t.markdown(selection).splitlines()[0] == "| method | BFFHQ 1% (conflicting) | Colored Digits 1% |"
+    assert "BFFHQ: accuracy on the bias-conflicting test images only" in t.notes(1)
+
+
+def test_notes_give_the_valid_splits_conflict_share_and_the_baselines_protocol(table):
+    notes = table.notes(2)
+    assert "share of bias-conflicting images: Colored Digits 1% 0.01, Colored Digits 5% 0.05" in notes
+    assert "--baselines" not in notes
+    assert "Selected on the validation split" not in Table1(["vanilla"]).notes(1)
+    assert "(`--baselines reference`" in Table1(["vanilla"], baselines="reference").notes(1)
+    assert "(`--baselines uniform`)" in Table1(["vanilla"], baselines="uniform").notes(1)
+
+
 def test_columns_sorted_by_ratio_number():
     t = Table1(["vanilla"])
     for ratio in ("5", "0.5", "10", "1"):
-        t.add("colored_digits", ratio, "vanilla", {"test_acc": 0.5})
+        t.add("colored_digits", ratio, "vanilla", {"reported_acc": 0.5})
     assert t.columns == [("colored_digits", r) for r in ("0.5", "1", "5", "10")]
 
 
@@ -89,7 +160,9 @@ def test_csv_rows_per_column_and_method(table, tmp_path):
         rows = list(csv.reader(handle))
     assert rows[0] == ["dataset", "ratio", "method", "seeds", "unbiased_mean", "unbiased_std", "aligned_mean",
                        "conflicting_mean", "paper_unbiased", "unbiased_per_seed", "label_fidelity", "conflict_rate",
-                       "useful_rate", "class_oracle_acc", "bias_oracle_acc", "minus_vanilla_mean", "minus_vanilla_std"]
+                       "useful_rate", "class_oracle_acc", "bias_oracle_acc", "minus_vanilla_mean", "minus_vanilla_std",
+                       "best_test_mean", "best_test_std", "last_mean", "last_std", "whole_test_mean",
+                       "valid_conflict_share"]
     body = {(r[0], r[1], r[2]): dict(zip(rows[0], r)) for r in rows[1:]}
     assert list(body) == [("colored_digits", "1", "vanilla"), ("colored_digits", "1", "diffinject"),
                           ("colored_digits", "1", "disent_be"), ("colored_digits", "5", "vanilla"),
@@ -103,10 +176,18 @@ def test_csv_rows_per_column_and_method(table, tmp_path):
     assert float(row["conflicting_mean"]) == pytest.approx(np.mean(v) - 5, abs=1e-4)
     assert row["paper_unbiased"] == "32.59"
     assert [float(x) for x in row["unbiased_per_seed"].split()] == pytest.approx(v, abs=1e-4)
+    best = _pct([_best_test(acc, seed) for seed, acc in enumerate(RESULTS["colored_digits", "1"]["vanilla"])])
+    assert float(row["best_test_mean"]) == pytest.approx(np.mean(best), abs=1e-4)
+    assert float(row["best_test_std"]) == pytest.approx(np.std(best, ddof=1), abs=1e-4)
+    assert float(row["last_mean"]) == pytest.approx(np.mean(v) - 1, abs=1e-4) and float(row["last_std"]) > 0
+    assert float(row["whole_test_mean"]) == pytest.approx(np.mean(v) + 1, abs=1e-4)
+    assert float(row["valid_conflict_share"]) == pytest.approx(0.01)
+    assert float(body["colored_digits", "5", "vanilla"]["valid_conflict_share"]) == pytest.approx(0.05)
     assert body["colored_digits", "5", "diffinject"]["paper_unbiased"] == "92.29"
     only = body["colored_digits", "1", "disent_be"]
     assert only["paper_unbiased"] == "" and only["seeds"] == "1" and only["unbiased_std"] == "0.0000"
     assert only["aligned_mean"] == "" and only["conflicting_mean"] == ""
+    assert only["best_test_mean"] == only["last_std"] == "" and float(only["whole_test_mean"]) == pytest.approx(40.0)
     assert [p.name for p in path.parent.iterdir()] == ["table1.csv"]
 
 
@@ -120,13 +201,15 @@ def test_bar_chart_writes_a_png_and_no_temporaries(table, tmp_path):
 
 def test_detail_markdown_has_aligned_and_conflicting(table):
     lines = table.detail_markdown().splitlines()
-    assert lines[0] == "| dataset | ratio | method | seeds | unbiased | aligned | conflicting |"
+    assert lines[0] == "| dataset | ratio | method | seeds | reported | whole test | aligned | conflicting |"
+    assert lines[1] == "|---|---|---|---|---|---|---|---|"
     row = next(l for l in lines if l.startswith("| colored_digits | 1% | vanilla |"))
     v = _pct(RESULTS["colored_digits", "1"]["vanilla"])
-    conflicting = [x - 5 for x in v]
+    whole, conflicting = [x + 1 for x in v], [x - 5 for x in v]
     assert row == (f"| colored_digits | 1% | vanilla | 2 | {np.mean(v):.2f} ± {np.std(v, ddof=1):.2f} | "
+                   f"{np.mean(whole):.2f} ± {np.std(whole, ddof=1):.2f} | "
                    f"98.50 ± 0.71 | {np.mean(conflicting):.2f} ± {np.std(conflicting, ddof=1):.2f} |")
-    assert "| colored_digits | 1% | disent_be | 1 | 50.00 ± 0.00 | — | — |" in lines
+    assert "| colored_digits | 1% | disent_be | 1 | 50.00 ± 0.00 | 40.00 ± 0.00 | — | — |" in lines
     assert len(lines) == 2 + 5
 
 
@@ -136,14 +219,14 @@ def test_notes_name_the_compared_paper_column(table):
 
 def test_stats_of_a_missing_column_does_not_add_it():
     t = Table1(["vanilla"])
-    t.add("colored_digits", "1", "vanilla", {"test_acc": 0.5})
+    t.add("colored_digits", "1", "vanilla", {"reported_acc": 0.5})
     assert t.stats(("colored_digits", "5"), "vanilla") is None
     assert t.columns == [("colored_digits", "1")]
 
 
 def test_no_precision_row_when_no_method_ran_stage_1():
     t = Table1(["vanilla", "lff"])
-    t.add("colored_digits", "1", "vanilla", {"test_acc": 0.5})
+    t.add("colored_digits", "1", "vanilla", {"reported_acc": 0.5})
     assert "top-K precision" not in t.markdown()
     t.add_precision("colored_digits", "1", 0.8)
     assert _cells(t.markdown(), "top-K precision (stage 1)") == ["0.80"]
@@ -159,9 +242,12 @@ def test_metrics_of_the_table_run_are_the_numbers_the_table_shows(table):
                    f"{metrics[f'{prefix}/unbiased_acc_pct_std']:.2f}" == shown
             assert metrics[f"{prefix}/seeds"] == 2
             detail = next(l for l in table.detail_markdown().splitlines() if f"| {ratio}% | {method} |" in l)
-            aligned, conflicting = (c.split(" ± ")[0].strip() for c in detail.strip("|").split("|")[5:7])
+            aligned, conflicting = (c.split(" ± ")[0].strip() for c in detail.strip("|").split("|")[6:8])
             assert f"{metrics[f'{prefix}/aligned_acc_pct_mean']:.2f}" == aligned
             assert f"{metrics[f'{prefix}/conflicting_acc_pct_mean']:.2f}" == conflicting
+            for selection, name in (("best_test", "best_test"), ("last", "last")):
+                shown = _cells(table.markdown(selection), label)[column].strip("*").split(" (")[0].strip("*")
+                assert f"{metrics[f'{prefix}/{name}_acc_pct_mean']:.2f}" == shown.split(" ± ")[0]
     assert metrics["colored_digits/1/disent_be/seeds"] == 1 and "colored_digits/5/disent_be/seeds" not in metrics
     assert f"{metrics['colored_digits/1/top_k_precision']:.2f}" == _cells(md, "top-K precision (stage 1)")[0]
     assert "colored_digits/5/top_k_precision" not in metrics
@@ -171,13 +257,13 @@ def test_quality_rows_under_precision_in_markdown_csv_and_metrics(tmp_path):
     """The DiffInject cells' synthetic-set quality: mean over seeds per column, in the table's
     rows under precision@K, the CSV's columns and the table run's metrics."""
     t = Table1(["vanilla", "diffinject"])
-    t.add("colored_digits", "1", "vanilla", {"test_acc": 0.5})
+    t.add("colored_digits", "1", "vanilla", {"reported_acc": 0.5})
     for seed, (fidelity, conflict) in enumerate(((0.8, 0.5), (0.6, 0.7))):
         t.add("colored_digits", "1", "diffinject", {
-            "test_acc": 0.7, "quality.label_fidelity": fidelity, "quality.conflict_rate": conflict,
+            "reported_acc": 0.7, "quality.label_fidelity": fidelity, "quality.conflict_rate": conflict,
             "quality.useful_rate": fidelity * conflict, "quality.class_oracle_acc": 0.96 + 2 * seed / 100,
             "quality.bias_oracle_acc": 1.0, "quality.shows_original": 0.1})
-    t.add("colored_digits", "5", "diffinject", {"test_acc": 0.8})  # a cell without a report
+    t.add("colored_digits", "5", "diffinject", {"reported_acc": 0.8})  # a cell without a report
     t.add_precision("colored_digits", "1", 0.9)
     md = t.markdown()
     names = [line.split("|")[1].strip() for line in md.splitlines()[2:]]
@@ -204,9 +290,9 @@ def test_paired_difference_to_vanilla_matches_seeds_and_is_in_markdown_csv_metri
     vanilla = {0: 0.30, 1: 0.40, 2: 0.35, 3: 0.50}
     diffinject = {0: 0.36, 1: 0.41, 2: 0.45, 4: 0.99}  # seed 3 / seed 4 ran for one method only: not paired
     for seed, acc in vanilla.items():
-        t.add("colored_digits", "1", "vanilla", {"test_acc": acc}, seed)
+        t.add("colored_digits", "1", "vanilla", {"reported_acc": acc, "test_acc": 0.1}, seed)
     for seed, acc in reversed(list(diffinject.items())):  # the order cells finish in does not matter
-        t.add("colored_digits", "1", "diffinject", {"test_acc": acc}, seed)
+        t.add("colored_digits", "1", "diffinject", {"reported_acc": acc, "test_acc": 0.9}, seed)
     d = np.array([6.0, 1.0, 10.0])
     mean, std, n = t.paired(("colored_digits", "1"), "diffinject")
     assert n == 3 and mean == pytest.approx(d.mean()) and std == pytest.approx(d.std(ddof=1))

@@ -20,13 +20,21 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
     monkeypatch.chdir(tmp_path)
     argv = ["--quick", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "lff", "--data-root", str(digits_root / "data"),
             "--cache-root", str(digits_root / "cache"), "--out", str(tmp_path / "results"),
-            "--set", "classifier.num_steps=20", "--set", "bias.classifier.num_steps=20"]
+            "--set", "classifier.num_steps=20", "--set", "bias.classifier.num_steps=20",
+            "--set", "baselines.lff_num_steps=20"]  # LfF's own length (the reference protocol's) would be 470
     assert table1.main(argv) == 0
     first = capsys.readouterr().out
     assert "[2/2" in first and "this run built: stage4 x2;" in first  # no stage 1: neither method needs it
     table = (tmp_path / "results" / "table1-quick.md").read_text()
     assert "Colored Digits 1%" in table and "5%" not in table
-    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    # the valid-selected table, then the references' best-on-test one and every selection, printed and written
+    main_table, _, references = table.partition("As the references report (best test accuracy during training):")
+    printed = references.split("## Detail")[0].strip()
+    assert "Each selection, from the same runs:" in printed and "| Colored Digits | 1% | LfF |" in printed
+    assert printed in first
+    rows = {line.split(" | ")[0].strip("| "): line for line in main_table.splitlines() if line.startswith("| ")}
+    header = (tmp_path / "results" / "table1-quick.csv").read_text().splitlines()[0].split(",")
+    assert {"unbiased_mean", "best_test_mean", "last_mean", "valid_conflict_share"} <= set(header)
     assert "± 0.00" in rows["Vanilla"] and "(32.59)" in rows["Vanilla"] and "(74.23)" in rows["LfF"]  # 1 seed; CMNIST
     assert "top-K precision (stage 1)" not in rows
     # the table run holds the table's numbers as metrics, and links the cell runs behind them
@@ -40,7 +48,7 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
         mean = table_run.data.metrics[f"colored_digits/1/{method}/unbiased_acc_pct_mean"]
         assert rows[label].split(" | ")[1].strip("*").startswith(f"{mean:.2f} ± 0.00")
         (cell,) = [c for c in cells if c["method"] == method]
-        assert mean == round(100 * cell["test_acc"], 2)
+        assert mean == round(100 * cell["reported_acc"], 2)
         run = tracker.client.get_run(cell["run_id"])
         assert run.data.metrics["unbiased_acc_pct"] == mean and run.data.params["method"] == method
         assert f"[s0](#/experiments/{exp.experiment_id}/runs/{cell['run_id']})" in \
@@ -62,16 +70,18 @@ def test_the_table_shows_diffinjects_protocol():
 
     table = Table1(["vanilla", "diffinject"], protocol="paper")
     for method in ("vanilla", "diffinject"):
-        table.add("colored_digits", "1", method, {"test_acc": 0.5})
+        table.add("colored_digits", "1", method, {"reported_acc": 0.5})
     labels = [line.split(" | ")[0].strip("| ") for line in table.markdown().splitlines()[2:]]
     assert "DiffInject (paper)" in labels and "Vanilla" in labels
     assert "DiffInject (paper only)" in [line.split(" | ")[0].strip("| ") for line in
                                          Table1(["vanilla"], protocol="paper").markdown().splitlines()[2:]]
 
 
-@pytest.mark.parametrize("argv,protocol", [([], "release"), (["--protocol", "paper"], "paper"),
-                                           (["--set", "injection.protocol=paper"], "paper")])
-def test_protocol_reaches_every_config(table1, monkeypatch, capsys, argv, protocol):
+@pytest.mark.parametrize("argv,protocol,baselines", [
+    ([], "release", "reference"), (["--protocol", "paper"], "paper", "reference"),
+    (["--set", "injection.protocol=paper"], "paper", "reference"), (["--baselines", "uniform"], "release", "uniform"),
+    (["--set", "baselines.protocol=uniform"], "release", "uniform")])
+def test_protocol_reaches_every_config(table1, monkeypatch, capsys, argv, protocol, baselines):
     from diffinject.errors import ConfigError
 
     seen = []
@@ -85,3 +95,5 @@ def test_protocol_reaches_every_config(table1, monkeypatch, capsys, argv, protoc
     assert table1.main(["--quick", "--methods", "vanilla", *argv]) == 2
     assert "stopped here" in capsys.readouterr().err
     assert [cfg.injection.protocol for cfg in seen] == [protocol]  # --quick: 1% only
+    assert [(cfg.baselines.protocol, cfg.baselines.lff_num_steps) for cfg in seen] == \
+        [(baselines, 470 if baselines == "reference" else 0)]

@@ -1,5 +1,6 @@
 """The training loop without Ray: learning, exact resume, selection, NaN handling, batching."""
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from diffinject.data.parquet import ArraySplit
 from diffinject.errors import TrainingError
 from diffinject.methods import get_method
 from diffinject.methods.vanilla import Vanilla
-from diffinject.train import Preprocess, TrainContext, TrainData, batch_indices, fit, random_crop_flip, seed_everything
+from diffinject.train import (SELECTIONS, Preprocess, TrainContext, TrainData, batch_indices, fit, random_crop_flip,
+                              seed_everything)
 
 
 def easy_split(n: int, seed: int) -> ArraySplit:
@@ -85,11 +87,99 @@ def test_a_resumed_fit_remembers_the_step_it_selected(data):
     assert resumed.metrics["selected_step"] == straight.metrics["selected_step"]
 
 
+def test_a_fit_resumed_from_its_final_checkpoint_keeps_every_selection(data):
+    c = cfg()
+    states = {}
+    straight = fit(make(c, data), data, c, TrainContext(
+        report=lambda metrics, state: states.__setitem__(metrics["step"], copy.deepcopy(state))), seed=0)
+    resumed = fit(make(c, data, seed=99), data, c, TrainContext(resume_state=states[30]), seed=0)
+    assert {k: resumed.metrics.get(k) for k in SELECTIONS.values()} == \
+        {k: straight.metrics[k] for k in SELECTIONS.values()}
+
+
 def test_last_selection_keeps_the_final_weights(data):
     c = cfg(select="last")
     reported = []
     result = fit(make(c, data), data, c, TrainContext(report=lambda m, s: reported.append(m)), seed=0)
     assert result.metrics["test_acc"] == pytest.approx(reported[-1]["test_acc"])
+
+
+def test_last_selection_with_an_eval_offset_keeps_the_final_weights(data):
+    """With eval_offset the last step is not evaluated: select=last still takes its weights."""
+    c = cfg(num_steps=25, select="last")
+    offset = fit(make(c, data), data, c, TrainContext(), seed=0, eval_offset=1)
+    plain = fit(make(c, data), data, c, TrainContext(), seed=0)
+    assert offset.metrics["selected_step"] == plain.metrics["selected_step"] == 25
+    for name, tensor in plain.method.nets["model"].state_dict().items():
+        assert torch.equal(tensor, offset.method.nets["model"].state_dict()[name]), name
+    assert offset.metrics["test_acc"] == plain.metrics["test_acc"]
+
+
+def _evaluation_steps(c, data, eval_offset):
+    logged = []
+    result = fit(make(c, data), data, c, TrainContext(log=lambda step, m: logged.append((step, m))), seed=0,
+                 eval_offset=eval_offset)
+    return [step for step, m in logged if "valid_acc" in m], result
+
+
+def test_an_eval_offset_evaluates_after_steps_1_1_plus_n_and_not_at_the_end(data):
+    c = cfg(num_steps=25, eval_every=10)
+    steps, result = _evaluation_steps(c, data, eval_offset=1)
+    assert steps == [1, 11, 21] and result.step == 25 and result.metrics["selected_step"] in steps
+    assert _evaluation_steps(c, data, eval_offset=0)[0] == [10, 20, 25]
+
+
+def mislabelled_split(n: int, seed: int) -> ArraySplit:
+    """easy_split whose first quarter is bias-conflicting by its label alone: each image shows the
+    class its bias names, its label is the next class. Learning the task makes the conflicting
+    accuracy fall while the whole split's rises, so the two pick different evaluations."""
+    s = easy_split(n, seed)
+    labels = s.labels.copy()
+    labels[: n // 4] = (labels[: n // 4] + 1) % 4
+    return ArraySplit(images=s.images, labels=labels, biases=s.labels.copy(), ids=s.ids)
+
+
+@pytest.fixture
+def conflicting_data():
+    """A benchmark that reports its test split's bias-conflicting accuracy (as BFFHQ)."""
+    return TrainData(train=easy_split(256, 0), valid=easy_split(64, 1), test=mislabelled_split(64, 2), num_classes=4,
+                     num_biases=4, reported="conflicting_acc")
+
+
+def _fit_logging_evaluations(c, data):
+    evaluations = []
+    result = fit(make(c, data), data, c, TrainContext(log=lambda step, m: "test_acc" in m and evaluations.append(m)),
+                 seed=0)
+    return result.metrics, evaluations
+
+
+def test_final_metrics_carry_the_reported_accuracy_under_every_selection(conflicting_data):
+    data = conflicting_data
+    metrics, evaluations = _fit_logging_evaluations(cfg(eval_every=5), data)
+    best = max(evaluations, key=lambda m: m["test_conflicting_acc"])  # the earliest of equals
+    assert metrics["reported_acc_best_test"] == best["test_conflicting_acc"]
+    assert metrics["best_test_step"] == best["step"]
+    assert evaluations[-1]["step"] == 30 and metrics["reported_acc_last"] == evaluations[-1]["test_conflicting_acc"]
+    assert metrics["reported_acc"] == metrics["test_conflicting_acc"] != metrics["test_acc"]
+    selected = max(evaluations, key=lambda m: m["valid_acc"])
+    assert metrics["selected_step"] == selected["step"] != best["step"]  # selected on valid, not on test
+    assert metrics["reported_acc"] == selected["test_conflicting_acc"] != metrics["reported_acc_best_test"]
+    share = 1.0 - data.valid.aligned.mean()
+    assert metrics["valid_conflict_share"] == pytest.approx(share)
+    assert share != 1.0 - data.test.aligned.mean() and share != 1.0 - data.train.aligned.mean()
+
+
+def test_test_selection_selects_by_the_reported_accuracy(conflicting_data):
+    by_conflicting, evaluations = _fit_logging_evaluations(cfg(eval_every=5, select="test"), conflicting_data)
+    best = max(evaluations, key=lambda m: m["test_conflicting_acc"])
+    assert by_conflicting["selected_step"] == best["step"] and by_conflicting["selected_score"] == best["test_conflicting_acc"]
+    whole = dataclasses.replace(conflicting_data, reported="acc")  # the default
+    by_acc, evaluations = _fit_logging_evaluations(cfg(eval_every=5, select="test"), whole)
+    best_whole = max(evaluations, key=lambda m: m["test_acc"])
+    assert by_acc["selected_step"] == best_whole["step"] != best["step"]
+    assert by_acc["reported_acc"] == by_acc["test_acc"] == best_whole["test_acc"]
+    assert [m["test_acc"] for m in evaluations].count(best_whole["test_acc"]) > 1
+    assert by_acc["best_test_step"] == best_whole["step"]  # of equal best test accuracies, the earliest
 
 
 class ExplodingVanilla(Vanilla):

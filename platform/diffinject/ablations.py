@@ -55,6 +55,8 @@ AXES = {
     "label_from": AxisKind(("injection.label_from",), "whose label a synthetic sample gets: content or original"),
     "k_per_class": AxisKind(("bias.k",), "top-K per class (sets bias.scope=per_class)", ("bias.scope=per_class",)),
     "p2_gamma": AxisKind(("diffusion.gamma",), "P2 weighting of the diffusion loss (one model per value)"),
+    "baselines": AxisKind(("baselines.protocol",), "how the classifiers train: reference (as the reference "
+                                                    "repositories) or uniform (all alike)"),
 }
 
 
@@ -224,7 +226,7 @@ def evaluate_setting(cfg: ExperimentConfig, method: str, setting: dict, seeds: l
     with tracker.ending(run_id):
         for seed in seeds:
             cell = run_cell(with_seed(cfg, seed), method)
-            result.test[seed] = 100.0 * cell.metrics["test_acc"]
+            result.test[seed] = 100.0 * cell.metrics["reported_acc"]
             result.valid[seed] = 100.0 * cell.metrics.get("valid_acc", float("nan"))
             result.cell_runs[seed] = cell.run_id
             for name in QUALITY_SHOWN:

@@ -13,7 +13,7 @@ from .preflight import check_input_dir, check_output_dir, check_output_file, che
 
 def _config(args: argparse.Namespace):
     check_options(args, {"seed": SEED})
-    cfg = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol)
+    cfg = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol, baselines=args.baselines)
     cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
     cfg.run.seed = cfg.diffusion.seed = args.seed
     cfg.run.experiment = args.experiment
@@ -44,6 +44,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="the CPU-budget preset (Colored Digits)")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject presets: the authors' released code or the paper's text (docs/design.md 2.3)")
+    p.add_argument("--baselines", choices=("reference", "uniform"), default="reference",
+                   help="how the comparison methods and the stage-4 classifier train: as their reference "
+                        "repositories do, or all alike (docs/design.md 2.4)")
     p.add_argument("--data-root", default="data")
     p.add_argument("--cache-root", default="cache")
     p.add_argument("--experiment", default="diffinject", help="MLflow experiment name")
@@ -98,12 +101,16 @@ def cmd_data_check(args: argparse.Namespace) -> None:
                 size = size or (pixels.shape[1], pixels.shape[0])
         print(f"{spec.name} @ {ratio}%: images {size[0]}x{size[1]}, all readable")
         print(f"  {'split':<6} {'class':>5} {'aligned':>8} {'conflicting':>12}")
+        shares = []
         for split, per_class in index.counts().items():
             for c, (aligned, conflicting) in per_class.items():
                 print(f"  {split:<6} {c:>5} {aligned:>8} {conflicting:>12}")
             total_a = sum(a for a, _ in per_class.values())
             total_c = sum(b for _, b in per_class.values())
             print(f"  {split:<6} {'all':>5} {total_a:>8} {total_c:>12}")
+            shares.append(f"{split} {total_c / max(total_a + total_c, 1):.3f}")
+        # a valid split as biased as the training split makes valid selection favour the most biased weights
+        print(f"  bias-conflicting share: {', '.join(shares)}")
 
 
 def cmd_train(args: argparse.Namespace) -> None:

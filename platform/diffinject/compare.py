@@ -70,9 +70,9 @@ def _cells_of(experiment: str, run) -> list[CellRun]:
     """A cell run's one accuracy, or a trial run's accuracy per seed (row `method[setting]`)."""
     tags, metrics = run.data.tags, run.data.metrics
     if tags["diffinject.role"] == "cell":
-        if "test_acc" not in metrics:
+        if "reported_acc" not in metrics:
             return []
-        by_seed = {int(tags["seed"]): metrics["test_acc"]}
+        by_seed = {int(tags["seed"]): metrics["reported_acc"]}
         row = tags["method"]
     else:
         by_seed = {int(k[4:].split(".")[0]): v / 100.0 for k, v in metrics.items()

@@ -56,21 +56,30 @@ class BiasConfig:
 
 @dataclass
 class BaselinesConfig:
-    """Hyperparameters of the comparison methods (LfF, DisEnt, BiasEnsemble), per dataset."""
+    """Hyperparameters of the comparison methods (LfF, DisEnt, BiasEnsemble), per dataset.
 
+    `protocol` names the BASELINE_PROTOCOLS row preset() filled in: `reference` trains each
+    method as its reference repository does, `uniform` trains every method alike."""
+
+    protocol: str = "reference"       # reference | uniform
     q: float = 0.7                    # GCE of the biased models
     ema_alpha: float = 0.7            # per-sample loss EMA (LfF, DisEnt)
+    lff_lr: float = 0.0               # LfF's Adam lr; 0: classifier.lr
+    lff_num_steps: int = 0            # LfF's training steps; 0: classifier.num_steps
     lambda_dis_align: float = 10.0    # DisEnt
     lambda_swap_align: float = 10.0
     lambda_swap: float = 1.0
     curr_step: int = 10_000           # DisEnt: feature swapping (and lr decay counting) start here
-    disent_lr: float = 0.01
+    disent_lr: float = 0.0            # DisEnt's Adam lr; 0: classifier.lr
     lr_decay_step: int = 10_000       # DisEnt step decay after curr_step; 0 disables
     lr_gamma: float = 0.5
     num_bias_models: int = 5          # BiasEnsemble committee
     agreement: int = 3                # pseudo-aligned when >= agreement models give p(y|x) > tau
     tau: float = 0.99
     committee_steps: int = 1_000      # training steps of each committee model
+    committee_select: str = "last"    # valid: each model's best-on-valid evaluation | last: its last weights
+    committee_eval_every: int = 500   # with committee_select=valid: evaluated after steps 1, 1 + N, 1 + 2N, ...
+    committee_augment: bool = False   # score p(y|x) on training images with the training augmentation
 
 
 @dataclass
@@ -151,6 +160,10 @@ class ExperimentConfig:
 
 
 def _classifier_preset(dataset: str) -> ClassifierConfig:
+    """The dataset's classifier as the DiffInject paper's appendix trains it (DisEnt's
+    preprocessing; Adam 1e-3 for CMNIST and CCIFAR-10, 1e-4 for BFFHQ and Dogs & Cats; crop +
+    flip for CCIFAR-10 and BFFHQ only): stage 1's, and the `uniform` baseline protocol's.
+    The `reference` protocol changes the stage-4 / baseline copy (BASELINE_PROTOCOLS)."""
     if dataset in ("cmnist", "colored_digits"):
         return ClassifierConfig(arch="mlp", lr=1e-3, batch_size=256, augment="none", normalize=False,
                                 num_steps=20_000)
@@ -197,17 +210,74 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
 
 
 def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
-    """The reference implementations' settings: DisEnt's lambdas dis/swap_b/swap per dataset
-    (docs/design.md 3), its lr and decay; BiasEnsemble's committee of 5 with agreement 3, tau 0.99."""
+    """The comparison methods' own hyperparameters, as their reference scripts pass them (both
+    baseline protocols keep them): DisEnt's lambdas dis / swap_b / swap, curriculum and decay."""
+    # Learning-Debiased-Disentangled scripts/run_cmnist_ours.sh; BiasEnsemble train_cmnist.sh (DisEnt + BE)
     if dataset in ("cmnist", "colored_digits"):
-        return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, disent_lr=0.01)
+        return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, curr_step=10_000,
+                               lr_decay_step=10_000, lr_gamma=0.5)
     if dataset == "cifar10c":
-        low = float(ratio) < 2
-        return BaselinesConfig(lambda_dis_align=1 if low else 5, lambda_swap_align=1 if low else 5, lambda_swap=1,
-                               disent_lr=0.0005)
+        # Learning-Debiased-Disentangled scripts/run_cifar10c_ours.sh: 1/1/1 at 0.5 % and 5 %, 5/5/1 at 1 % and 2 %
+        strong = ratio in ("1", "2")
+        return BaselinesConfig(lambda_dis_align=5 if strong else 1, lambda_swap_align=5 if strong else 1,
+                               lambda_swap=1, curr_step=10_000, lr_decay_step=10_000, lr_gamma=0.5)
     if dataset == "bffhq":
-        return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, disent_lr=1e-4)
-    return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, disent_lr=1e-4)
+        # Learning-Debiased-Disentangled scripts/run_bffhq_ours.sh (no --lr_gamma: train.py's default 0.1);
+        # BiasEnsemble train_bffhq.sh passes --lr_gamma=0.1
+        return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, curr_step=10_000,
+                               lr_decay_step=10_000, lr_gamma=0.1)
+    # BiasEnsemble scripts/train_codes/train_dnc.sh (DisEnt + BE)
+    return BaselinesConfig(lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1, curr_step=10_000,
+                           lr_decay_step=10_000, lr_gamma=0.1)
+
+
+# How the comparison methods are trained (docs/design.md 2.4): the fields each protocol sets, one
+# value, one per dataset, or one per dataset and ratio. `reference` follows the reference
+# repositories' code (alinlab/LfF, kakaoenterprise/Learning-Debiased-Disentangled = DisEnt,
+# kakaoenterprise/BiasEnsemble = BE), `uniform` trains every method with the classifier preset.
+# `classifier.*` is Vanilla's regime, and the stage-4 classifier's of DiffInject (its paired
+# difference to Vanilla then measures the synthetic data alone); stage 1 keeps its own.
+BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
+    "reference": {
+        # LfF, DisEnt and BE module/mlp.py: forward() divides the ToTensor() input by 255 again
+        "classifier.mlp_divide_by_255": {"cmnist": True, "colored_digits": True, "cifar10c": False, "bffhq": False,
+                                         "dogs_and_cats": False},
+        # DisEnt scripts/run_{cmnist,cifar10c,bffhq}_vanilla.sh --lr; BE train_dnc.sh --lr
+        "classifier.lr": {"cmnist": 0.01, "colored_digits": 0.01, "cifar10c": 1e-3, "bffhq": 1e-4,
+                          "dogs_and_cats": 1e-4},
+        "classifier.num_steps": 50_000,          # DisEnt and BE train.py --num_steps default 500 * 100
+        # BE data/util.py transforms_preprcs["dogs_and_cats"]["train"]: RandomCrop(224, padding=4) + flip
+        "classifier.augment": {"cmnist": "none", "colored_digits": "none", "cifar10c": "crop_flip",
+                               "bffhq": "crop_flip", "dogs_and_cats": "crop_flip"},
+        # LfF config.py: Adam 1e-3 and main_num_steps 235 * 100 (ColoredMNIST), 196 * 200 (CorruptedCIFAR10);
+        # LfF has no BFFHQ / Dogs & Cats setting: those train as BE's LfF + BE does (classifier.*)
+        "baselines.lff_lr": {"cmnist": 1e-3, "colored_digits": 1e-3, "cifar10c": 1e-3, "bffhq": 0.0,
+                             "dogs_and_cats": 0.0},
+        "baselines.lff_num_steps": {"cmnist": 23_500, "colored_digits": 23_500, "cifar10c": 39_200, "bffhq": 0,
+                                    "dogs_and_cats": 0},
+        # DisEnt scripts/run_*_ours.sh --lr (Corrupted CIFAR-10: 5e-4 at 0.5 %, 1e-3 above); BE train_dnc.sh
+        "baselines.disent_lr": {"cmnist": 0.01, "colored_digits": 0.01,
+                                "cifar10c": {"0.5": 5e-4, "1": 1e-3, "2": 1e-3, "5": 1e-3},
+                                "bffhq": 1e-4, "dogs_and_cats": 1e-4},
+        "baselines.committee_steps": 1_000,      # BE train.py --biased_model_train_iter
+        # BE learner.py pretrain_b_ensemble_best: board_pretrain_best_acc at step % valid_freq == 0 (0-based
+        # steps 0 and 500: after updates 1 and 501) keeps a deep copy of the best-on-valid model ...
+        "baselines.committee_select": "valid",
+        "baselines.committee_eval_every": 500,   # BE train.py --valid_freq
+        # ... and scores p(y|x) with pretrain_loader over the training set, whose transform is "train"
+        "baselines.committee_augment": True,
+    },
+    "uniform": {
+        "classifier.mlp_divide_by_255": False,   # inputs in [0, 1] for every network
+        "baselines.lff_lr": 0.0,                 # every method at classifier.lr ...
+        "baselines.lff_num_steps": 0,            # ... for classifier.num_steps
+        "baselines.disent_lr": 0.0,
+        "baselines.committee_steps": 1_000,
+        "baselines.committee_select": "last",    # each committee model's last weights ...
+        "baselines.committee_eval_every": 1_000,
+        "baselines.committee_augment": False,    # ... scored on the training images as they are
+    },
+}
 
 
 def _injection_preset(dataset: str) -> InjectionConfig:
@@ -269,39 +339,85 @@ def _set_field(cfg: Any, dotted: str, value: Any) -> None:
     setattr(target, name, value)
 
 
+def _protocol_value(table: str, protocol: str, dotted: str, value: Any, dataset: str, ratio: str) -> Any:
+    """A protocol table's value for `dataset` (and `ratio`, where it has one per ratio)."""
+    for key, kind in ((dataset, "dataset"), (ratio, "ratio")):
+        if not isinstance(value, dict):
+            break
+        if key not in value:
+            raise ConfigError(f"{table}={protocol}: {dotted} has no value for {kind} {key!r} (known: {', '.join(value)})")
+        value = value[key]
+    return value
+
+
 def apply_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentConfig:
     """Set `protocol`'s PROTOCOLS fields for cfg's dataset (in place), then the quick layer again on a quick preset."""
     OneOf(tuple(PROTOCOLS)).check("injection.protocol", protocol)
-    dataset = cfg.data.dataset
     for dotted, value in PROTOCOLS[protocol].items():
-        if isinstance(value, dict):
-            if dataset not in value:
-                raise ConfigError(f"injection.protocol={protocol}: no preset for dataset {dataset!r} "
-                                  f"(known: {', '.join(value)})")
-            value = value[dataset]
-        _set_field(cfg, dotted, value)
+        _set_field(cfg, dotted, _protocol_value("injection.protocol", protocol, dotted, value, cfg.data.dataset,
+                                                cfg.data.ratio))
     cfg.injection.protocol = protocol
     if cfg.quick_preset:
         cfg.injection = dataclasses.replace(cfg.injection, **QUICK_INJECTION)
     return cfg
 
 
+# The classifier fields a baseline protocol may change: it starts from the dataset's preset.
+CLASSIFIER_REGIME = ("lr", "num_steps", "augment", "mlp_divide_by_255")
+# The quick run trains 1,000 steps where the references train 50,000: every length of the baseline
+# protocol is scaled by QUICK_STEPS / its classifier.num_steps (LfF's 23.5k -> 470, DisEnt's curriculum
+# and decay steps 10k -> 200); BE's committee trains 200 steps, evaluated every 100.
+QUICK_STEPS = 1_000
+QUICK_CLASSIFIER = dict(num_steps=QUICK_STEPS, eval_every=50, log_every=10)
+QUICK_COMMITTEE = dict(committee_steps=200, committee_eval_every=100)
+
+
+def apply_baseline_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentConfig:
+    """Set `protocol`'s BASELINE_PROTOCOLS fields for cfg's dataset and ratio (in place), on top of
+    the dataset's classifier and baselines presets; then the quick lengths on a quick preset."""
+    from .data.registry import get_dataset_spec, normalize_ratio
+
+    OneOf(tuple(BASELINE_PROTOCOLS)).check("baselines.protocol", protocol)
+    dataset = cfg.data.dataset
+    ratio = normalize_ratio(get_dataset_spec(dataset), cfg.data.ratio)
+    base = _classifier_preset(dataset)
+    cfg.classifier = dataclasses.replace(cfg.classifier, **{name: getattr(base, name) for name in CLASSIFIER_REGIME})
+    cfg.baselines = _baselines_preset(dataset, ratio)
+    for dotted, value in BASELINE_PROTOCOLS[protocol].items():
+        _set_field(cfg, dotted, _protocol_value("baselines.protocol", protocol, dotted, value, dataset, ratio))
+    cfg.baselines.protocol = protocol
+    if cfg.quick_preset:
+        scale = QUICK_STEPS / cfg.classifier.num_steps
+        b = cfg.baselines
+        cfg.baselines = dataclasses.replace(
+            b, lff_num_steps=round(b.lff_num_steps * scale), curr_step=round(b.curr_step * scale),
+            lr_decay_step=round(b.lr_decay_step * scale), **QUICK_COMMITTEE)
+        cfg.classifier = dataclasses.replace(cfg.classifier, **QUICK_CLASSIFIER)
+    return cfg
+
+
+def method_classifier(cfg: ExperimentConfig, method: str) -> ClassifierConfig:
+    """The classifier settings `method` trains with: cfg.classifier, with LfF's own lr and length
+    where the baseline protocol gives them (non-zero)."""
+    if method == "lff" and (cfg.baselines.lff_lr or cfg.baselines.lff_num_steps):
+        return dataclasses.replace(cfg.classifier, lr=cfg.baselines.lff_lr or cfg.classifier.lr,
+                                   num_steps=cfg.baselines.lff_num_steps or cfg.classifier.num_steps)
+    return cfg.classifier
+
+
 def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False,
-           protocol: str = "release") -> ExperimentConfig:
-    """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS); `quick` is the CPU
-    budget for Colored Digits, on top of the protocol."""
+           protocol: str = "release", baselines: str = "reference") -> ExperimentConfig:
+    """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS) and a `baselines`
+    protocol (BASELINE_PROTOCOLS); `quick` is the CPU budget for Colored Digits, on top of both."""
     classifier = _classifier_preset(dataset)
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
                            bias=BiasConfig(classifier=dataclasses.replace(classifier)), classifier=classifier,
-                           baselines=_baselines_preset(dataset, str(ratio)), diffusion=_diffusion_preset(dataset),
-                           injection=_injection_preset(dataset))
+                           diffusion=_diffusion_preset(dataset), injection=_injection_preset(dataset))
     if quick:
         cfg.quick_preset = True
-        cfg.classifier = dataclasses.replace(classifier, num_steps=1_000, eval_every=50, log_every=10)
-        cfg.bias.classifier = dataclasses.replace(cfg.classifier, num_steps=300)
+        cfg.bias.classifier = dataclasses.replace(classifier, num_steps=300, eval_every=50, log_every=10)
         cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
-        # the reference schedules scaled to 1,000 steps: swapping and lr decay from step 500
-        cfg.baselines = dataclasses.replace(cfg.baselines, curr_step=500, lr_decay_step=250, committee_steps=200)
+    apply_baseline_protocol(cfg, baselines)
     return apply_protocol(cfg, protocol)  # the quick layer of injection settings goes on top of it
 
 
@@ -362,15 +478,16 @@ def absolute_args(args: Any, *names: str) -> Any:
 def apply_overrides(cfg: Any, overrides: list[str]) -> Any:
     """Apply `a.b.c=value` overrides in place, with the field's declared type; then make the
     config's paths absolute (resolve_paths) and validate it. Every entry point makes its
-    config through here. An `injection.protocol=X` override first sets X's PROTOCOLS fields
-    (apply_protocol), so the other overrides change them, whatever their order."""
+    config through here. A `baselines.protocol=X` or `injection.protocol=X` override first sets
+    X's fields (apply_baseline_protocol, apply_protocol), so the other overrides change them,
+    whatever their order."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"invalid override {item!r}; expected section.field=value")
-    protocols = [item.split("=", 1)[1].strip() for item in overrides
-                 if item.split("=", 1)[0].strip() == "injection.protocol"]
-    if protocols:
-        apply_protocol(cfg, protocols[-1])
+    for field_name, apply in (("baselines.protocol", apply_baseline_protocol), ("injection.protocol", apply_protocol)):
+        protocols = [item.split("=", 1)[1].strip() for item in overrides if item.split("=", 1)[0].strip() == field_name]
+        if protocols:
+            apply(cfg, protocols[-1])
     for item in overrides:
         key, value = item.split("=", 1)
         target = cfg
@@ -576,11 +693,13 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
     BiasConfig: {"q": Range(0, 1, low_open=True), "k": Range(1, noun="number of samples"),
                  "scope": OneOf(("global", "per_class"))},
     BaselinesConfig: {
-        "q": Range(0, 1, low_open=True), "ema_alpha": Range(0, 1, high_open=True),
+        "protocol": OneOf(tuple(BASELINE_PROTOCOLS)), "q": Range(0, 1, low_open=True),
+        "ema_alpha": Range(0, 1, high_open=True), "lff_lr": NON_NEGATIVE, "lff_num_steps": NON_NEGATIVE,
         "lambda_dis_align": NON_NEGATIVE, "lambda_swap_align": NON_NEGATIVE, "lambda_swap": NON_NEGATIVE,
-        "curr_step": NON_NEGATIVE, "disent_lr": POSITIVE, "lr_decay_step": NON_NEGATIVE,
+        "curr_step": NON_NEGATIVE, "disent_lr": NON_NEGATIVE, "lr_decay_step": NON_NEGATIVE,
         "lr_gamma": Range(0, 1, low_open=True), "num_bias_models": COUNT, "agreement": COUNT,
         "tau": Range(0, 1, low_open=True, high_open=True), "committee_steps": COUNT,
+        "committee_select": OneOf(("valid", "last")), "committee_eval_every": COUNT, "committee_augment": Flag(),
     },
     DiffusionConfig: {
         "preset": Checked(_known_preset), "train_data": Checked(_train_data), "resize": Flag(), "hflip": Flag(),

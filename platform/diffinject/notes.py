@@ -15,8 +15,11 @@ HEADLINE = "unbiased_acc_pct"  # the paper's unbiased accuracy, %, 2 decimals
 
 EXPERIMENT_NOTE = f"""\
 DiffInject runs. **Headline metric: `{HEADLINE}`**, the accuracy (%, 2 decimals) on the unbiased
-test split of the weights selected on the validation split: the paper's "unbiased accuracy";
-`test_acc` is the same number as an unrounded fraction.
+test split (on BFFHQ its bias-conflicting images only, as the references score it) of the weights
+selected on the validation split: the paper's "unbiased accuracy"; `reported_acc` is the same
+number as an unrounded fraction. From the same run: `reported_acc_best_test`, the best test
+accuracy of any evaluation (what the reference repositories report), and `reported_acc_last`,
+the last weights'. `test_acc` is always the whole test split's.
 
 Runs by tag `diffinject.role`:
 - `cell`: one (dataset, ratio, method, seed), with params `method`, `dataset`, `ratio`, `seed`;
@@ -66,8 +69,10 @@ def cell_note(tracker: Tracker, cfg: ExperimentConfig, method: str, metrics: dic
            f"selected by `classifier.select = {cfg.classifier.select}`")
     lines = [f"**{method}** on {cfg.data.dataset} at {cfg.data.ratio}% bias-conflicting samples, seed {cfg.run.seed}.",
              "",
-             f"Unbiased accuracy **{_pct(metrics, 'test_acc')}** (`{HEADLINE}`); aligned "
-             f"{_pct(metrics, 'test_aligned_acc')}, conflicting {_pct(metrics, 'test_conflicting_acc')}; {how}."]
+             f"Unbiased accuracy **{_pct(metrics, 'reported_acc')}** (`{HEADLINE}`); aligned "
+             f"{_pct(metrics, 'test_aligned_acc')}, conflicting {_pct(metrics, 'test_conflicting_acc')}; {how}. "
+             f"Best test accuracy during training (the references' selection): "
+             f"{_pct(metrics, 'reported_acc_best_test')}; last weights: {_pct(metrics, 'reported_acc_last')}."]
     if stages:
         lines += ["", "| stage | run | |", "|---|---|---|"]
         lines += [f"| {STAGES.get(stage, stage)} | {linked_run(tracker, run_id)} | {origin} |"
@@ -78,7 +83,7 @@ def cell_note(tracker: Tracker, cfg: ExperimentConfig, method: str, metrics: dic
 def table_note(table: Table1, text: str, results: list[CellResult], experiment_id: str) -> str:
     """The table run's description: the table (`text`), where its numbers are, and links to its cell runs."""
     lines = [text, "", f"This run's metrics are the table's numbers (`<dataset>/<ratio>/<method>/{HEADLINE}_mean`, "
-             "`_std`, ...): over the cell runs below, the mean and sample std of `test_acc` in %, rounded as "
+             "`_std`, ...): over the cell runs below, the mean and sample std of `reported_acc` in %, rounded as "
              "in the table.", "", "| dataset | ratio | method | cell runs |", "|---|---|---|---|"]
     by_row: dict = {}
     for r in sorted(results, key=lambda r: (r.dataset, float(r.ratio), table.methods.index(r.method), r.seed)):

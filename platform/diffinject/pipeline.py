@@ -31,10 +31,13 @@ from .notes import HEADLINE, cell_note
 from .plots import curve_plot, image_grid
 from .ray_train import DIFFUSION_FILE, TrainJob, load_topk, run_train_job
 from .stage1 import precision_at_k
+from .train import SELECTIONS
 from .tracking import Tracker
 
 FINAL_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc",
               "valid_acc", "step")
+# a cell's reported test accuracy under each model selection (train.SELECTIONS), from the same run
+SELECTION_KEYS = (*SELECTIONS.values(), "best_test_step", "valid_conflict_share")
 SELECTED_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc", "valid_acc")
 
 
@@ -86,7 +89,8 @@ def _protocol(cfg: ExperimentConfig, method: str) -> dict:
 
 
 def cell_tags(cfg: ExperimentConfig, method: str) -> dict:
-    return {**_run_tags(cfg, "cell"), "method": method, **_protocol(cfg, method)}
+    """Tags of a cell run; `baselines` is how its classifier trained (baselines.protocol)."""
+    return {**_run_tags(cfg, "cell"), "method": method, "baselines": cfg.baselines.protocol, **_protocol(cfg, method)}
 
 
 def cell_params(cfg: ExperimentConfig, method: str) -> dict:
@@ -102,8 +106,8 @@ def selected_metrics(metrics: dict, headline: bool = False) -> dict:
     out = {f"selected_{k}": metrics[k] for k in SELECTED_KEYS if k in metrics}
     if "selected_step" in metrics:
         out["selected_step"] = metrics["selected_step"]
-    if headline and "test_acc" in metrics:
-        out[HEADLINE] = round(100.0 * metrics["test_acc"], 2)
+    if headline and "reported_acc" in metrics:
+        out[HEADLINE] = round(100.0 * metrics["reported_acc"], 2)
     return out
 
 
@@ -374,7 +378,7 @@ def run_cell(cfg: ExperimentConfig, method: str, tracker: Tracker | None = None,
                        extra_train=[str(p) for p in extra_train or []], tracking_uri=tracker.uri,
                        mlflow_run_id=child)
         out = run_train_job(job, output_dir=output_dir)
-        metrics = {k: out.metrics[k] for k in (*FINAL_KEYS, "selected_step") if k in out.metrics}
+        metrics = {k: out.metrics[k] for k in (*FINAL_KEYS, *SELECTION_KEYS, "selected_step") if k in out.metrics}
         tracker.log_metrics(parent, {**metrics, **selected_metrics(metrics, headline=True)})
         tracker.log_metrics(child, {**{f"final_{k}": v for k, v in metrics.items() if k in FINAL_KEYS},
                                     **selected_metrics(metrics)})

@@ -72,7 +72,7 @@ def load_train_data(job: TrainJob, cfg: ExperimentConfig) -> TrainData:
     if job.extra_train:
         train = concat_splits(train, *(load_split(p, "train") for p in job.extra_train))
     return TrainData(train=train, valid=load_split(job.parquet, "valid"), test=load_split(job.parquet, "test"),
-                     num_classes=spec.num_classes, num_biases=spec.num_biases)
+                     num_classes=spec.num_classes, num_biases=spec.num_biases, reported=spec.reported_test)
 
 
 def _worker_loop(loop_config: dict) -> None:

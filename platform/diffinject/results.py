@@ -10,7 +10,8 @@ import numpy as np
 from .config import PATH_FIELDS
 from .tracking import Tracker
 
-COLUMNS = (("test_acc", "unbiased"), ("test_aligned_acc", "aligned"), ("test_conflicting_acc", "conflicting"))
+# "unbiased": the reported test accuracy of the selected weights (BFFHQ: its bias-conflicting images)
+COLUMNS = (("reported_acc", "unbiased"), ("test_aligned_acc", "aligned"), ("test_conflicting_acc", "conflicting"))
 
 
 def mean_std(values, signed: bool = False) -> str:

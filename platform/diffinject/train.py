@@ -33,6 +33,9 @@ class TrainData:
     test: ArraySplit
     num_classes: int
     num_biases: int
+    # the accuracy (an accuracy_metrics key) the dataset reports on its test split: "acc", or
+    # "conflicting_acc" where the references score only the bias-conflicting test images (BFFHQ)
+    reported: str = "acc"
 
 
 @dataclass
@@ -53,7 +56,15 @@ class TrainContext:
 class FitResult:
     method: Method
     step: int
-    metrics: dict[str, float]  # final: test and valid metrics of the selected weights, selected_step
+    # final: test and valid metrics of the selected weights, selected_step, and the reported test
+    # accuracy under each selection (SELECTIONS)
+    metrics: dict[str, float]
+
+
+# The reported test accuracy (TrainData.reported) of one run under each model selection, all from
+# the same evaluations: the weights cfg.select chose, the best test accuracy of any evaluation (the
+# reference repositories' number), and the last weights.
+SELECTIONS = {"selected": "reported_acc", "best_test": "reported_acc_best_test", "last": "reported_acc_last"}
 
 
 class Preprocess:
@@ -130,11 +141,15 @@ def evaluate(method: Method, split: ArraySplit, prep: Preprocess, batch_size: in
     return accuracy_metrics(all_reduce_sum(counts))
 
 
-def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContext, seed: int) -> FitResult:
-    """Train `method` for cfg.num_steps, evaluating and checkpointing every cfg.eval_every steps.
+def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContext, seed: int,
+        eval_offset: int = 0) -> FitResult:
+    """Train `method` for cfg.num_steps, evaluating and checkpointing after every cfg.eval_every
+    steps and the last one; with `eval_offset` 1 after steps 1, 1 + eval_every, ... only (the
+    references' `step % valid_freq == 0` on 0-based steps).
 
     Model selection (cfg.select): the weights with the best valid accuracy (default), the
-    best test accuracy (the reference repos' practice, for comparison only), or the last.
+    best test accuracy (the reference repos' practice, for comparison only), or the last. The
+    final metrics carry the reported test accuracy under every selection (SELECTIONS).
     """
     prep = Preprocess(cfg, ctx.device)
     method.to(ctx.device)
@@ -144,20 +159,30 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         method.wrap(lambda net: DistributedDataParallel(net, device_ids=ids))
     method.train(True)
+    reported = f"test_{data.reported}"
 
     step, best_score, best_step, best_nets = 0, -math.inf, -1, None
+    best_test, best_test_step, latest_test, latest_step = -math.inf, -1, None, -1
     if ctx.resume_state is not None:
         method.load_state_dict(ctx.resume_state["method"])
         step = ctx.resume_state["step"]
         best_score = ctx.resume_state["best_score"]
         best_step = ctx.resume_state.get("best_step", -1)  # -1: a checkpoint from before it was kept
         best_nets = ctx.resume_state["best_nets"]
+        best_test = ctx.resume_state.get("best_test", -math.inf)
+        best_test_step = ctx.resume_state.get("best_test_step", -1)
+        latest_test, latest_step = ctx.resume_state.get("latest_test"), ctx.resume_state.get("latest_step", -1)
 
     def scores() -> dict[str, float]:
         args = (prep, cfg.batch_size * 2, data.num_classes, data.num_biases, ctx.rank, ctx.world_size)
         out = {f"valid_{k}": v for k, v in evaluate(method, data.valid, *args).items()}
         out.update({f"test_{k}": v for k, v in evaluate(method, data.test, *args).items()})
         return out
+
+    def evaluated(step: int) -> bool:
+        if eval_offset:
+            return (step - eval_offset) % cfg.eval_every == 0
+        return step % cfg.eval_every == 0 or step == cfg.num_steps
 
     started, start_step, last_log = time.perf_counter(), step, {}
     while step < cfg.num_steps:
@@ -175,29 +200,39 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
         if step % cfg.log_every == 0:
             last_log = {f"train_{k}": v for k, v in stats.items()}
             ctx.log(step, last_log)
-        if step % cfg.eval_every == 0 or step == cfg.num_steps:
+        if evaluated(step):
             metrics = scores()
-            key = {"valid": "valid_acc", "test": "test_acc", "last": None}[cfg.select]
+            key = {"valid": "valid_acc", "test": reported, "last": None}[cfg.select]
             score = metrics[key] if key else step
             if score > best_score:
                 best_score, best_step, best_nets = score, step, method.net_states()
+            if metrics[reported] > best_test:
+                best_test, best_test_step = metrics[reported], step
+            latest_test, latest_step = metrics[reported], step
             metrics.update(step=step, images_per_s=(step - start_step) * cfg.batch_size / (time.perf_counter() - started))
             ctx.log(step, metrics)
             state = {"method": method.state_dict(), "step": step, "best_score": best_score,
-                     "best_step": best_step, "best_nets": best_nets}
+                     "best_step": best_step, "best_nets": best_nets, "best_test": best_test,
+                     "best_test_step": best_test_step, "latest_test": latest_test, "latest_step": latest_step}
             ctx.report({**metrics, **last_log}, state)
 
+    if cfg.select == "last" and best_step != step:  # the last weights, evaluated or not
+        best_step, best_nets = step, method.net_states()
     method.load_net_states(best_nets)
     final = scores()
-    final.update(step=step, selected_score=float(best_score), selected_step=best_step)
+    final.update(step=step, selected_score=float(best_score), selected_step=best_step,
+                 reported_acc=final[reported], reported_acc_best_test=float(best_test), best_test_step=best_test_step,
+                 valid_conflict_share=float(1.0 - data.valid.aligned.mean()))
+    if latest_step == step:  # the last weights were evaluated (always, unless eval_offset)
+        final["reported_acc_last"] = latest_test
     return FitResult(method=method, step=step, metrics=final)
 
 
 def train_method(name: str, cfg: ClassifierConfig, data: TrainData, ctx: TrainContext, seed: int,
-                 options: dict | None = None) -> FitResult:
+                 options: dict | None = None, eval_offset: int = 0) -> FitResult:
     """Build registered method `name` for `data` (seeded init) and fit it."""
     shape = Preprocess(cfg, ctx.device).output_shape(data.train.images.shape[1:])
     seed_everything(seed)
     method = get_method(name)(cfg, data.num_classes, shape, len(data.train), options)
     method.prepare(data, ctx, seed)
-    return fit(method, data, cfg, ctx, seed=seed)
+    return fit(method, data, cfg, ctx, seed=seed, eval_offset=eval_offset)

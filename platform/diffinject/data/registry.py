@@ -14,6 +14,8 @@ class DatasetSpec:
     same for all images). `valid_in_ratio` says whether the validation split lives inside
     each ratio folder (`<pct>/valid`) or once beside them (`<root>/valid`);
     `valid_per_class` / `test_per_class` say whether those splits have class subfolders.
+    `reported_test` is the test accuracy the benchmark reports (an accuracy_metrics key): the
+    whole test split's, or only its bias-conflicting images' where the references score so.
     """
 
     name: str
@@ -25,6 +27,7 @@ class DatasetSpec:
     valid_per_class: bool
     test_per_class: bool
     source: str
+    reported_test: str = "acc"
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -51,6 +54,9 @@ register_dataset(DatasetSpec(
     name="bffhq", num_classes=2, num_biases=2, image_size=None,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=False, valid_per_class=False, test_per_class=False,
     source="it cannot be rebuilt: download the BFFHQ release of DisEnt (Lee et al., 2021)",
+    # DisEnt and BE data/util.py bFFHQDataset(split="test") keep only the images with label != bias;
+    # the DiffInject release (train_classifier.py) reports its test_conflict loader
+    reported_test="conflicting_acc",
 ))
 register_dataset(DatasetSpec(
     name="dogs_and_cats", num_classes=2, num_biases=2, image_size=None,

@@ -20,18 +20,31 @@ def committee_vote(probabilities: np.ndarray, tau: float, agreement: int) -> np.
 
 
 @torch.no_grad()
-def true_label_probabilities(net, data: TrainData, prep: Preprocess, batch_size: int) -> np.ndarray:
+def true_label_probabilities(net, data: TrainData, prep: Preprocess, batch_size: int,
+                             generator: torch.Generator | None = None) -> np.ndarray:
+    """p(y_i | x_i) over the training rows; with a `generator`, of images with the training
+    augmentation (as BE scores them), else of the images as they are."""
     net.eval()
     out = []
     for start in range(0, len(data.train), batch_size):
-        x = prep(data.train.images[start:start + batch_size], train=False)
+        x = prep(data.train.images[start:start + batch_size], train=generator is not None, generator=generator)
         y = torch.from_numpy(data.train.labels[start:start + batch_size]).to(prep.device)
         out.append(torch.softmax(net(x), dim=1).gather(1, y[:, None])[:, 0].cpu())
     return torch.cat(out).numpy()
 
 
+def committee_config(clf_cfg, options: dict):
+    """A committee model's training: `committee_steps` GCE steps, keeping either its best-on-valid
+    evaluation (after steps 1, 1 + committee_eval_every, ...: BE's schedule) or its last weights."""
+    if options["committee_select"] == "valid":
+        return dataclasses.replace(clf_cfg, num_steps=options["committee_steps"], select="valid",
+                                   eval_every=options["committee_eval_every"]), 1
+    return dataclasses.replace(clf_cfg, num_steps=options["committee_steps"], select="last",
+                               eval_every=options["committee_steps"]), 0
+
+
 def detect_aligned(clf_cfg, options: dict, data: TrainData, ctx: TrainContext, seed: int) -> tuple[np.ndarray, dict]:
-    """Train the committee (GCE, `committee_steps` each, seeds seed*100+m) and vote.
+    """Train the committee (GCE, seeds seed*100+m; committee_config) and vote.
 
     Returns the pseudo-aligned mask over the training rows and the detector's precision and
     recall against the true alignment flags (for logging only: they train nothing).
@@ -39,20 +52,22 @@ def detect_aligned(clf_cfg, options: dict, data: TrainData, ctx: TrainContext, s
     from ..train import Preprocess, TrainContext, train_method
 
     quiet = TrainContext(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
-    cfg = dataclasses.replace(clf_cfg, num_steps=options["committee_steps"], select="last",
-                              eval_every=options["committee_steps"])
-    probabilities = []
+    cfg, eval_offset = committee_config(clf_cfg, options)
+    probabilities, kept_steps = [], []
     for m in range(options["num_bias_models"]):
-        result = train_method("gce", cfg, data, quiet, seed * 100 + m, {"q": options["q"]})
+        result = train_method("gce", cfg, data, quiet, seed * 100 + m, {"q": options["q"]}, eval_offset=eval_offset)
         net = result.method.nets["model"]
+        generator = torch.Generator().manual_seed(seed * 100 + m) if options["committee_augment"] else None
         probabilities.append(true_label_probabilities(getattr(net, "module", net), data,
-                                                      Preprocess(cfg, ctx.device), cfg.batch_size * 2))
+                                                      Preprocess(cfg, ctx.device), cfg.batch_size * 2, generator))
+        kept_steps.append(result.metrics["selected_step"])
     mask = committee_vote(np.stack(probabilities), options["tau"], options["agreement"])
     aligned = data.train.aligned
     hits = float((mask & aligned).sum())
     stats = {"be_pseudo_aligned": float(mask.sum()),
              "be_precision": hits / max(float(mask.sum()), 1.0),
-             "be_recall": hits / max(float(aligned.sum()), 1.0)}
+             "be_recall": hits / max(float(aligned.sum()), 1.0),
+             "be_kept_step_mean": float(np.mean(kept_steps))}
     return mask, stats
 
 

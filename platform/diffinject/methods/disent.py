@@ -64,7 +64,7 @@ class DisEnt(Method):
         o = self.options
         self.nets["model"] = DisentNet(Encoder(self.new_classifier()), Encoder(self.new_classifier()),
                                        self.num_classes)
-        self.optimizers["model"] = torch.optim.Adam(self.nets["model"].parameters(), lr=o.get("disent_lr", 0.01),
+        self.optimizers["model"] = torch.optim.Adam(self.nets["model"].parameters(), lr=o.get("disent_lr") or self.cfg.lr,
                                                     weight_decay=self.cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizers["model"], step_size=max(o.get("lr_decay_step", 0), 1),
                                                          gamma=o.get("lr_gamma", 0.5))
@@ -79,7 +79,8 @@ class DisEnt(Method):
         return gce_loss(logits, y, self.options.get("q", 0.7))
 
     def swapping(self) -> bool:
-        return self.steps >= self.options.get("curr_step", 10_000)
+        """From the update after curriculum step (DisEnt learner.py: `step > args.curr_step`, 0-based)."""
+        return self.steps > self.options.get("curr_step", 10_000)
 
     def update(self, x, y, index):
         o = self.options
