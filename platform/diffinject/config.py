@@ -211,24 +211,22 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
 
 def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
     """The comparison methods' own hyperparameters, as their reference scripts pass them (both
-    baseline protocols keep them): DisEnt's lambdas dis / swap_b / swap, curriculum and decay."""
+    baseline protocols keep them): DisEnt's lambdas dis / swap_b / swap and its lr decay factor;
+    every script passes --curr_step=10000 --lr_decay_step=10000, the BaselinesConfig defaults."""
     # Learning-Debiased-Disentangled scripts/run_cmnist_ours.sh; BiasEnsemble train_cmnist.sh (DisEnt + BE)
     if dataset in ("cmnist", "colored_digits"):
-        return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, curr_step=10_000,
-                               lr_decay_step=10_000, lr_gamma=0.5)
+        return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, lr_gamma=0.5)
     if dataset == "cifar10c":
         # Learning-Debiased-Disentangled scripts/run_cifar10c_ours.sh: 1/1/1 at 0.5 % and 5 %, 5/5/1 at 1 % and 2 %
         strong = ratio in ("1", "2")
         return BaselinesConfig(lambda_dis_align=5 if strong else 1, lambda_swap_align=5 if strong else 1,
-                               lambda_swap=1, curr_step=10_000, lr_decay_step=10_000, lr_gamma=0.5)
+                               lambda_swap=1, lr_gamma=0.5)
     if dataset == "bffhq":
         # Learning-Debiased-Disentangled scripts/run_bffhq_ours.sh (no --lr_gamma: train.py's default 0.1);
         # BiasEnsemble train_bffhq.sh passes --lr_gamma=0.1
-        return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, curr_step=10_000,
-                               lr_decay_step=10_000, lr_gamma=0.1)
+        return BaselinesConfig(lambda_dis_align=2, lambda_swap_align=2, lambda_swap=0.1, lr_gamma=0.1)
     # BiasEnsemble scripts/train_codes/train_dnc.sh (DisEnt + BE)
-    return BaselinesConfig(lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1, curr_step=10_000,
-                           lr_decay_step=10_000, lr_gamma=0.1)
+    return BaselinesConfig(lambda_dis_align=1, lambda_swap_align=1, lambda_swap=1, lr_gamma=0.1)
 
 
 # How the comparison methods are trained (docs/design.md 2.4): the fields each protocol sets, one
@@ -272,9 +270,8 @@ BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
         "baselines.lff_lr": 0.0,                 # every method at classifier.lr ...
         "baselines.lff_num_steps": 0,            # ... for classifier.num_steps
         "baselines.disent_lr": 0.0,
-        "baselines.committee_steps": 1_000,
-        "baselines.committee_select": "last",    # each committee model's last weights ...
-        "baselines.committee_eval_every": 1_000,
+        "baselines.committee_select": "last",    # each committee model's last weights (of the 1,000 steps) ...
+        "baselines.committee_eval_every": 1_000,  # (evaluated once, at its end)
         "baselines.committee_augment": False,    # ... scored on the training images as they are
     },
 }

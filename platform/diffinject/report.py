@@ -48,6 +48,10 @@ DISPLAY = {"vanilla": "Vanilla", "lff": "LfF", "disent": "DisEnt", "lff_be": "Lf
 # the reported test accuracy under each selection, then the whole test split's, its aligned and conflicting parts
 METRICS = ("reported_acc", "reported_acc_best_test", "reported_acc_last", "test_acc", "test_aligned_acc",
            "test_conflicting_acc")
+# what the note under the table says of each baseline protocol (baselines.protocol)
+BASELINES_NOTES = {"reference": " Every method trains as its reference repository trains it (`--baselines reference`; "
+                                "DiffInject's stage 4 as Vanilla).",
+                   "uniform": " Every method trains with the same classifier settings (`--baselines uniform`)."}
 SELECTION_TITLES = {"selected": "valid-selected", "best_test": "best on test (references)", "last": "last weights"}
 # the synthetic sets' quality report (fractions, from the cells of methods on synthetic data)
 # the paired per-seed differences the table reports (the method the paper proposes, against Vanilla)
@@ -126,28 +130,20 @@ class Table1:
             return None
         return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
 
-    def paired(self, column, method: str, reference: str = PAIRED_REFERENCE,
-               metric: str = "reported_acc") -> tuple[float, float, int] | None:
+    def paired(self, column, method: str, reference: str = PAIRED_REFERENCE) -> tuple[float, float, int] | None:
         """Mean and std (ddof 1) over the seeds both ran of `method`'s accuracy minus
         `reference`'s, and the number of those seeds (None when they share none)."""
-        seeds = self.by_seed.get(column, {}).get(metric, {})
-        ours, theirs = seeds.get(method, {}), seeds.get(reference, {})
-        common = sorted(set(ours) & set(theirs))
-        if method == reference or not common:
+        if method == reference:
             return None
-        d = np.array([ours[s] - theirs[s] for s in common])
-        return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d)
+        seeds = self.by_seed.get(column, {}).get("reported_acc", {})
+        return _paired_difference(seeds.get(method, {}), seeds.get(reference, {}))
 
     def inflation(self, column, method: str) -> tuple[float, float, int] | None:
         """Per seed, the best-on-test accuracy minus the valid-selected one: what the references'
         selection adds (mean, std ddof 1, seeds)."""
         seeds = self.by_seed.get(column, {})
-        best, selected = seeds.get("reported_acc_best_test", {}).get(method, {}), seeds.get("reported_acc", {}).get(method, {})
-        common = sorted(set(best) & set(selected))
-        if not common:
-            return None
-        d = np.array([best[s] - selected[s] for s in common])
-        return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d)
+        return _paired_difference(seeds.get("reported_acc_best_test", {}).get(method, {}),
+                                  seeds.get("reported_acc", {}).get(method, {}))
 
     def _paired_methods(self) -> list[str]:
         return [m for m in PAIRED_METHODS if m in self.methods and PAIRED_REFERENCE in self.methods]
@@ -256,10 +252,7 @@ class Table1:
             text += (" Colored Digits (the embedded stand-in) is compared with the paper's "
                      f"{', '.join(DISPLAY[c] for c in compared)} column.")
         if self.baselines:
-            text += {"reference": " Every method trains as its reference repository trains it (`--baselines reference`; "
-                                  "DiffInject's stage 4 as Vanilla).",
-                     "uniform": " Every method trains with the same classifier settings (`--baselines uniform`)."
-                     }.get(self.baselines, f" Baselines protocol: {self.baselines}.")
+            text += BASELINES_NOTES[self.baselines]
         if any(d == "bffhq" for d, _ in self.columns):
             text += (" BFFHQ: accuracy on the bias-conflicting test images only, as DisEnt, BiasEnsemble and the "
                      "DiffInject release score it (the whole test folder's is in the detail table).")
@@ -352,6 +345,15 @@ class Table1:
         ax.legend(fontsize=7, ncol=4, loc="upper left")
         fig.tight_layout()
         return save_figure(fig, path)
+
+
+def _paired_difference(ours: dict[int, float], theirs: dict[int, float]) -> tuple[float, float, int] | None:
+    """Mean and std (ddof 1) of ours[s] - theirs[s] over the seeds s both have, and their number."""
+    common = sorted(set(ours) & set(theirs))
+    if not common:
+        return None
+    d = np.array([ours[s] - theirs[s] for s in common])
+    return float(d.mean()), float(d.std(ddof=1)) if len(d) > 1 else 0.0, len(d)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
