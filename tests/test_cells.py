@@ -240,6 +240,12 @@ def test_miniature_full_run_with_a_guided_diffusion_checkpoint(table1, ray_sessi
     md = (tmp_path / "results" / "table1.md").read_text()
     assert "BFFHQ 1%" in md and "(81.90)" in md and "(60.68)" in md  # the paper's numbers beside ours
     assert (tmp_path / "results" / "table1.csv").read_text().count("\nbffhq,1,") == 2
+    # BFFHQ's column is its bias-conflicting test images' accuracy, under both selections
+    assert "BFFHQ 1% (conflicting)" in md and "As the references report" in md
+    import csv as csv_module
+
+    for row in csv_module.DictReader((tmp_path / "results" / "table1.csv").open()):
+        assert row["unbiased_mean"] == row["conflicting_mean"] and row["whole_test_mean"] and row["best_test_mean"]
     assert (tmp_path / "results" / "table1.png").stat().st_size > 0
     assert "[2/2" in out and "stage2 built" in out
     tracker = Tracker()
