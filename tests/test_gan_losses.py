@@ -131,3 +131,18 @@ def test_modulated_conv_module_starts_with_unit_styles_and_equalised_weights():
     expected = modulated_conv2d(x, layer.weight * layer.scale, torch.ones(2, 8))
     assert torch.allclose(layer(x, w), expected, atol=1e-6)
     assert layer.scale == pytest.approx(1 / math.sqrt(8 * 9))
+
+
+def test_mapping_network_has_stylegan2s_parameter_count_and_tracks_the_mean_w():
+    from diffinject.gan import MappingNetwork, pixel_norm
+
+    net = MappingNetwork()
+    assert sum(p.numel() for p in net.parameters()) == 8 * (512 * 512 + 512)  # 2,101,248
+    z = torch.randn(256, 512) * 5
+    assert torch.allclose(pixel_norm(z).pow(2).mean(1), torch.ones(256), atol=1e-4)
+    w = net(z)
+    assert w.shape == (256, 512)
+    assert torch.allclose(net.w_avg, (1 - 0.995) * w.detach().mean(0), atol=1e-6)
+    net.eval()
+    assert torch.allclose(net(z, truncation=0.0), net.w_avg.expand(256, 512))
+    assert torch.allclose(net(z * 3), net(z), atol=1e-5)  # pixel norm: the scale of z does not matter
