@@ -146,3 +146,18 @@ def test_mapping_network_has_stylegan2s_parameter_count_and_tracks_the_mean_w():
     net.eval()
     assert torch.allclose(net(z, truncation=0.0), net.w_avg.expand(256, 512))
     assert torch.allclose(net(z * 3), net(z), atol=1e-5)  # pixel norm: the scale of z does not matter
+
+
+def test_skip_layer_excitation_gates_each_channel_of_the_high_resolution_map():
+    from diffinject.gan import SkipLayerExcitation
+
+    torch.manual_seed(0)
+    sle = SkipLayerExcitation(low_channels=16, high_channels=8)
+    x_low, x_high = torch.randn(3, 16, 8, 8), torch.randn(3, 8, 64, 64)
+    gate = sle.gate(x_low)
+    assert gate.shape == (3, 8, 1, 1) and ((gate > 0) & (gate < 1)).all()
+    out = sle(x_low, x_high)
+    assert torch.allclose(out, x_high * gate)
+    # the gate depends only on x_low's 4 x 4 average pool
+    upsampled = F.interpolate(F.adaptive_avg_pool2d(x_low, 4), scale_factor=2, mode="nearest")
+    assert torch.allclose(sle.gate(upsampled), gate, atol=1e-6)
