@@ -136,6 +136,67 @@ class InjectionConfig:
 
 
 @dataclass
+class StyleGAN2Config:
+    """A²'s generators (stage-3 kind `stylegan2_adapt`): a source StyleGAN2 trained on the whole
+    biased training set, adapted few-shot to the top-K set with the cross-domain correspondence
+    (CDC) loss; each original is projected into the source's W space and decoded by the adapted
+    generator. Sources: An et al. (ACCV 2022) Sec. 3; StyleGAN2 (Karras et al. 2020); Ojha et al.
+    (CVPR 2021); the projector of StyleGAN2 Appendix D."""
+
+    preset: str = "paper_32"          # gan.stylegan2.PRESETS (resolution, widths, mapping depth)
+    resize: bool = True               # images are resized to the preset's resolution (28 -> 32 for digits)
+    hflip: bool = False               # random horizontal flips of the source's training images
+    batch_size: int = 32
+    num_steps: int = 100_000
+    lr: float = 0.002                 # StyleGAN2 config-f Adam lr, betas (0, 0.99), lazy-regularisation corrected
+    r1_gamma: float = 10.0            # lazy R1 every r1_every D steps
+    r1_every: int = 16
+    pl_weight: float = 2.0            # path-length regularisation every pl_every G steps
+    pl_every: int = 4
+    style_mixing: float = 0.9
+    ema_half_life: int = 10_000       # images (StyleGAN2's ema_kimg = 10)
+    seed: int = 0                     # one source generator per dataset serves every seed of a table
+    adapt_steps: int = 5_000          # few-shot adaptation to the top-K set (Ojha et al.)
+    adapt_batch_size: int = 4
+    adapt_lr: float = 0.002
+    cdc_weight: float = 1000.0
+    anchor_count: int = 10            # anchor latents (image-level D near them, patch-level elsewhere)
+    anchor_std: float = 0.1
+    image_d_every: int = 4            # image-level D every N-th step (32 px: every step, no patch level)
+    project_steps: int = 1_000        # W projection of each original
+    project_lr: float = 0.1
+    noise_reg_weight: float = 1e5
+    project_batch_size: int = 16      # originals projected together (each has its own w and noise maps)
+    distance: str = "lpips_vgg"       # lpips_vgg | mse: the projector's image distance
+    log_every: int = 100
+    checkpoint_every: int = 5_000
+    sample_every: int = 10_000        # EMA sample grid to MLflow; 0 disables
+    sample_images: int = 30
+
+
+@dataclass
+class FastGANConfig:
+    """AmpliBias's generators (stage-3 kind `fastgan`): one FastGAN per class, trained on that
+    class's top-K samples; a generator's images are labelled with its class. Sources: Ko et al.
+    (CIKM 2023) Sec. 3; FastGAN (Liu et al., ICLR 2021); DiffAugment (Zhao et al. 2020)."""
+
+    preset: str = "paper_256"         # gan.fastgan.PRESETS: 256 px, nz 256, ngf = ndf = 64
+    k_per_class: int = 100            # top-K per class the generators train on (AmpliBias: 100 at 1 %, 200 at 5 %)
+    batch_size: int = 8
+    num_steps: int = 50_000           # per class
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.999
+    policy: str = "color,translation" # DiffAugment policy
+    distance: str = "lpips_vgg"       # lpips_vgg | mse: the decoders' reconstruction distance
+    log_every: int = 100
+    checkpoint_every: int = 5_000
+    sample_every: int = 10_000        # per-class EMA sample grid to MLflow; 0 disables
+    sample_images: int = 30
+
+
+@dataclass
 class RunConfig:
     seed: int = 0
     num_workers: int = 0              # Ray Train workers; 0 runs the loop in-process
@@ -153,6 +214,8 @@ class ExperimentConfig:
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
+    stylegan2: StyleGAN2Config = field(default_factory=StyleGAN2Config)
+    fastgan: FastGANConfig = field(default_factory=FastGANConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # True on a quick preset (a plain attribute, not a field: neither logged nor in any key),
     # so that an injection.protocol override puts the quick layer back on top of the protocol
@@ -654,6 +717,24 @@ def _known_preset(key: str, name: str) -> None:
         raise ConfigError(f"{key}: {exc}") from None
 
 
+def _known_gan_preset(family: str) -> Callable[[str, str], None]:
+    def check(key: str, name: str) -> None:
+        from .gan.presets import PRESETS
+
+        if name not in PRESETS[family]:
+            raise ConfigError(f"{key}: unknown {family} preset {name!r}; expected one of {', '.join(PRESETS[family])}")
+    return check
+
+
+def _diffaugment_policy(key: str, text: str) -> None:
+    from .gan.diffaugment import POLICIES
+
+    unknown = [p for p in (q.strip() for q in text.split(",")) if p and p not in POLICIES]
+    if unknown:
+        raise ConfigError(f"{key}: unknown DiffAugment policy {unknown[0]!r}; expected a comma-separated list of "
+                          f"{', '.join(POLICIES)}")
+
+
 def _train_data(key: str, value: str) -> None:
     if value == "train":
         return
@@ -713,6 +794,23 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "boost_grid": Range(2, NUM_TIMESTEPS, also=(0,)), "dt_lambda": POSITIVE, "omega": NON_NEGATIVE,
         "conflict_ratio": POSITIVE, "originals": OneOf(("non_topk", "aligned")), "batch_size": COUNT,
     },
+    StyleGAN2Config: {
+        "preset": Checked(_known_gan_preset("stylegan2")), "resize": Flag(), "hflip": Flag(), "batch_size": COUNT,
+        "num_steps": COUNT, "lr": POSITIVE, "r1_gamma": NON_NEGATIVE, "r1_every": COUNT, "pl_weight": NON_NEGATIVE,
+        "pl_every": COUNT, "style_mixing": FRACTION, "ema_half_life": NON_NEGATIVE, "seed": SEED,
+        "adapt_steps": COUNT, "adapt_batch_size": Range(3), "adapt_lr": POSITIVE, "cdc_weight": NON_NEGATIVE,
+        "anchor_count": COUNT, "anchor_std": NON_NEGATIVE, "image_d_every": COUNT, "project_steps": COUNT,
+        "project_lr": POSITIVE, "noise_reg_weight": NON_NEGATIVE, "project_batch_size": COUNT,
+        "distance": OneOf(("lpips_vgg", "mse")), "log_every": COUNT, "checkpoint_every": COUNT,
+        "sample_every": NON_NEGATIVE, "sample_images": COUNT,
+    },
+    FastGANConfig: {
+        "preset": Checked(_known_gan_preset("fastgan")), "k_per_class": COUNT, "batch_size": COUNT,
+        "num_steps": COUNT, "lr": POSITIVE, "beta1": Range(0, 1, high_open=True), "beta2": Range(0, 1, high_open=True),
+        "ema_decay": Range(0, 1, high_open=True), "policy": Checked(_diffaugment_policy),
+        "distance": OneOf(("lpips_vgg", "mse")), "log_every": COUNT, "checkpoint_every": COUNT,
+        "sample_every": NON_NEGATIVE, "sample_images": COUNT,
+    },
     RunConfig: {"seed": SEED, "num_workers": NON_NEGATIVE, "use_gpu": OneOf(("auto", "true", "false")),
                 "max_failures": NON_NEGATIVE, "experiment": Text(), "storage_path": Text()},
     ExperimentConfig: {},
@@ -764,5 +862,7 @@ def from_dict(payload: dict[str, Any]) -> ExperimentConfig:
         baselines=BaselinesConfig(**payload.get("baselines", {})),
         diffusion=DiffusionConfig(**payload.get("diffusion", {})),
         injection=InjectionConfig(**payload.get("injection", {})),
+        stylegan2=StyleGAN2Config(**payload.get("stylegan2", {})),
+        fastgan=FastGANConfig(**payload.get("fastgan", {})),
         run=RunConfig(**payload["run"]),
     )

@@ -1,0 +1,66 @@
+"""Network presets of the two GAN families, by name: the papers' configurations and the small
+ones the CPU quick run trains (what they keep is said beside each)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StyleGAN2Preset:
+    name: str
+    resolution: int
+    z_dim: int
+    w_dim: int
+    mapping_layers: int
+    channels: tuple[tuple[int, int], ...]  # (resolution, feature maps) of each synthesis block, 4 px first
+    mbstd_group: int = 4                   # the discriminator's minibatch-stddev group size
+
+    def width(self, resolution: int) -> int:
+        return dict(self.channels)[resolution]
+
+
+@dataclass(frozen=True)
+class FastGANPreset:
+    name: str
+    resolution: int
+    nz: int
+    ngf: int
+    ndf: int
+
+
+def _ladder(resolution: int, widths: dict[int, int]) -> tuple[tuple[int, int], ...]:
+    out, r = [], 4
+    while r <= resolution:
+        out.append((r, widths[r]))
+        r *= 2
+    return tuple(out)
+
+
+# StyleGAN2 config-f (Karras et al. 2020, Table 1 / rosinality stylegan2-pytorch channel_multiplier 2):
+# 512 feature maps up to 64 px, 256 at 128, 128 at 256; mapping 8 x 512; z and w 512.
+_CONFIG_F = {4: 512, 8: 512, 16: 512, 32: 512, 64: 512, 128: 256, 256: 128}
+PRESETS: dict[str, dict] = {
+    "stylegan2": {
+        "paper_32": StyleGAN2Preset("paper_32", 32, 512, 512, 8, _ladder(32, _CONFIG_F)),
+        "paper_256": StyleGAN2Preset("paper_256", 256, 512, 512, 8, _ladder(256, _CONFIG_F)),
+        # the CPU quick run: same structure (mapping, modulated convs, noise, skip toRGB, residual D),
+        # 32 px, widths / 16 and a 2-layer 64-d mapping
+        "quick_32": StyleGAN2Preset("quick_32", 32, 64, 64, 2, _ladder(32, {4: 64, 8: 64, 16: 32, 32: 32})),
+    },
+    "fastgan": {
+        # FastGAN (Liu et al. 2021) at 256 px, nz 256, ngf = ndf = 64 (AmpliBias trains it at 256)
+        "paper_256": FastGANPreset("paper_256", 256, 256, 64, 64),
+        # the CPU quick run: 64 px (one skip-layer excitation, 4 -> 64), nz 64, ngf = ndf = 8
+        "quick_64": FastGANPreset("quick_64", 64, 64, 8, 8),
+    },
+}
+
+
+def get_gan_preset(family: str, name: str):
+    try:
+        return PRESETS[family][name]
+    except KeyError:
+        raise ConfigError(f"unknown {family} preset {name!r}; expected one of {', '.join(PRESETS.get(family, {}))}"
+                          ) from None
