@@ -60,8 +60,12 @@ class Method(abc.ABC):
         return build_classifier(self.cfg.arch, self.num_classes, self.input_shape,
                                 self.cfg.mlp_divide_by_255)
 
-    def adam(self, module: nn.Module) -> torch.optim.Optimizer:
-        return torch.optim.Adam(module.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+    def adam(self, module: nn.Module, lr: float | None = None) -> torch.optim.Optimizer:
+        """Adam at `lr` (default cfg.lr). foreach: one multi-tensor update of all parameters, the same
+        arithmetic as the per-parameter loop torch picks on CPU, a quarter less time for the quick run's
+        MLPs (bench/classifier_train.py)."""
+        return torch.optim.Adam(module.parameters(), lr=lr or self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                foreach=True)
 
     @staticmethod
     def optimize(optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], loss: torch.Tensor) -> float:

@@ -64,8 +64,7 @@ class DisEnt(Method):
         o = self.options
         self.nets["model"] = DisentNet(Encoder(self.new_classifier()), Encoder(self.new_classifier()),
                                        self.num_classes)
-        self.optimizers["model"] = torch.optim.Adam(self.nets["model"].parameters(), lr=o.get("disent_lr") or self.cfg.lr,
-                                                    weight_decay=self.cfg.weight_decay)
+        self.optimizers["model"] = self.adam(self.nets["model"], lr=o.get("disent_lr") or self.cfg.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizers["model"], step_size=max(o.get("lr_decay_step", 0), 1),
                                                          gamma=o.get("lr_gamma", 0.5))
         self.steps = 0
