@@ -262,6 +262,20 @@ QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=Fa
                        generation_steps=20, inject_grid=0, boost_grid=0, batch_size=60, label_from="content")
 
 
+# The quick run's generative baselines (README "The quick A² and AmpliBias rows"): the same
+# stages at CPU scale. A² keeps the source StyleGAN2 (its losses, lazy R1 and path length, style
+# mixing, EMA), CDC adaptation and W projection, at widths / 16, 32 px; AmpliBias keeps one FastGAN
+# per class with skip-layer excitation, the decoders' reconstruction loss and DiffAugment, at 64 px
+# and ngf = ndf = 8. Both measure images with the mean squared error where the papers use LPIPS-VGG
+# (its ImageNet weights need the network), and AmpliBias trains on stage 1's top-10 per class (the
+# DiffInject rows' set) rather than its top-100.
+QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=300, adapt_steps=40, adapt_batch_size=4,
+                       project_steps=40, project_batch_size=60, distance="mse", log_every=20, checkpoint_every=100,
+                       sample_every=300, sample_images=30)
+QUICK_FASTGAN = dict(preset="quick_64", k_per_class=10, batch_size=8, num_steps=60, distance="mse", log_every=20,
+                     checkpoint_every=60, sample_every=60, sample_images=10)
+
+
 def _diffusion_preset(dataset: str) -> DiffusionConfig:
     """32x32 models for the small datasets (CMNIST resized 28 -> 32, as in the paper); the
     256x256 ones normally use released P2 checkpoints, whose architecture p2_256 is."""
@@ -270,6 +284,22 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
     if dataset == "cifar10c":
         return DiffusionConfig(preset="adm_32", hflip=True, lr=1e-4)
     return DiffusionConfig(preset="p2_256", hflip=True, lr=2e-5, batch_size=32, gamma=0.5)
+
+
+def _stylegan2_preset(dataset: str) -> StyleGAN2Config:
+    """A²'s generators at the diffusion models' resolutions: 32 px for the small datasets (digits
+    resized 28 -> 32, no flips, as stage 2), 256 px for BFFHQ and Dogs & Cats."""
+    if dataset in ("cmnist", "colored_digits"):
+        return StyleGAN2Config(preset="paper_32", hflip=False)
+    if dataset == "cifar10c":
+        return StyleGAN2Config(preset="paper_32", hflip=True)
+    return StyleGAN2Config(preset="paper_256", hflip=True)
+
+
+def _fastgan_preset(ratio: str) -> FastGANConfig:
+    """AmpliBias Sec. 4.1: K = 100 per class at 1 %, 200 at 5 % (the paper names no other ratio:
+    0.5 % and 2 % take the 1 % value)."""
+    return FastGANConfig(k_per_class=200 if ratio == "5" else 100)
 
 
 def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
@@ -469,14 +499,20 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
            protocol: str = "release", baselines: str = "reference") -> ExperimentConfig:
     """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS) and a `baselines`
     protocol (BASELINE_PROTOCOLS); `quick` is the CPU budget for Colored Digits, on top of both."""
+    from .data.registry import get_dataset_spec, normalize_ratio
+
     classifier = _classifier_preset(dataset)
     cfg = ExperimentConfig(data=DataConfig(dataset=dataset, ratio=str(ratio)),
                            bias=BiasConfig(classifier=dataclasses.replace(classifier)), classifier=classifier,
-                           diffusion=_diffusion_preset(dataset), injection=_injection_preset(dataset))
+                           diffusion=_diffusion_preset(dataset), injection=_injection_preset(dataset),
+                           stylegan2=_stylegan2_preset(dataset),
+                           fastgan=_fastgan_preset(normalize_ratio(get_dataset_spec(dataset), str(ratio))))
     if quick:
         cfg.quick_preset = True
         cfg.bias.classifier = dataclasses.replace(classifier, num_steps=300, eval_every=50, log_every=10)
         cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
+        cfg.stylegan2 = dataclasses.replace(cfg.stylegan2, **QUICK_STYLEGAN2)
+        cfg.fastgan = dataclasses.replace(cfg.fastgan, **QUICK_FASTGAN)
     apply_baseline_protocol(cfg, baselines)
     return apply_protocol(cfg, protocol)  # the quick layer of injection settings goes on top of it
 

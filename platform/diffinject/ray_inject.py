@@ -141,18 +141,37 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
     key = _job_key(table, cfg, t_edit, digest, train_images.shape[1:])
     meta = {"job": key, **provenance(cfg, t_edit, digest), "checkpoint": str(checkpoint_path),
             "injection": dataclasses.asdict(cfg)}
-    expected = table["pair_id"].to_numpy()
+    arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids),
+              "train_labels": np.asarray(train_labels), "train_biases": np.asarray(train_biases),
+              "topk_images": topk_images, "topk_ids": np.asarray(topk_ids),
+              "topk_labels": np.asarray(topk_labels), "topk_biases": np.asarray(topk_biases)}
+    return run_parts_job(table, key, meta, out_dir, InjectorActor, arrays,
+                         dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg), t_edit=t_edit,
+                              prov=provenance(cfg, t_edit, digest), fail_once_marker=fail_once_marker),
+                         cfg.batch_size, use_gpu, num_actors, finalize_output, verbose, "inject")
 
+
+def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, arrays: dict, actor_kwargs: dict,
+                  batch_size: int, use_gpu="auto", num_actors: int | None = None, finalize_output: bool = True,
+                  verbose: bool = True, label: str = "inject", schema: pa.Schema | None = None,
+                  unit: str = "pairs") -> Path:
+    """Run the rows of `table` (a pair_id column and what `actor` reads) through an actor pool that
+    writes part files into `out_dir/_parts`, then finalize `out_dir`; a job of the same `key` resumes
+    (only missing pair_ids run) and a finished one is returned as is. `actor` is constructed with
+    `actor_kwargs` plus arrays=[ObjectRef of `arrays`], parts_dir, device and cpu_threads."""
+    import ray
+
+    expected = table["pair_id"].to_numpy()
     marker = out_dir / MARKER
     if (read_json(marker) or {}).get("job") == key:
         if verbose:
-            print(f"[inject] {out_dir} already holds this job's {len(expected)} synthetic samples", flush=True)
+            print(f"[{label}] {out_dir} already holds this job's {len(expected)} synthetic samples", flush=True)
         return out_dir
     parts = out_dir / PARTS
     job_file = parts / JOB_FILE
     if parts.is_dir() and (read_json(job_file) or {}).get("job") != key:
         if verbose:
-            print(f"[inject] discarding part files of a different job in {parts}", flush=True)
+            print(f"[{label}] discarding part files of a different job in {parts}", flush=True)
         shutil.rmtree(parts)
     parts.mkdir(parents=True, exist_ok=True)
     if not job_file.is_file():
@@ -163,30 +182,24 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
     todo = table.filter(pc.invert(pc.is_in(table["pair_id"], value_set=pa.array(done, type=pa.int64()))))
     total = table.num_rows
     if verbose:
-        print(f"[inject] {total} pairs, {total - todo.num_rows} already written, {todo.num_rows} to generate",
+        print(f"[{label}] {total} {unit}, {total - todo.num_rows} already written, {todo.num_rows} to generate",
               flush=True)
     if todo.num_rows:
         gpu = resolve_use_gpu(use_gpu)
         resources = ray.cluster_resources()
         if num_actors is None:
             num_actors = int(resources.get("GPU", 0)) if gpu else max(1, int(resources.get("CPU", 1)) // 2)
-        bs = cfg.batch_size
+        bs = batch_size
         num_actors = max(1, min(num_actors, -(-todo.num_rows // bs)))
         cpus = None if gpu else actor_cpus(int(resources.get("CPU", 1)), num_actors,
                                            [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]])
-        arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids),
-                  "train_labels": np.asarray(train_labels), "train_biases": np.asarray(train_biases),
-                  "topk_images": topk_images, "topk_ids": np.asarray(topk_ids),
-                  "topk_labels": np.asarray(topk_labels), "topk_biases": np.asarray(topk_biases)}
         ref = ray.put(arrays)  # once; every actor gets it from the object store
         # one block per batch: blocks are the unit Ray Data spreads over actors (and retries)
         blocks = [todo.slice(start, bs) for start in range(0, todo.num_rows, bs)]
         ds = ray.data.from_arrow(blocks).map_batches(
-            InjectorActor,
-            fn_constructor_kwargs=dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg),
-                                       t_edit=t_edit, arrays=[ref], parts_dir=str(parts),
-                                       prov=provenance(cfg, t_edit, digest), device="cuda" if gpu else "cpu",
-                                       fail_once_marker=fail_once_marker, cpu_threads=cpus or 1),
+            actor,
+            fn_constructor_kwargs=dict(**actor_kwargs, arrays=[ref], parts_dir=str(parts),
+                                       device="cuda" if gpu else "cpu", cpu_threads=cpus or 1),
             compute=ray.data.ActorPoolStrategy(size=num_actors),
             batch_size=bs, batch_format="numpy",
             num_gpus=1 if gpu else None, num_cpus=cpus,
@@ -195,12 +208,12 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             finished += len(batch["pair_id"])
             if verbose and (finished / total >= next_report or finished == total):
-                print(f"[inject] {finished}/{total} pairs ({100 * finished / total:.0f}%), "
+                print(f"[{label}] {finished}/{total} {unit} ({100 * finished / total:.0f}%), "
                       f"{time.time() - started:.0f} s", flush=True)
                 next_report = np.floor(finished / total * 10 + 1) / 10
     if not finalize_output:
         return out_dir
-    finalize(out_dir, expected, meta)
+    finalize(out_dir, expected, meta, **({"schema": schema} if schema is not None else {}))
     if verbose:
-        print(f"[inject] wrote {len(expected)} synthetic samples to {out_dir}", flush=True)
+        print(f"[{label}] wrote {len(expected)} synthetic samples to {out_dir}", flush=True)
     return out_dir

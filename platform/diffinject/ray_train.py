@@ -1,4 +1,5 @@
-"""The Ray Train layer: runs stage 1, 2 and 4 trainings in a TorchTrainer.
+"""The Ray Train layer: runs stage 1, 2 and 4 trainings, and the GAN stage-3 kinds' generator
+trainings, in a TorchTrainer.
 
 Each worker loads the Parquet shards itself, resumes from `ray.train.get_checkpoint()`
 after a failure, logs to MLflow from rank 0, and reports checkpoints through
@@ -35,6 +36,10 @@ from .train import TrainContext, TrainData
 
 STATE_FILE = "state.pt"
 DIFFUSION_FILE = "diffusion.pt"
+GENERATOR_FILE = "generator.pt"
+# the generator trainings of the GAN stage-3 kinds (synthesis/): A²'s source StyleGAN2 and its CDC
+# adaptation to the top-K set, AmpliBias's FastGAN per class
+GAN_JOBS = ("stylegan2_source", "stylegan2_adapt", "fastgan")
 KEEP_CHECKPOINTS = 2
 
 
@@ -50,7 +55,7 @@ class FaultInjection:
 
 @dataclass
 class TrainJob:
-    kind: str                      # "bias" (stage 1) | "diffusion" (stage 2) | "classifier" (stage 4)
+    kind: str                      # "bias" (stage 1) | "diffusion" (stage 2) | "classifier" (stage 4) | GAN_JOBS
     method: str                    # registered method for "classifier"
     config: dict                   # ExperimentConfig as a dict
     parquet: str                   # finished Parquet conversion of the dataset/ratio (stage 2: its images)
@@ -58,6 +63,8 @@ class TrainJob:
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     fault: FaultInjection | None = None
+    inputs: dict[str, str] = field(default_factory=dict)  # GAN jobs: "topk" (a stage-1 folder), "source" (a file)
+    random_lpips_backbone: bool = False  # GAN jobs measuring with LPIPS: a random trunk (tests only)
 
 
 @dataclass
@@ -151,6 +158,9 @@ def _worker_loop(loop_config: dict) -> None:
             images = load_split(job.parquet, "train").images
             result = train_diffusion(cfg.diffusion, images, ctx, cfg.diffusion.seed)
             files[DIFFUSION_FILE] = result.checkpoint
+        elif job.kind in GAN_JOBS:
+            result = train_generator(job, cfg, ctx)
+            files[GENERATOR_FILE] = result.checkpoint
         else:
             data = load_train_data(job, cfg)
             if job.kind == "bias":
@@ -168,6 +178,27 @@ def _worker_loop(loop_config: dict) -> None:
         return
     if rank == 0 and cfg.run.num_workers > 0:  # Ray has copied what rank 0 staged, maybe on another node
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def train_generator(job: TrainJob, cfg: ExperimentConfig, ctx: TrainContext):
+    """The generator training a GAN job names; its result's `checkpoint` is a GAN checkpoint file."""
+    if job.kind == "stylegan2_source":
+        from .synthesis.stylegan2_adapt import train_source
+
+        return train_source(cfg.stylegan2, load_split(job.parquet, "train").images, ctx, cfg.stylegan2.seed)
+    topk = load_topk(Path(job.inputs["topk"]))
+    if job.kind == "stylegan2_adapt":
+        from .gan.checkpoint import read_gan_checkpoint
+        from .synthesis.stylegan2_adapt import adapt
+
+        return adapt(cfg.stylegan2, read_gan_checkpoint(Path(job.inputs["source"]), "stylegan2"), topk["images"], ctx,
+                     cfg.run.seed)
+    from .perceptual import distance_fn
+    from .synthesis.fastgan import train_class_generators
+
+    distance = distance_fn(cfg.fastgan.distance, random_backbone=job.random_lpips_backbone, device=ctx.device)
+    return train_class_generators(cfg.fastgan, topk["images"], np.asarray(topk["labels"], dtype=np.int64), ctx,
+                                  cfg.run.seed, distance)
 
 
 def _to_bytes(write) -> bytes:

@@ -139,13 +139,14 @@ def check_output_folder(folder: Path) -> None:
                         f"give a new or empty folder, or a synthetic set made by `diffinject inject`")
 
 
-def _readable_parts(parts_dir: Path, columns: list[str] | None = None) -> list[pa.Table]:
+def _readable_parts(parts_dir: Path, columns: list[str] | None = None,
+                    schema: pa.Schema = SYNTHETIC_SCHEMA) -> list[pa.Table]:
     """The part files' tables; one that cannot be read is renamed `<name>.unreadable` (so that
     its pairs count as missing and are generated again), with a printed line."""
     tables = []
     for path in part_files(parts_dir):
         try:
-            tables.append(pq.read_table(path, columns=columns, schema=None if columns else SYNTHETIC_SCHEMA))
+            tables.append(pq.read_table(path, columns=columns, schema=None if columns else schema))
         except (OSError, pa.ArrowException) as exc:
             aside = path.with_name(f"{path.name}.unreadable")
             os.replace(path, aside)
@@ -160,8 +161,9 @@ def written_pair_ids(parts_dir: Path) -> np.ndarray:
     return np.unique(np.concatenate(ids)).astype(np.int64) if ids else np.zeros(0, dtype=np.int64)
 
 
-def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
-    """Turn `folder/_parts` into the finished synthetic set in `folder` (atomically).
+def finalize(folder: Path, expected_pair_ids, meta: dict | None = None, schema: pa.Schema = SYNTHETIC_SCHEMA) -> Path:
+    """Turn `folder/_parts` into the finished synthetic set in `folder` (atomically); `schema`:
+    the rows' columns (the GAN kinds' sets have synthesis.sets.GAN_SCHEMA).
 
     Every expected pair_id must be present (DataError naming the missing ones otherwise); a
     pair_id found more than once (a retried batch) is kept once; rows of other pair_ids are
@@ -171,7 +173,7 @@ def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
     folder = Path(folder)
     check_output_folder(folder)
     expected = np.unique(np.asarray(expected_pair_ids, dtype=np.int64))
-    tables = _readable_parts(folder / PARTS)
+    tables = _readable_parts(folder / PARTS, schema=schema)
     if not tables:
         raise DataError(f"{folder / PARTS}: no readable part files to finalize")
     table = pa.concat_tables(tables)
@@ -190,7 +192,7 @@ def finalize(folder: Path, expected_pair_ids, meta: dict | None = None) -> Path:
             pq.write_table(table.slice(start, ROWS_PER_SHARD), tmp / f"train-{shards:05d}.parquet",
                            compression="zstd")
             shards += 1
-        empty = SYNTHETIC_SCHEMA.empty_table()
+        empty = schema.empty_table()
         for split in ("valid", "test"):
             pq.write_table(empty, tmp / f"{split}-00000.parquet", compression="zstd")
         write_json(tmp / MARKER, {**(meta or {}), "dataset": "synthetic",

@@ -26,6 +26,7 @@ class Method(abc.ABC):
     name: str = ""
     in_table: bool = True  # whether experiment drivers list it as a Table 1 method
     needs_synthetic: bool = False  # trained on original + synthetic data (stages 1-3 run first)
+    synthesis: str = ""  # the stage-3 kind that makes its synthetic data (STAGE3_KINDS in cells)
 
     def __init__(self, cfg: ClassifierConfig, num_classes: int, input_shape: tuple[int, int, int],
                  num_train: int, options: dict | None = None):

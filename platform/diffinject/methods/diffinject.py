@@ -12,3 +12,4 @@ from .vanilla import Vanilla
 class DiffInject(Vanilla):
     name = "diffinject"
     needs_synthetic = True  # the drivers make the synthetic set and add it to the training data
+    synthesis = "h_space_injection"
