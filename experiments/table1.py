@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         for cfg in configs:  # every dataset is found and valid (and fits stages 1 and 3), every output writable,
             check_output_dir(cfg.run.storage_path, "run.storage_path")  # before anything starts
             if on_synthetic:
-                check_against_data(cfg)
+                check_against_data(cfg, methods)
             else:
                 dataset_folder(cfg)
         ensure_ray()

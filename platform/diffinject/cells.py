@@ -7,7 +7,16 @@ Key material of each stage (nothing else in the config changes its output):
     stage1  dataset fingerprint, cfg.bias, seed
     stage2  fingerprint of its training data and cfg.diffusion (minus logging and sample-grid
             fields), or the SHA-256 of a given checkpoint file and the preset it is read as
-    stage3  the stage-1 and stage-2 keys, dataset fingerprint, cfg.injection, seed
+    stage3  the stage-1 and stage-2 keys, dataset fingerprint, cfg.injection, seed (DiffInject's
+            h-space injection); for the GAN kinds (A², AmpliBias) the keys of the generator
+            stages below, dataset fingerprint, the kind, the fields that draw the set
+            (injection.conflict_ratio, and for A² injection.originals and the projection
+            fields of cfg.stylegan2), seed
+    stylegan2_source   A²'s source generator: fingerprint of the training data and cfg.stylegan2's
+            source-training fields (its own seed: one per dataset serves every seed)
+    stylegan2_adapted  its CDC adaptation: the stage-1 and source keys, the adaptation fields, seed
+    fastgan_classes    AmpliBias's FastGANs: the stage-1 key (its own top-K per class:
+            fastgan.k_per_class), cfg.fastgan, seed
     cell    method, dataset fingerprint, cfg.classifier, cfg.baselines, seed, and for
             methods trained on synthetic data the stage-3 key
     oracle  dataset fingerprint, the quality oracles' settings, seed 0 (one pair of scoring
@@ -39,7 +48,7 @@ from pathlib import Path
 
 from .artifacts import Artifact, ArtifactCache, artifact_key
 from .integrity import file_digest
-from .config import ExperimentConfig, absolute_path, to_dict
+from .config import ExperimentConfig, absolute_path, stage1_config, to_dict
 from .data.parquet import conversion_fingerprint
 from .errors import CheckpointError, ConfigError
 from .methods import get_method
@@ -48,12 +57,23 @@ from .pipeline import (cell_name, cell_params, cell_tags, dataset_folder, diffus
                        run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
 from .quality.oracles import QualityConfig
 from .quality.report import PREFIX as QUALITY_PREFIX
-from .ray_train import DIFFUSION_FILE
+from .ray_train import DIFFUSION_FILE, GENERATOR_FILE
 from .tracking import Tracker
 
 # DiffusionConfig fields that change what is logged, never the weights
 DIFFUSION_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images", "sample_steps",
                      "sample_eta", "check_sync_every")
+# the GAN sections' fields that change what is logged, never the weights
+GAN_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images")
+# StyleGAN2Config fields by the A² stage that reads them (the rest train the source generator)
+STYLEGAN2_ADAPT = ("adapt_steps", "adapt_batch_size", "adapt_lr", "cdc_weight", "anchor_count", "anchor_std",
+                   "image_d_every")
+STYLEGAN2_PROJECT = ("project_steps", "project_lr", "noise_reg_weight", "project_batch_size", "distance")
+
+
+def _fields(section, names=None, drop=()) -> dict:
+    values = to_dict(section)
+    return {k: v for k, v in values.items() if (names is None or k in names) and k not in drop}
 
 
 @dataclass
@@ -101,10 +121,38 @@ class CellRunner:
         settings = {k: v for k, v in to_dict(cfg.diffusion).items() if k not in DIFFUSION_LOGGING}
         return {"data": conversion_fingerprint(parquet), "dataset": dataset, "ratio": ratio, "diffusion": settings}
 
-    def stage3_material(self, cfg: ExperimentConfig) -> dict:
+    def stylegan2_source_material(self, cfg: ExperimentConfig) -> dict:
+        return {"data": self._fingerprint(cfg), "dataset": cfg.data.dataset, "ratio": cfg.data.ratio,
+                "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT)}
+
+    def stylegan2_adapted_material(self, cfg: ExperimentConfig) -> dict:
         return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
-                "stage2": artifact_key("stage2", self.stage2_material(cfg)),
-                "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed}
+                "source": artifact_key("stylegan2_source", self.stylegan2_source_material(cfg)),
+                "adapt": _fields(cfg.stylegan2, STYLEGAN2_ADAPT), "seed": cfg.run.seed}
+
+    def fastgan_material(self, cfg: ExperimentConfig) -> dict:
+        cfg = stage1_config(cfg, "amplibias")
+        return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
+                "fastgan": _fields(cfg.fastgan, drop=GAN_LOGGING + ("k_per_class",)), "seed": cfg.run.seed}
+
+    def stage3_material(self, cfg: ExperimentConfig, method: str = "diffinject") -> dict:
+        kind = get_method(method).synthesis
+        if kind == "h_space_injection":
+            return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
+                    "stage2": artifact_key("stage2", self.stage2_material(cfg)),
+                    "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed}
+        if kind == "stylegan2_adapt":
+            inputs = {"stylegan2_source": artifact_key("stylegan2_source", self.stylegan2_source_material(cfg)),
+                      "stylegan2_adapted": artifact_key("stylegan2_adapted", self.stylegan2_adapted_material(cfg))}
+            drawn = {"conflict_ratio": cfg.injection.conflict_ratio, "originals": cfg.injection.originals,
+                     **_fields(cfg.stylegan2, STYLEGAN2_PROJECT)}
+        elif kind == "fastgan":
+            inputs = {"fastgan_classes": artifact_key("fastgan_classes", self.fastgan_material(cfg))}
+            drawn = {"conflict_ratio": cfg.injection.conflict_ratio}
+        else:
+            raise ConfigError(f"method {method!r} has no stage-3 kind (synthesis {kind!r})")
+        return {"kind": kind, **inputs, "stage1": artifact_key("stage1", self.stage1_material(stage1_config(cfg, method))),
+                "data": self._fingerprint(cfg), "synthesis": drawn, "seed": cfg.run.seed}
 
     def oracle_material(self, cfg: ExperimentConfig) -> dict:
         return {"data": self._fingerprint(cfg), "quality": dataclasses.asdict(QualityConfig()), "seed": 0}
@@ -113,7 +161,7 @@ class CellRunner:
         material = {"method": method, "data": self._fingerprint(cfg), "classifier": to_dict(cfg.classifier),
                     "baselines": to_dict(cfg.baselines), "seed": cfg.run.seed}
         if get_method(method).needs_synthetic:
-            material["stage3"] = artifact_key("stage3", self.stage3_material(cfg))
+            material["stage3"] = artifact_key("stage3", self.stage3_material(cfg, method))
         return material
 
     @staticmethod
@@ -200,6 +248,62 @@ class CellRunner:
 
         return self.cache.get_or_build("stage3", material, build)
 
+    def synthetic_stages(self, cfg: ExperimentConfig, method: str, parent: str | None) -> list[Artifact]:
+        """Every stage that `method`'s synthetic set needs, built or reused, the set (stage3) last."""
+        kind = get_method(method).synthesis
+        s1 = self.stage1(stage1_config(cfg, method), parent, method)
+        if kind == "h_space_injection":
+            s2 = self.stage2(cfg, parent, method)
+            return [s1, s2, self.stage3(cfg, s1, s2, parent, method)]
+        if kind == "stylegan2_adapt":
+            source = self.generator("stylegan2_source", cfg, {}, parent, method)
+            adapted = self.generator("stylegan2_adapt", cfg, {"topk": str(s1.path),
+                                                              "source": str(source.path / GENERATOR_FILE)},
+                                     parent, method)
+            files = {"source": source.path / GENERATOR_FILE, "adapted": adapted.path / GENERATOR_FILE}
+            return [s1, source, adapted, self.gan_stage3(cfg, method, s1, files, parent)]
+        classes = self.generator("fastgan", cfg, {"topk": str(s1.path)}, parent, method)
+        return [s1, classes, self.gan_stage3(cfg, method, s1, {"classes": classes.path / GENERATOR_FILE}, parent)]
+
+    def generator(self, job: str, cfg: ExperimentConfig, inputs: dict[str, str], parent: str | None,
+                  method: str | None) -> Artifact:
+        """A GAN job's generator file (`generator.pt`): A²'s source StyleGAN2 (stage `stylegan2_source`)
+        or its adaptation (`stylegan2_adapted`), AmpliBias's FastGANs (`fastgan_classes`)."""
+        from .gan_pipeline import run_generator_training
+
+        stage, material = {"stylegan2_source": ("stylegan2_source", self.stylegan2_source_material),
+                           "stylegan2_adapt": ("stylegan2_adapted", self.stylegan2_adapted_material),
+                           "fastgan": ("fastgan_classes", self.fastgan_material)}[job]
+        material = material(cfg)
+        key = artifact_key(stage, material)
+        if job == "fastgan":
+            cfg = stage1_config(cfg, "amplibias")
+
+        def build(work: Path) -> dict:
+            tags = self._stage_tags(cfg, key, method)
+            out = run_generator_training(cfg, job, self.tracker, inputs, parent=parent, output_dir=work,
+                                         name=f"{stage}-{key}", tags=tags,
+                                         random_lpips_backbone=self.random_lpips_backbone)
+            return {"run_id": out.run_id, "metrics": out.metrics}
+
+        return self.cache.get_or_build(stage, material, build)
+
+    def gan_stage3(self, cfg: ExperimentConfig, method: str, stage1: Artifact, checkpoints: dict[str, Path],
+                   parent: str | None) -> Artifact:
+        """A GAN kind's synthetic set (`synthetic/`, Parquet split train), its grid and quality report."""
+        from .gan_pipeline import run_gan_stage3
+
+        material = self.stage3_material(cfg, method)
+
+        def build(work: Path) -> dict:
+            tags = self._stage_tags(cfg, artifact_key("stage3", material), method)
+            out = run_gan_stage3(cfg, get_method(method).synthesis, stage1.path, checkpoints, self.tracker,
+                                 out_dir=work / "synthetic", parent=parent, figures_dir=work, tags=tags,
+                                 oracles_dir=self.oracles(cfg).path, random_lpips_backbone=self.random_lpips_backbone)
+            return {"run_id": out.run_id, "metrics": out.metrics}
+
+        return self.cache.get_or_build("stage3", material, build)
+
     def oracles(self, cfg: ExperimentConfig) -> Artifact:
         """The dataset's two scoring oracles (`oracles.pt`), trained on its real training split;
         their held-out accuracy is the artifact's metrics."""
@@ -245,10 +349,9 @@ class CellRunner:
             with self.tracker.ending(parent):
                 extra, quality = [], {}
                 if cls.needs_synthetic:
-                    s1 = self.stage1(cfg, parent, method)
-                    s2 = self.stage2(cfg, parent, method)
-                    s3 = self.stage3(cfg, s1, s2, parent, method)
-                    for art in (s1, s2, s3):
+                    built = self.synthetic_stages(cfg, method, parent)
+                    s3 = built[-1]
+                    for art in built:
                         stages[art.stage] = "reused" if art.reused else "built"
                         self.tracker.set_tags(parent, {f"{art.stage}.key": art.key, f"{art.stage}.run_id":
                                                        art.meta.get("run_id", ""), f"{art.stage}.reused": art.reused})
@@ -275,7 +378,7 @@ class CellRunner:
         its stage-3 artifact when that is still in the cache (else none)."""
         if not cls.needs_synthetic or any(k.startswith(QUALITY_PREFIX) for k in metrics):
             return {}
-        stage3 = self.cache.lookup("stage3", artifact_key("stage3", self.stage3_material(cfg)))
+        stage3 = self.cache.lookup("stage3", artifact_key("stage3", self.stage3_material(cfg, cls.name)))
         return self.stage3_quality(cfg, stage3) if stage3 is not None else {}
 
     def _run_in_experiment(self, cfg: ExperimentConfig, method: str, art: Artifact, metrics: dict) -> str:

@@ -495,6 +495,14 @@ def method_classifier(cfg: ExperimentConfig, method: str) -> ClassifierConfig:
     return cfg.classifier
 
 
+def stage1_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """The config whose stage 1 serves `method`: AmpliBias takes its own top-K per class
+    (fastgan.k_per_class), every other method cfg.bias."""
+    if method != "amplibias":
+        return cfg
+    return dataclasses.replace(cfg, bias=dataclasses.replace(cfg.bias, scope="per_class", k=cfg.fastgan.k_per_class))
+
+
 def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False,
            protocol: str = "release", baselines: str = "reference") -> ExperimentConfig:
     """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS) and a `baselines`

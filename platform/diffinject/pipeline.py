@@ -118,25 +118,29 @@ def dataset_folder(cfg: ExperimentConfig) -> Path:
     return prepare_dataset(Path(cfg.data.data_root), Path(cfg.data.cache_root), spec, cfg.data.ratio)
 
 
-def check_topk_size(cfg: ExperimentConfig, parquet: Path) -> None:
-    """bias.k fits the training set (bias.scope=per_class: its smallest class)."""
+def check_topk_size(cfg: ExperimentConfig, parquet: Path, field: str = "bias.k") -> None:
+    """bias.k (named `field` in the error) fits the training set (bias.scope=per_class: its smallest class)."""
     if cfg.bias.scope == "per_class":
         counts = np.bincount(load_labels(parquet, "train")[0])
         size, what = int(counts[counts > 0].min()), "per class is larger than the smallest class of"
     else:
         size, what = conversion_counts(parquet)["train"], "is larger than"
     if cfg.bias.k > size:
-        raise ConfigError(f"bias.k = {cfg.bias.k} {what} the training set of {cfg.data.dataset} at {cfg.data.ratio}% "
+        raise ConfigError(f"{field} = {cfg.bias.k} {what} the training set of {cfg.data.dataset} at {cfg.data.ratio}% "
                           f"({size} samples)")
 
 
-def check_against_data(cfg: ExperimentConfig) -> None:
+def check_against_data(cfg: ExperimentConfig, methods: tuple[str, ...] = ()) -> None:
     """What stages 1 and 3 need of the training data, checked before a long run reaches them:
-    the top-K set fits it, and injection.conflict_ratio gives at least one synthetic sample."""
+    the top-K set fits it (AmpliBias's own too, when among `methods`), and
+    injection.conflict_ratio gives at least one synthetic sample."""
+    from .config import stage1_config
     from .inject.manifest import synthetic_count
 
     parquet = dataset_folder(cfg)
     check_topk_size(cfg, parquet)
+    if "amplibias" in methods:
+        check_topk_size(stage1_config(cfg, "amplibias"), parquet, "fastgan.k_per_class")
     num_train = conversion_counts(parquet)["train"]
     if synthetic_count(num_train, cfg.injection.conflict_ratio) == 0:
         raise ConfigError(f"injection.conflict_ratio = {cfg.injection.conflict_ratio} of the {num_train} training "

@@ -90,13 +90,14 @@ def curve_plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], t
 
 
 def triptych(path: Path, originals: np.ndarray, contents: np.ndarray, generated: np.ndarray, title: str,
-             captions: list[str] | None = None) -> Path:
-    """The paper's Fig. 2 layout: rows original | content | generated, one pair per column."""
+             captions: list[str] | None = None, names: tuple[str, str, str] = ("original", "content", "generated")
+             ) -> Path:
+    """The paper's Fig. 2 layout: rows original | content | generated (or `names`), one pair per column."""
     plt = pyplot()
 
     n = len(generated)
     fig, axes = plt.subplots(3, max(n, 1), figsize=(1.3 * max(n, 1) + 0.8, 4.4), squeeze=False)
-    for row, (name, images) in enumerate((("original", originals), ("content", contents), ("generated", generated))):
+    for row, (name, images) in enumerate(zip(names, (originals, contents, generated))):
         for col in range(max(n, 1)):
             ax = axes[row, col]
             ax.set_xticks([])
