@@ -265,18 +265,25 @@ def test_quality_rows_under_precision_in_markdown_csv_and_metrics(tmp_path):
             "quality.bias_oracle_acc": 1.0, "quality.shows_original": 0.1})
     t.add("colored_digits", "5", "diffinject", {"reported_acc": 0.8})  # a cell without a report
     t.add_precision("colored_digits", "1", 0.9)
+    t.add("colored_digits", "1", "amplibias", {"reported_acc": 0.6, "quality.label_fidelity": 0.9,
+                                                "quality.conflict_rate": 0.2, "quality.useful_rate": 0.1,
+                                                "quality.class_oracle_acc": 0.97, "quality.bias_oracle_acc": 1.0})
     md = t.markdown()
     names = [line.split("|")[1].strip() for line in md.splitlines()[2:]]
-    assert names[-5:] == ["top-K precision (stage 1)", "label fidelity (stage 3)", "conflict rate (stage 3)",
-                          "useful (fidelity x conflict)", "oracle accuracy class / bias"]
-    assert _cells(md, "label fidelity (stage 3)") == ["0.70", "—"]
-    assert _cells(md, "conflict rate (stage 3)") == ["0.60", "—"]
-    assert _cells(md, "useful (fidelity x conflict)") == [f"{(0.4 + 0.42) / 2:.2f}", "—"]
+    diffinject_row = "DiffInject set: label fidelity / conflict rate / useful (stage 3)"
+    assert names[-3:] == ["top-K precision (stage 1)", diffinject_row, "oracle accuracy class / bias"]
+    assert _cells(md, diffinject_row) == [f"0.70 / 0.60 / {(0.4 + 0.42) / 2:.2f}", "— / — / —"]
     assert _cells(md, "oracle accuracy class / bias") == ["0.97 / 1.00", "— / —"]
+    both = Table1(["vanilla", "amplibias", "diffinject"])
+    for method, metrics in t.values[("colored_digits", "1")].items():
+        both.add("colored_digits", "1", method, {"reported_acc": metrics["reported_acc"][0] / 100,
+                 **{f"quality.{k}": v[0] for k, v in t.quality[("colored_digits", "1")][method].items()}})
+    assert _cells(both.markdown(), "AmpliBias set: label fidelity / conflict rate / useful (stage 3)") == [
+        "0.90 / 0.20 / 0.10"]  # each method's set in its own row
     metrics = t.metrics()
-    assert metrics["colored_digits/1/quality/label_fidelity"] == 0.7
+    assert metrics["colored_digits/1/diffinject/quality/label_fidelity"] == 0.7
     assert metrics["colored_digits/1/quality/class_oracle_acc"] == 0.97
-    assert not any(k.startswith("colored_digits/5/quality") for k in metrics)
+    assert not any(k.startswith("colored_digits/5/quality") or "5/diffinject/quality" in k for k in metrics)
     with open(t.write_csv(tmp_path / "t.csv"), newline="") as handle:
         rows = {(r["ratio"], r["method"]): r for r in csv.DictReader(handle)}
     assert float(rows["1", "diffinject"]["label_fidelity"]) == pytest.approx(0.7)

@@ -53,13 +53,14 @@ BASELINES_NOTES = {"reference": " Every method trains as its reference repositor
                                 "DiffInject's stage 4 as Vanilla).",
                    "uniform": " Every method trains with the same classifier settings (`--baselines uniform`)."}
 SELECTION_TITLES = {"selected": "valid-selected", "best_test": "best on test (references)", "last": "last weights"}
-# the synthetic sets' quality report (fractions, from the cells of methods on synthetic data)
-# the paired per-seed differences the table reports (the method the paper proposes, against Vanilla)
-PAIRED_METHODS, PAIRED_REFERENCE = ("diffinject",), "vanilla"
+# the paired per-seed differences the table reports: each method on synthetic data (DiffInject, the
+# method the paper proposes, and the generative baselines), against Vanilla
+PAIRED_METHODS, PAIRED_REFERENCE = ("a2", "amplibias", "diffinject"), "vanilla"
+# the synthetic sets' quality report (fractions, from the cells of methods on synthetic data): one row
+# per method with its set's three shares, and one with the oracles' accuracy (the dataset's)
 QUALITY = ("label_fidelity", "conflict_rate", "useful_rate", "class_oracle_acc", "bias_oracle_acc")
-QUALITY_ROWS = (("label fidelity (stage 3)", ("label_fidelity",)), ("conflict rate (stage 3)", ("conflict_rate",)),
-                ("useful (fidelity x conflict)", ("useful_rate",)),
-                ("oracle accuracy class / bias", ("class_oracle_acc", "bias_oracle_acc")))
+SET_QUALITY = ("label_fidelity", "conflict_rate", "useful_rate")
+ORACLE_QUALITY = ("class_oracle_acc", "bias_oracle_acc")
 
 
 def column_title(dataset: str, ratio: str) -> str:
@@ -156,7 +157,8 @@ class Table1:
         """The table's numbers (%, rounded as it shows them) as MLflow metric names:
         `<dataset>/<ratio>/<method>/unbiased_acc_pct_mean` and `_std`, `aligned_acc_pct_mean`,
         `conflicting_acc_pct_mean`, `seeds`; `<dataset>/<ratio>/top_k_precision` (stage 1);
-        `<dataset>/<ratio>/quality/<name>` (the synthetic sets' quality report, stage 3)."""
+        `<dataset>/<ratio>/<method>/quality/<name>` (its synthetic set's quality report, stage 3) and
+        `<dataset>/<ratio>/quality/<oracle>_acc` (the scoring oracles' accuracy)."""
         out = {}
         for column in self.columns:
             prefix = "/".join(column)
@@ -177,9 +179,13 @@ class Table1:
                     out[f"{prefix}/{method}/minus_{PAIRED_REFERENCE}_pct_std"] = round(d[1], 2)
             if self.precision.get(column):
                 out[f"{prefix}/top_k_precision"] = round(float(np.mean(self.precision[column])), 2)
-            for name in QUALITY:
+            for name in ORACLE_QUALITY:
                 if (mean := self.quality_mean(column, name)) is not None:
                     out[f"{prefix}/quality/{name}"] = round(mean, 2)
+            for method in self.methods:
+                for name in SET_QUALITY:
+                    if (mean := self.quality_mean(column, name, method)) is not None:
+                        out[f"{prefix}/{method}/quality/{name}"] = round(mean, 2)
         return out
 
     def markdown(self, selection: str = "selected") -> str:
@@ -216,13 +222,14 @@ class Table1:
                 precision.append(f"{np.mean(p):.2f}" if p else "—")
             rows.append(precision)
         if self.quality:  # only when a method of the table trains on a synthetic set
-            for title, names in QUALITY_ROWS:
-                row = [title]
-                for column in cols:
-                    means = [self.quality_mean(column, name) for name in names]
-                    row.append(" / ".join("—" if m is None else f"{m:.2f}" for m in means))
-                rows.append(row)
+            synthetic = [m for m in self.methods if any(m in self.quality.get(c, {}) for c in cols)]
+            rows += [[f"{self.label(m)} set: label fidelity / conflict rate / useful (stage 3)",
+                      *(self._quality_cell(c, SET_QUALITY, m) for c in cols)] for m in synthetic]
+            rows.append(["oracle accuracy class / bias", *(self._quality_cell(c, ORACLE_QUALITY) for c in cols)])
         return _markdown_table(header, rows)
+
+    def _quality_cell(self, column, names, method: str | None = None) -> str:
+        return " / ".join("—" if (m := self.quality_mean(column, name, method)) is None else f"{m:.2f}" for name in names)
 
     def selection_markdown(self) -> str:
         """Per column and method, the reported accuracy under each selection, and per seed what
