@@ -146,7 +146,7 @@ def test_reconstruction_loss_falls_as_the_discriminator_trains_on_fixed_images()
     real = torch.rand(8, 3, 64, 64) * 2 - 1
     optimizer = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.999))
     losses = []
-    for step in range(50):
+    for step in range(20):
         part = step % 4
         _, decoded = d(real, "real", part)
         loss = reconstruction_loss(decoded, real, part, mse)
@@ -154,7 +154,7 @@ def test_reconstruction_loss_falls_as_the_discriminator_trains_on_fixed_images()
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    assert np.mean(losses[-4:]) < 0.7 * losses[0]
 
 
 def test_hinge_d_loss_is_zero_once_both_margins_hold():
