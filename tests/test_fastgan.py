@@ -15,7 +15,8 @@ from diffinject.gan import (Discriminator, Generator, build_discriminator, build
 from diffinject.gan.checkpoint import gan_checkpoint_bytes
 from diffinject.gan.fastgan import quadrant
 from diffinject.gan.presets import get_gan_preset
-from diffinject.synthesis.fastgan import load_class_generators, sample_class_images, train_class_generators
+from diffinject.synthesis.fastgan import (class_batch, load_class_generators, sample_class_images,
+                                         train_class_generators)
 from diffinject.train import TrainContext
 
 MULTIPLIERS = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5}  # FastGAN's widths, x ngf / ndf
@@ -218,6 +219,17 @@ def test_one_generator_per_class_and_an_exact_resume_mid_class_and_at_a_class_bo
         load_class_generators(other)
 
 
+@pytest.mark.parametrize("num_images", [3, 5, 8])
+def test_every_step_draws_a_full_batch_shared_between_the_ranks(num_images):
+    for step in range(6):
+        batch = class_batch(num_images, 4, 7, step, 0, 1)
+        assert len(batch) == 4 and batch.max() < num_images
+        if num_images >= 4:
+            assert len(set(batch)) == 4  # without replacement within an epoch
+        shares = [class_batch(num_images, 4, 7, step, rank, 2) for rank in (0, 1)]
+        assert sorted(np.concatenate(shares)) == sorted(batch) and all(len(s) == 2 for s in shares)
+
+
 def test_training_data_is_checked():
     images, labels = _tiny_data()
     cfg = FastGANConfig(preset="quick_64", num_steps=1)
@@ -225,6 +237,9 @@ def test_training_data_is_checked():
         train_class_generators(cfg, images[..., 0], labels, TrainContext(), 0, mse)
     with pytest.raises(DataError, match="labels"):
         train_class_generators(cfg, images, labels[:3], TrainContext(), 0, mse)
+    with pytest.raises(ConfigError, match="batch_size 2 is smaller than the 4 workers"):
+        train_class_generators(FastGANConfig(preset="quick_64", batch_size=2, num_steps=1), images, labels,
+                               TrainContext(world_size=4), 0, mse)
 
 
 def test_sample_class_images_gives_the_counts_and_labels_and_each_image_depends_on_its_seed_only():

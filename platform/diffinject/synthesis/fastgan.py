@@ -34,7 +34,7 @@ from ..gan.losses import hinge_d_loss, hinge_g_loss, reconstruction_loss
 from ..gan.presets import FastGANPreset, get_gan_preset
 from ..metrics import all_ranks_finite, all_reduce_sum
 from ..plots import png_bytes, tile_images
-from ..train import TrainContext, batch_indices, seed_everything
+from ..train import TrainContext, seed_everything
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 SEED_MASK = 0x7FFFFFFF
@@ -61,12 +61,15 @@ def check_training_data(images: np.ndarray, labels: np.ndarray) -> None:
 
 def class_batch(num_images: int, batch_size: int, class_seed: int, step: int, rank: int,
                 world_size: int) -> np.ndarray:
-    """This rank's share of the step's global batch: seeded epochs of the class's images, or
-    draws with replacement when the class has fewer images than a batch."""
-    if num_images >= batch_size:
-        return batch_indices(num_images, batch_size, class_seed, step, rank, world_size)
-    draws = np.random.default_rng([class_seed, step]).integers(0, num_images, batch_size)
-    return draws[rank::world_size]
+    """This rank's share of the step's global batch, always batch_size images: seeded epochs of
+    the class's images (each epoch's remainder left out), or draws with replacement when the
+    class has fewer images than a batch."""
+    if num_images < batch_size:
+        draws = np.random.default_rng([class_seed, step]).integers(0, num_images, batch_size)
+        return draws[rank::world_size]
+    epoch, position = divmod(step, num_images // batch_size)
+    order = np.random.default_rng([class_seed, epoch]).permutation(num_images)
+    return order[position * batch_size:(position + 1) * batch_size][rank::world_size]
 
 
 @torch.no_grad()
@@ -227,6 +230,9 @@ def train_class_generators(cfg: FastGANConfig, images: np.ndarray, labels: np.nd
     image batches, the decoders' reconstruction distance (cfg.distance names it)."""
     preset = get_gan_preset("fastgan", cfg.preset)
     check_training_data(images, labels)
+    if cfg.batch_size < ctx.world_size:
+        raise ConfigError(f"fastgan.batch_size {cfg.batch_size} is smaller than the {ctx.world_size} workers; "
+                          f"each needs at least one image a step")
     classes = sorted(int(c) for c in np.unique(labels))
     finished = {int(c): weights for c, weights in (ctx.resume_state or {}).get("finished", {}).items()}
     generators: dict[int, Generator] = {}
