@@ -190,6 +190,7 @@ class FastGANConfig:
     ema_decay: float = 0.999
     policy: str = "color,translation" # DiffAugment policy
     distance: str = "lpips_vgg"       # lpips_vgg | mse: the decoders' reconstruction distance
+    bf16: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
     log_every: int = 100
     checkpoint_every: int = 5_000
     sample_every: int = 10_000        # per-class EMA sample grid to MLflow; 0 disables
@@ -852,8 +853,8 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "preset": Checked(_known_gan_preset("fastgan")), "k_per_class": COUNT, "batch_size": COUNT,
         "num_steps": COUNT, "lr": POSITIVE, "beta1": Range(0, 1, high_open=True), "beta2": Range(0, 1, high_open=True),
         "ema_decay": Range(0, 1, high_open=True), "policy": Checked(_diffaugment_policy),
-        "distance": OneOf(("lpips_vgg", "mse")), "log_every": COUNT, "checkpoint_every": COUNT,
-        "sample_every": NON_NEGATIVE, "sample_images": COUNT,
+        "distance": OneOf(("lpips_vgg", "mse")), "bf16": Flag(), "log_every": COUNT,
+        "checkpoint_every": COUNT, "sample_every": NON_NEGATIVE, "sample_images": COUNT,
     },
     RunConfig: {"seed": SEED, "num_workers": NON_NEGATIVE, "use_gpu": OneOf(("auto", "true", "false")),
                 "max_failures": NON_NEGATIVE, "experiment": Text(), "storage_path": Text()},

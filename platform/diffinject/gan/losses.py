@@ -3,15 +3,19 @@
 - logistic (non-saturating) loss and lazy R1: StyleGAN2 (Karras et al., 2020), as A²'s source
   generator trains;
 - path-length penalty: StyleGAN2 Sec. 3.2;
-- hinge loss: FastGAN (Liu et al., 2021), AmpliBias's generator;
+- hinge loss and the decoders' reconstruction loss: FastGAN (Liu et al., 2021), AmpliBias's
+  generator;
 - cross-domain correspondence (CDC): Ojha et al., 2021, A²'s few-shot adaptation.
 """
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
+
+from .fastgan import quadrant
 
 
 def logistic_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -31,6 +35,25 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return -fake_logits.mean()
+
+
+def reconstruction_loss(decoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor], real: torch.Tensor, part: int,
+                        distance: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """FastGAN's self-supervision of the discriminator (Liu et al., 2021, Sec. 3.2, Eq. 1:
+    L_recons = E ||G(f) - T(x)||, with a perceptual distance), added to its hinge loss (Eq. 2).
+    `decoded` = the decoders' (whole image, small image, quadrant `part`) reconstructions of the
+    real batch `real` (N x 3 x H x W, as the discriminator saw it); the targets are the image,
+    the image again (the small image is its half-size resize) and its quadrant, each resized to
+    its decoder's size. `distance(a, b)` gives per-sample distances; the sum over the three
+    decoders of the batch means."""
+    targets = (real, real, quadrant(real, part))
+    total = real.new_zeros(())
+    for output, target in zip(decoded, targets):
+        if target.shape[-2:] != output.shape[-2:]:
+            target = F.interpolate(target, size=output.shape[-2:], mode="bilinear", align_corners=False,
+                                   antialias=True)
+        total = total + distance(output.float(), target.float()).mean()
+    return total
 
 
 def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
