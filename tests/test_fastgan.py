@@ -49,16 +49,16 @@ def _calibrated(generator: Generator) -> Generator:
     return generator.eval()
 
 
-def test_quick_64_generator_and_discriminator_shapes():
+def test_quick_32_generator_and_discriminator_shapes():
     torch.manual_seed(0)
-    g, d = build_generator("quick_64").eval(), build_discriminator("quick_64").eval()
+    g, d = build_generator("quick_32").eval(), build_discriminator("quick_32").eval()
     with torch.no_grad():
         big, small = g(*_inputs(g, 2))
-        assert big.shape == (2, 3, 64, 64) and small.shape == (2, 3, 32, 32)
+        assert big.shape == (2, 3, 32, 32) and small.shape == (2, 3, 16, 16)
         assert big.abs().max() <= 1 and small.abs().max() <= 1
         logits, decoded = d(big, "real", part=3)
         assert logits.shape == (2, 50)  # 5 x 5 from each path
-        assert [tuple(x.shape) for x in decoded] == [(2, 3, 32, 32)] * 3
+        assert [tuple(x.shape) for x in decoded] == [(2, 3, 16, 16)] * 3
         assert d((big, small), "fake").shape == (2, 50)
     with pytest.raises(ValueError, match="part"):
         d(big, "real")
@@ -85,7 +85,8 @@ def _formula_counts(name: str) -> tuple[int, int]:
     ups = [r for r in (8, 16, 32, 64, 128, 256) if r <= res]
     generator = p.nz * 2 * wg[4] * 16 + 2 * 2 * wg[4]                            # transposed conv + BN
     generator += sum(wg[r // 2] * 2 * wg[r] * 9 + 1 + 2 * 2 * wg[r] for r in ups)  # conv, noise weight, BN
-    generator += sum(wg[r] * wg[16 * r] * 16 + wg[16 * r] ** 2 for r in (4, 8, 16) if 16 * r <= res)  # SLE
+    span = p.sle_span
+    generator += sum(wg[r] * wg[span * r] * 16 + wg[span * r] ** 2 for r in (4, 8, 16) if span * r <= res)  # SLE
     generator += wg[res] * 3 * 9 + 3 + wg[res // 2] * 3 + 3                     # the two RGB outputs
 
     def path(size):
@@ -105,7 +106,7 @@ def _formula_counts(name: str) -> tuple[int, int]:
     return generator, path(res) + path(res // 2) + 2 * decoder(wd[8]) + decoder(wd[16])
 
 
-@pytest.mark.parametrize("name", ["quick_64", "paper_256"])
+@pytest.mark.parametrize("name", ["quick_32", "paper_256"])
 def test_parameter_counts_follow_the_width_table(name):
     with torch.device("meta"):
         g, d = build_generator(name), build_discriminator(name)
@@ -118,15 +119,15 @@ def test_skip_layer_excitation_gates_in_the_unit_interval_at_the_right_resolutio
     with torch.device("meta"):
         assert list(build_generator("paper_256").sle) == ["4", "8", "16"]  # 4->64, 8->128, 16->256
     torch.manual_seed(0)
-    g = build_generator("quick_64").eval()
-    assert list(g.sle) == ["4"]
+    g = build_generator("quick_32").eval()
+    assert list(g.sle) == ["4"]  # the quick preset's span is 8
     seen = []
     g.sle["4"].register_forward_hook(lambda m, args, out: seen.append((args[0].shape[-1], args[1].shape[-1],
                                                                        m.gate(args[0]))))
     with torch.no_grad():
         g(*_inputs(g, 3))
     (low, high, gate), = seen
-    assert (low, high) == (4, 64)
+    assert (low, high) == (4, 32)
     assert gate.shape == (3, g.sle["4"].excite.out_channels, 1, 1)
     assert 0 < gate.min() and gate.max() < 1
 
@@ -143,7 +144,7 @@ def test_reconstruction_loss_is_the_summed_distance_to_the_resized_targets():
 
 def test_reconstruction_loss_falls_as_the_discriminator_trains_on_fixed_images():
     torch.manual_seed(0)
-    d = Discriminator(get_gan_preset("fastgan", "quick_64"))
+    d = Discriminator(get_gan_preset("fastgan", "quick_32"))
     real = torch.rand(8, 3, 64, 64) * 2 - 1
     optimizer = torch.optim.Adam(d.parameters(), lr=1e-3, betas=(0.5, 0.999))
     losses = []
@@ -189,7 +190,7 @@ def _weights(result):
 
 
 def test_one_generator_per_class_and_an_exact_resume_mid_class_and_at_a_class_boundary(tmp_path):
-    cfg = FastGANConfig(preset="quick_64", batch_size=4, num_steps=2, log_every=1, checkpoint_every=1,
+    cfg = FastGANConfig(preset="quick_32", batch_size=4, num_steps=2, log_every=1, checkpoint_every=1,
                         sample_every=2, sample_images=2)
     straight, states, logs, artifacts = _run(cfg)
     assert sorted(straight.generators) == [0, 1] and straight.step == 4
@@ -214,7 +215,7 @@ def test_one_generator_per_class_and_an_exact_resume_mid_class_and_at_a_class_bo
     for c, weights in _weights(straight).items():
         assert all(torch.equal(v, loaded[c].state_dict()[k]) for k, v in weights.items())
     other = tmp_path / "other.pt"
-    other.write_bytes(gan_checkpoint_bytes("fastgan", "quick_64", {"generator": weights}, 1, {}))
+    other.write_bytes(gan_checkpoint_bytes("fastgan", "quick_32", {"generator": weights}, 1, {}))
     with pytest.raises(CheckpointError, match="class_<label>"):
         load_class_generators(other)
 
@@ -232,19 +233,19 @@ def test_every_step_draws_a_full_batch_shared_between_the_ranks(num_images):
 
 def test_training_data_is_checked():
     images, labels = _tiny_data()
-    cfg = FastGANConfig(preset="quick_64", num_steps=1)
+    cfg = FastGANConfig(preset="quick_32", num_steps=1)
     with pytest.raises(DataError, match="uint8 N x H x W x 3"):
         train_class_generators(cfg, images[..., 0], labels, TrainContext(), 0, mse)
     with pytest.raises(DataError, match="labels"):
         train_class_generators(cfg, images, labels[:3], TrainContext(), 0, mse)
     with pytest.raises(ConfigError, match="batch_size 2 is smaller than the 4 workers"):
-        train_class_generators(FastGANConfig(preset="quick_64", batch_size=2, num_steps=1), images, labels,
+        train_class_generators(FastGANConfig(preset="quick_32", batch_size=2, num_steps=1), images, labels,
                                TrainContext(world_size=4), 0, mse)
 
 
 def test_sample_class_images_gives_the_counts_and_labels_and_each_image_depends_on_its_seed_only():
     torch.manual_seed(0)
-    generators = {0: _calibrated(build_generator("quick_64")), 2: _calibrated(build_generator("quick_64"))}
+    generators = {0: _calibrated(build_generator("quick_32")), 2: _calibrated(build_generator("quick_32"))}
     seeds = np.array([5, 6, 7, 8, 9], dtype=np.int64)
     images, labels = sample_class_images(generators, {2: 2, 0: 3}, seeds, out_size=24, batch_size=2)
     assert images.shape == (5, 24, 24, 3) and images.dtype == np.uint8

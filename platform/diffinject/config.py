@@ -273,7 +273,7 @@ QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=Fa
 QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=300, adapt_steps=40, adapt_batch_size=4,
                        project_steps=40, project_batch_size=60, distance="mse", log_every=20, checkpoint_every=100,
                        sample_every=300, sample_images=30)
-QUICK_FASTGAN = dict(preset="quick_64", k_per_class=10, batch_size=8, num_steps=60, distance="mse", log_every=20,
+QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=60, distance="mse", log_every=20,
                      checkpoint_every=60, sample_every=60, sample_images=10)
 
 

@@ -2,7 +2,7 @@
 
 Generator: z -> 4 x 4 (transposed convolution, BN, GLU), then one up-block per resolution
 (nearest x2, 3 x 3 convolution, noise injection, BN, GLU) up to the preset's resolution, with
-skip-layer excitation from r to 16 r px wherever 16 r fits; tanh RGB images at full and at half
+skip-layer excitation from r to 16 r px wherever 16 r fits (the preset's sle_span: 16); tanh RGB images at full and at half
 resolution. Widths follow FastGAN's table (WIDTH_MULTIPLIERS x ngf).
 
 Discriminator: a big path (the full-resolution image down to 8 x 8) and a small path (the
@@ -71,8 +71,10 @@ class Generator(nn.Module):
         self.init_norm = nn.BatchNorm2d(2 * width[4])
         self.blocks = nn.ModuleDict({str(r): UpBlock(width[r // 2], width[r]) for r in self.resolutions})
         # skip-layer excitation: low -> 16 low px wherever that fits (256 px: 4->64, 8->128, 16->256)
-        self.sle = nn.ModuleDict({str(r): SkipLayerExcitation(width[r], width[16 * r])
-                                  for r in (4, 8, 16) if 16 * r <= preset.resolution})
+        span = preset.sle_span
+        self.sle = nn.ModuleDict({str(r): SkipLayerExcitation(width[r], width[span * r])
+                                  for r in (4, 8, 16) if span * r <= preset.resolution})
+        self.sle_span = span
         self.to_big = nn.Conv2d(width[preset.resolution], 3, 3, padding=1)
         self.to_small = nn.Conv2d(width[preset.resolution // 2], 3, 1)
 
@@ -92,8 +94,8 @@ class Generator(nn.Module):
         features = {4: x}
         for r, maps in zip(self.resolutions, noise):
             x = self.blocks[str(r)](x, maps)
-            if str(r // 16) in self.sle:
-                x = self.sle[str(r // 16)](features[r // 16], x)
+            if r % self.sle_span == 0 and str(r // self.sle_span) in self.sle:
+                x = self.sle[str(r // self.sle_span)](features[r // self.sle_span], x)
             features[r] = x
         small = features[self.preset.resolution // 2]
         return torch.tanh(self.to_big(x)), torch.tanh(self.to_small(small))

@@ -28,6 +28,7 @@ class FastGANPreset:
     nz: int
     ngf: int
     ndf: int
+    sle_span: int = 16  # skip-layer excitation from r to sle_span * r px (FastGAN: 16)
 
 
 def _ladder(resolution: int, widths: dict[int, int]) -> tuple[tuple[int, int], ...]:
@@ -52,8 +53,9 @@ PRESETS: dict[str, dict] = {
     "fastgan": {
         # FastGAN (Liu et al. 2021) at 256 px, nz 256, ngf = ndf = 64 (AmpliBias trains it at 256)
         "paper_256": FastGANPreset("paper_256", 256, 256, 64, 64),
-        # the CPU quick run: 64 px (one skip-layer excitation, 4 -> 64), nz 64, ngf = ndf = 8
-        "quick_64": FastGANPreset("quick_64", 64, 64, 8, 8),
+        # the CPU quick run: 32 px (the digits' own scale), nz 64, ngf = ndf = 8, one skip-layer
+        # excitation, 4 -> 32 (FastGAN's span is 16: 4 -> 64 at the smallest)
+        "quick_32": FastGANPreset("quick_32", 32, 64, 8, 8, sle_span=8),
     },
 }
 

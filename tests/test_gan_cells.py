@@ -1,0 +1,75 @@
+"""A² and AmpliBias cells end to end on the artifact cache, at toy sizes: every stage built once,
+nested MLflow runs, synthetic sets of N_syn images with the right labels, and stage 1 shared
+with DiffInject where the top-K sets are the same."""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from diffinject.artifacts import ArtifactCache
+from diffinject.cells import CellRunner
+from diffinject.config import apply_overrides, preset
+from diffinject.data.parquet import load_split
+from diffinject.pipeline import dataset_folder
+from diffinject.ray_train import load_topk
+from diffinject.tracking import Tracker
+
+TINY = ["classifier.num_steps=6", "classifier.eval_every=3", "bias.classifier.num_steps=6",
+        "bias.classifier.eval_every=3", "injection.conflict_ratio=0.01",
+        "stylegan2.num_steps=2", "stylegan2.batch_size=4", "stylegan2.adapt_steps=2", "stylegan2.adapt_batch_size=3",
+        "stylegan2.project_steps=2", "stylegan2.project_batch_size=8", "stylegan2.sample_every=0",
+        "stylegan2.checkpoint_every=2", "stylegan2.log_every=1",
+        "fastgan.num_steps=2", "fastgan.batch_size=4", "fastgan.sample_every=0", "fastgan.checkpoint_every=2",
+        "fastgan.log_every=1"]
+
+
+@pytest.fixture
+def tiny_cfg(digits_root, tmp_path):
+    cfg = preset("colored_digits", "1", quick=True)
+    cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
+    cfg.run.storage_path, cfg.run.experiment = str(tmp_path / "ray_results"), "gan-cells"
+    return apply_overrides(cfg, TINY)
+
+
+def _synthetic(runner: CellRunner, cfg, method: str):
+    from diffinject.artifacts import artifact_key
+
+    art = runner.cache.lookup("stage3", artifact_key("stage3", runner.stage3_material(cfg, method)))
+    folder = art.path / "synthetic"
+    table = pq.read_table(sorted(folder.glob("train-*.parquet"))[0])
+    return load_split(folder, "train"), table, art
+
+
+def test_a2_and_amplibias_cells_build_their_stages_once(ray_session, tiny_cfg, tmp_path, mlflow_uri):
+    runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker())
+    a2 = runner.cell(tiny_cfg, "a2")
+    assert a2.stages == {"stage1": "built", "stylegan2_source": "built", "stylegan2_adapted": "built",
+                         "stage3": "built", "stage4": "built", "cell": "built"}
+    # stage 1 is DiffInject's top-10 per class (release protocol), which AmpliBias's quick preset shares
+    amplibias = runner.cell(tiny_cfg, "amplibias")
+    assert amplibias.stages == {"stage1": "reused", "fastgan_classes": "built", "stage3": "built",
+                                "stage4": "built", "cell": "built"}
+    assert runner.cell(tiny_cfg, "a2").cached and runner.cell(tiny_cfg, "amplibias").cached
+
+    train = load_split(dataset_folder(tiny_cfg), "train")
+    n_syn = round(0.01 * len(train))
+    synthetic, table, art = _synthetic(runner, tiny_cfg, "a2")
+    assert len(synthetic) == n_syn and synthetic.images.shape[1:] == train.images.shape[1:]
+    originals = {i: k for k, i in enumerate(train.ids)}
+    rows = [originals[o] for o in table["original_id"].to_pylist()]
+    assert (synthetic.labels == train.labels[rows]).all()  # A² keeps the original's label
+    assert set(table["generator"].to_pylist()) == {"stylegan2_adapt"}
+    assert (art.path / "triptych.png").is_file() and (art.path / "quality_grid.png").is_file()
+    assert "quality.label_fidelity" in a2.metrics and "quality.label_fidelity" in amplibias.metrics
+
+    synthetic, table, _ = _synthetic(runner, tiny_cfg, "amplibias")
+    topk_classes = np.unique(load_topk(runner.stage1(tiny_cfg).path)["labels"])
+    counts = np.bincount(synthetic.labels, minlength=len(topk_classes))
+    assert len(synthetic) == n_syn and set(np.unique(synthetic.labels)) <= set(topk_classes)
+    assert counts.max() - counts[counts > 0].min() <= 1  # spread evenly over the classes
+
+    exp = runner.tracker.client.get_experiment_by_name("gan-cells").experiment_id
+    generators = runner.tracker.client.search_runs([exp], "tags.`diffinject.role` = 'generator'")
+    assert sorted(r.data.tags["stage.algorithm"] for r in generators) == ["cdc_adaptation", "fastgan", "stylegan2"]
+    assert all(r.data.tags.get("mlflow.parentRunId") for r in generators)
