@@ -95,6 +95,19 @@ def test_generator_shapes_noise_inputs_and_features():
     assert build_discriminator("quick_32")(images).shape == (4,)
 
 
+def test_networks_run_under_bfloat16_autocast():
+    """Stage code autocasts the non-regulariser passes (CUDA; the CPU autocast takes the same paths)."""
+    torch.manual_seed(0)
+    g, d = build_generator("quick_32"), build_discriminator("quick_32")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        images = g(torch.randn(4, 64), mixing_prob=1.0, truncation=0.7)
+        logits = d(images)
+    assert torch.isfinite(images.float()).all() and torch.isfinite(logits.float()).all()
+    assert g.mapping.w_avg.dtype == torch.float32 and g.mapping.w_avg.abs().sum() > 0
+    logits.float().mean().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in g.convs[-1].parameters())
+
+
 def test_noise_strengths_start_at_zero_and_const_noise_is_deterministic():
     torch.manual_seed(0)
     g = build_generator("quick_32")

@@ -70,9 +70,7 @@ def lazy_adam(params, lr: float, every: int) -> torch.optim.Adam:
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    step_seed = hash((seed, step, rank)) & 0x7FFFFFFF
-    torch.manual_seed(step_seed)
-    return torch.Generator().manual_seed(step_seed)
+    return torch.Generator().manual_seed(hash((seed, step, rank)) & 0x7FFFFFFF)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, module: nn.Module) -> None:
