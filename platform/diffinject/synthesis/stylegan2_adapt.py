@@ -295,7 +295,7 @@ def adapt(cfg: StyleGAN2Config, source_payload: dict, topk_images: np.ndarray, c
         D.requires_grad_(False)
         z = latents(image_level, gen)
         noise_seed = int(torch.randint(2**31 - 1, (1,), generator=gen))  # the same noise maps for both generators
-        layer = int(torch.randint(G.num_ws // 2, (1,), generator=gen))  # one synthesis resolution's features
+        layer = int(torch.randint(len(preset.channels), (1,), generator=gen))  # one synthesis resolution's features
         with torch.no_grad(), autocast():
             _, source_features = source(z, generator=torch.Generator().manual_seed(noise_seed), return_features=True)
         with autocast():
