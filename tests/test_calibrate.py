@@ -16,6 +16,7 @@ from diffinject.diffusion import build_unet
 from diffinject.errors import CheckpointError, ConfigError
 from diffinject.inject import InjectionEngine, timestep_grid
 from diffinject.inject import calibrate
+from diffinject import perceptual
 
 
 @pytest.fixture
@@ -33,7 +34,7 @@ def offline(tmp_path, monkeypatch):
 
 @pytest.fixture
 def lpips_rand(offline):
-    model = calibrate.load_lpips(random_backbone=True)
+    model = perceptual.load_lpips(random_backbone=True)
     assert not (offline / "hub" / "checkpoints").exists()
     return model
 
@@ -91,9 +92,9 @@ def test_random_backbone_lpips_is_frozen_and_downloads_nothing(lpips_rand, offli
 
 def test_missing_backbone_names_the_file_path_and_url(offline):
     expected = offline / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    assert calibrate.alexnet_checkpoint() == (expected, "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth")
+    assert perceptual.backbone_checkpoint("alex") == (expected, "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth")
     with pytest.raises(CheckpointError) as err:
-        calibrate.load_lpips(random_backbone=False, allow_download=False)
+        perceptual.load_lpips(random_backbone=False, allow_download=False)
     msg = str(err.value)
     assert str(expected) in msg and "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth" in msg
     assert not expected.exists()
@@ -107,21 +108,21 @@ def test_cached_backbone_is_loaded_into_the_lpips_trunk(offline):
     path = offline / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
     path.parent.mkdir(parents=True)
     torch.save(state, path)
-    model = calibrate.load_lpips(allow_download=False)
+    model = perceptual.load_lpips(allow_download=False)
     assert not model.random_backbone
     assert torch.equal(model.net.slice1._modules["0"].weight, features[0].weight)
     assert torch.equal(model.net.slice3._modules["6"].bias, features[6].bias)
     assert torch.equal(model.net.slice5._modules["10"].weight, features[10].weight)
     torch.save({"features.0.weight": state["features.0.weight"]}, path)  # not AlexNet's features
     with pytest.raises(CheckpointError, match="does not hold"):
-        calibrate.load_lpips()
+        perceptual.load_lpips()
 
 
 def test_small_inputs_are_upsampled_for_alexnet(lpips_rand):
     x = torch.rand(2, 3, 28, 28) * 2 - 1
-    up = calibrate._lpips_input(x, torch.device("cpu"))
+    up = perceptual.lpips_input(x, torch.device("cpu"))
     assert up.shape == (2, 3, 64, 64) and up.min() >= -1 and up.max() <= 1
-    assert calibrate._lpips_input(torch.zeros(1, 1, 64, 64), torch.device("cpu")).shape == (1, 3, 64, 64)
+    assert perceptual.lpips_input(torch.zeros(1, 1, 64, 64), torch.device("cpu")).shape == (1, 3, 64, 64)
     assert torch.isfinite(lpips_rand(up, up.flip(0))).all()
 
 

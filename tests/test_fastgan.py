@@ -10,10 +10,10 @@ import torch.nn.functional as F
 
 from diffinject.config import FastGANConfig
 from diffinject.errors import CheckpointError, ConfigError, DataError
-from diffinject.gan import (Discriminator, Generator, build_discriminator, build_generator, hinge_d_loss,
-                            parameter_count, reconstruction_loss)
+from diffinject.gan import hinge_d_loss, reconstruction_loss
 from diffinject.gan.checkpoint import gan_checkpoint_bytes
-from diffinject.gan.fastgan import quadrant
+from diffinject.gan.fastgan import (Discriminator, Generator, build_discriminator, build_generator, parameter_count,
+                                    quadrant)
 from diffinject.gan.presets import get_gan_preset
 from diffinject.synthesis.fastgan import (class_batch, load_class_generators, sample_class_images,
                                          train_class_generators)

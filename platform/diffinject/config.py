@@ -172,6 +172,7 @@ class StyleGAN2Config:
     checkpoint_every: int = 5_000
     sample_every: int = 10_000        # EMA sample grid to MLflow; 0 disables
     sample_images: int = 30
+    bf16: bool = True                 # bfloat16 autocast of the non-regulariser passes on CUDA
 
 
 @dataclass
@@ -847,7 +848,7 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "anchor_count": COUNT, "anchor_std": NON_NEGATIVE, "image_d_every": COUNT, "project_steps": COUNT,
         "project_lr": POSITIVE, "noise_reg_weight": NON_NEGATIVE, "project_batch_size": COUNT,
         "distance": OneOf(("lpips_vgg", "mse")), "log_every": COUNT, "checkpoint_every": COUNT,
-        "sample_every": NON_NEGATIVE, "sample_images": COUNT,
+        "sample_every": NON_NEGATIVE, "sample_images": COUNT, "bf16": Flag(),
     },
     FastGANConfig: {
         "preset": Checked(_known_gan_preset("fastgan")), "k_per_class": COUNT, "batch_size": COUNT,

@@ -273,7 +273,8 @@ def resolve_t_edit(cfg: ExperimentConfig, checkpoint: Path, images, tracker: Tra
 
     from .diffusion.checkpoint import load_unet_checkpoint
     from .inject import InjectionEngine
-    from .inject.calibrate import calibrate_t_edit, load_lpips
+    from .inject.calibrate import calibrate_t_edit
+    from .perceptual import load_lpips
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     engine = InjectionEngine(load_unet_checkpoint(checkpoint)[0], cfg.injection, contents=None, device=device)

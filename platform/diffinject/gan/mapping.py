@@ -43,8 +43,8 @@ class MappingNetwork(nn.Module):
         x = pixel_norm(z)
         for layer in self.layers:
             x = F.leaky_relu(layer(x), 0.2) * math.sqrt(2.0)  # gain sqrt(2) keeps the activations' scale
-        if self.training:
-            self.w_avg.copy_(x.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        if self.training:  # under autocast x is bfloat16; the running mean stays float32
+            self.w_avg.copy_(x.detach().float().mean(0).lerp(self.w_avg, self.w_avg_beta))
         if truncation != 1.0:
-            x = self.w_avg.lerp(x, truncation)
+            x = self.w_avg.to(x.dtype).lerp(x, truncation)
         return x
