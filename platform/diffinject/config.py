@@ -271,11 +271,11 @@ QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=Fa
 # and ngf = ndf = 8. Both measure images with the mean squared error where the papers use LPIPS-VGG
 # (its ImageNet weights need the network), and AmpliBias trains on stage 1's top-10 per class (the
 # DiffInject rows' set) rather than its top-100.
-QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=300, adapt_steps=40, adapt_batch_size=4,
-                       project_steps=40, project_batch_size=60, distance="mse", log_every=20, checkpoint_every=100,
-                       sample_every=300, sample_images=30)
-QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=60, distance="mse", log_every=20,
-                     checkpoint_every=60, sample_every=60, sample_images=10)
+QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=50, adapt_steps=20, adapt_batch_size=4,
+                       project_steps=6, project_batch_size=60, distance="mse", log_every=10, checkpoint_every=50,
+                       sample_every=50, sample_images=30)
+QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=8, distance="mse", log_every=4,
+                     checkpoint_every=8, sample_every=8, sample_images=10)
 
 
 def _diffusion_preset(dataset: str) -> DiffusionConfig:

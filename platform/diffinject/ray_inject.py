@@ -154,11 +154,15 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
 def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, arrays: dict, actor_kwargs: dict,
                   batch_size: int, use_gpu="auto", num_actors: int | None = None, finalize_output: bool = True,
                   verbose: bool = True, label: str = "inject", schema: pa.Schema | None = None,
-                  unit: str = "pairs") -> Path:
+                  unit: str = "pairs", local_when_single: bool = False) -> Path:
     """Run the rows of `table` (a pair_id column and what `actor` reads) through an actor pool that
     writes part files into `out_dir/_parts`, then finalize `out_dir`; a job of the same `key` resumes
     (only missing pair_ids run) and a finished one is returned as is. `actor` is constructed with
-    `actor_kwargs` plus arrays=[ObjectRef of `arrays`], parts_dir, device and cpu_threads."""
+    `actor_kwargs` plus arrays=[ObjectRef of `arrays`], parts_dir, device and cpu_threads.
+
+    `local_when_single`: where the job would get a single CPU actor, call `actor` in this process
+    instead, on the same blocks (an actor pool's start costs seconds, which a small job does not
+    repay); it writes the same part files, so an interrupted job resumes either way."""
     import ray
 
     expected = table["pair_id"].to_numpy()
@@ -193,19 +197,18 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
         num_actors = max(1, min(num_actors, -(-todo.num_rows // bs)))
         cpus = None if gpu else actor_cpus(int(resources.get("CPU", 1)), num_actors,
                                            [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]])
-        ref = ray.put(arrays)  # once; every actor gets it from the object store
         # one block per batch: blocks are the unit Ray Data spreads over actors (and retries)
         blocks = [todo.slice(start, bs) for start in range(0, todo.num_rows, bs)]
-        ds = ray.data.from_arrow(blocks).map_batches(
-            actor,
-            fn_constructor_kwargs=dict(**actor_kwargs, arrays=[ref], parts_dir=str(parts),
-                                       device="cuda" if gpu else "cpu", cpu_threads=cpus or 1),
-            compute=ray.data.ActorPoolStrategy(size=num_actors),
-            batch_size=bs, batch_format="numpy",
-            num_gpus=1 if gpu else None, num_cpus=cpus,
-        )
         started, finished, next_report = time.time(), total - todo.num_rows, 0.1
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        if local_when_single and not gpu and num_actors == 1:
+            import torch
+
+            local = actor(**actor_kwargs, arrays=arrays, parts_dir=str(parts), device="cpu",
+                          cpu_threads=torch.get_num_threads())
+            batches = (local({name: block[name].to_numpy() for name in block.column_names}) for block in blocks)
+        else:
+            batches = _pool_batches(blocks, actor, arrays, actor_kwargs, parts, gpu, num_actors, cpus, bs)
+        for batch in batches:
             finished += len(batch["pair_id"])
             if verbose and (finished / total >= next_report or finished == total):
                 print(f"[{label}] {finished}/{total} {unit} ({100 * finished / total:.0f}%), "
@@ -217,3 +220,20 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
     if verbose:
         print(f"[{label}] wrote {len(expected)} synthetic samples to {out_dir}", flush=True)
     return out_dir
+
+
+def _pool_batches(blocks: list[pa.Table], actor, arrays: dict, actor_kwargs: dict, parts: Path, gpu: bool,
+                  num_actors: int, cpus: int | None, bs: int):
+    """The finished batches of `blocks` run by a Ray Data pool of `num_actors` actors, as they come."""
+    import ray
+
+    ref = ray.put(arrays)  # once; every actor gets it from the object store
+    ds = ray.data.from_arrow(blocks).map_batches(
+        actor,
+        fn_constructor_kwargs=dict(**actor_kwargs, arrays=[ref], parts_dir=str(parts),
+                                   device="cuda" if gpu else "cpu", cpu_threads=cpus or 1),
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        batch_size=bs, batch_format="numpy",
+        num_gpus=1 if gpu else None, num_cpus=cpus,
+    )
+    return ds.iter_batches(batch_size=None, batch_format="numpy")

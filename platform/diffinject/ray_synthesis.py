@@ -1,7 +1,8 @@
 """The GAN stage-3 kinds on Ray Data: a GAN manifest -> actor pool of generators -> Parquet.
 
 Same job shape as the injection job (ray_inject.run_parts_job: one block per batch, part files,
-resume of the missing pair_ids, finalize): each actor loads the generator files once; a batch
+resume of the missing pair_ids, finalize; where a CPU cluster would give it a single actor, the
+actor's code runs in the calling process, sparing the pool's start): each actor loads the generator files once; a batch
 of `stylegan2_adapt` rows projects its originals into the source generator's W space and decodes
 them with the adapted generator, a batch of `fastgan` rows samples each row's class generator
 with the row's seed. Images come out at the dataset's size (synthesis.sets for the rows).
@@ -132,4 +133,5 @@ def run_gan_synthesis_job(kind: str, manifest: pa.Table, checkpoints: dict[str, 
                          dict(kind=kind, checkpoints={k: str(v) for k, v in checkpoints.items()}, cfg=settings,
                               digest=digest, out_size=int(train_images.shape[1]),
                               random_lpips_backbone=random_lpips_backbone),
-                         batch_size, use_gpu, num_actors, True, verbose, kind, GAN_SCHEMA, "images")
+                         batch_size, use_gpu, num_actors, True, verbose, kind, GAN_SCHEMA, "images",
+                         local_when_single=True)

@@ -53,9 +53,9 @@ PRESETS: dict[str, dict] = {
     "fastgan": {
         # FastGAN (Liu et al. 2021) at 256 px, nz 256, ngf = ndf = 64 (AmpliBias trains it at 256)
         "paper_256": FastGANPreset("paper_256", 256, 256, 64, 64),
-        # the CPU quick run: 32 px (the digits' own scale), nz 64, ngf = ndf = 8, one skip-layer
+        # the CPU quick run: 32 px (the digits' own scale), nz 64, ngf = ndf = 4, one skip-layer
         # excitation, 4 -> 32 (FastGAN's span is 16: 4 -> 64 at the smallest)
-        "quick_32": FastGANPreset("quick_32", 32, 64, 8, 8, sle_span=8),
+        "quick_32": FastGANPreset("quick_32", 32, 64, 4, 4, sle_span=8),
     },
 }
 
