@@ -107,13 +107,13 @@ def check_same_sweep(record_path: Path, record: dict, tune_path: Path) -> None:
                           f"{', '.join(changed)}); add --fresh to replace it, or give --experiment NAME")
 
 
-def check_settings_against_data(base, axes: list[Axis], settings: list[dict] | None) -> None:
+def check_settings_against_data(base, axes: list[Axis], settings: list[dict] | None, method: str) -> None:
     """Every grid setting (Optuna: every listed value and both ends of every range) fits the
     data, before Tune starts a trial that would fail on it."""
     checked = settings if settings is not None else [{a.name: v} for a in axes for v in (a.values or (a.low, a.high))]
     for setting in checked:
         try:
-            check_against_data(apply_setting(base, axes, setting))
+            check_against_data(apply_setting(base, axes, setting), (method,))
         except ConfigError as exc:
             raise ConfigError(f"--sweep {setting_label(setting)}: {exc}") from None
 
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         check_tracking_store()
         dataset_folder(base)
         if get_method(args.method).needs_synthetic:
-            check_settings_against_data(base, axes, settings)
+            check_settings_against_data(base, axes, settings, args.method)
         ensure_ray()
         resolve_use_gpu(base.run.use_gpu)
         import ray

@@ -110,3 +110,15 @@ def test_amplibias_stage1_is_its_own_top_k_per_class(cfg):
     s1 = stage1_config(cfg, "amplibias")
     assert (s1.bias.scope, s1.bias.k) == ("per_class", 7) and s1.bias.classifier == cfg.bias.classifier
     assert stage1_config(cfg, "a2") is cfg and cfg.bias.k == 10
+
+
+def test_a_missing_vgg16_file_is_an_error_before_anything_trains(cfg, tmp_path, monkeypatch):
+    from diffinject.errors import CheckpointError
+    from diffinject.pipeline import check_against_data
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
+    check_against_data(cfg, ("a2", "amplibias"))  # the quick preset measures with the mean squared error
+    cfg.fastgan.distance = "lpips_vgg"
+    check_against_data(cfg, ("a2",))  # only AmpliBias would use it
+    with pytest.raises(CheckpointError, match=r"fastgan.distance=lpips_vgg needs .*vgg16-.*\.pth.*empty-hub"):
+        check_against_data(cfg, ("a2", "amplibias"))

@@ -57,6 +57,10 @@ AXES = {
     "p2_gamma": AxisKind(("diffusion.gamma",), "P2 weighting of the diffusion loss (one model per value)"),
     "baselines": AxisKind(("baselines.protocol",), "how the classifiers train: reference (as the reference "
                                                     "repositories) or uniform (all alike)"),
+    "adapt_steps": AxisKind(("stylegan2.adapt_steps",), "A²: steps of the CDC few-shot adaptation to the top-K set"),
+    "project_steps": AxisKind(("stylegan2.project_steps",), "A²: steps of each original's W projection"),
+    "fastgan_k": AxisKind(("fastgan.k_per_class",), "AmpliBias: top-K per class its FastGANs train on"),
+    "fastgan_steps": AxisKind(("fastgan.num_steps",), "AmpliBias: training steps of each class's FastGAN"),
 }
 
 

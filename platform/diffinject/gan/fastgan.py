@@ -122,7 +122,7 @@ class DownBlock(nn.Module):
         return (self.main(x) + self.shortcut(x)) / 2
 
 
-class Path(nn.Module):
+class DownPath(nn.Module):
     """An image of `resolution` px -> features at every resolution down to 8 x 8 -> 5 x 5 logits."""
 
     def __init__(self, resolution: int, width: dict[int, int]):
@@ -176,8 +176,8 @@ class Discriminator(nn.Module):
         self.preset = preset
         width = widths(preset.ndf)
         self.small_size = preset.resolution // 2
-        self.big = Path(preset.resolution, width)
-        self.small = Path(self.small_size, width)
+        self.big = DownPath(preset.resolution, width)
+        self.small = DownPath(self.small_size, width)
         self.decode_big = Decoder(width[DECODED_FROM], self.small_size, width)
         self.decode_small = Decoder(width[DECODED_FROM], self.small_size, width)
         self.decode_part = Decoder(width[2 * DECODED_FROM], self.small_size, width)
