@@ -47,6 +47,7 @@ def quick_cfg(digits_root, tmp_path):
     cfg.run.storage_path = str(tmp_path / "ray_results")
     cfg.classifier.num_steps, cfg.classifier.eval_every, cfg.classifier.log_every = 40, 10, 5
     cfg.bias.classifier.num_steps, cfg.bias.classifier.eval_every = 30, 10
+    cfg.classifier.checkpoint_every = cfg.bias.classifier.checkpoint_every = 0  # a resume state at every evaluation
     return cfg
 
 

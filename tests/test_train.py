@@ -65,6 +65,21 @@ def test_resume_from_a_checkpoint_continues_exactly(data):
         assert torch.equal(tensor, resumed.method.nets["model"].state_dict()[name]), name
 
 
+def test_checkpoint_every_saves_the_resume_state_at_its_multiples_and_the_end_and_resumes_exactly(data):
+    """Every evaluation is reported; the resume state only at multiples of checkpoint_every and
+    the last step, and resuming from one continues as the straight run."""
+    c = cfg(num_steps=50, checkpoint_every=20)
+    reports = {}
+    straight = fit(make(c, data), data, c, TrainContext(
+        report=lambda metrics, state: reports.__setitem__(metrics["step"], copy.deepcopy(state))), seed=3)
+    assert sorted(reports) == [10, 20, 30, 40, 50]
+    assert [step for step, state in sorted(reports.items()) if state is not None] == [20, 40, 50]
+    resumed = fit(make(c, data, seed=99), data, c, TrainContext(resume_state=reports[40]), seed=3)
+    assert resumed.metrics == straight.metrics
+    for name, tensor in straight.method.nets["model"].state_dict().items():
+        assert torch.equal(tensor, resumed.method.nets["model"].state_dict()[name]), name
+
+
 def test_model_selection_keeps_the_best_valid_weights(data):
     c = cfg(num_steps=60, eval_every=5, lr=3e-3)
     reported = []

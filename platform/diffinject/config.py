@@ -41,6 +41,7 @@ class ClassifierConfig:
     resize: int = 0                   # 0 keeps the native size; 224 for BFFHQ, Dogs & Cats
     select: str = "valid"             # valid | test (reference repos' best-on-test) | last
     eval_every: int = 500
+    checkpoint_every: int = 0         # resume state saved at evaluations on multiples of N steps and the last; 0: every evaluation
     log_every: int = 50
 
 
@@ -271,11 +272,11 @@ QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=Fa
 # and ngf = ndf = 8. Both measure images with the mean squared error where the papers use LPIPS-VGG
 # (its ImageNet weights need the network), and AmpliBias trains on stage 1's top-10 per class (the
 # DiffInject rows' set) rather than its top-100.
-QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=50, adapt_steps=20, adapt_batch_size=4,
-                       project_steps=6, project_batch_size=60, distance="mse", log_every=10, checkpoint_every=50,
-                       sample_every=50, sample_images=30)
-QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=8, distance="mse", log_every=4,
-                     checkpoint_every=8, sample_every=8, sample_images=10)
+QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=30, adapt_steps=10, adapt_batch_size=4,
+                       project_steps=4, project_batch_size=60, distance="mse", log_every=10, checkpoint_every=30,
+                       sample_every=30, sample_images=30)
+QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=4, distance="mse", log_every=2,
+                     checkpoint_every=4, sample_every=4, sample_images=10)
 
 
 def _diffusion_preset(dataset: str) -> DiffusionConfig:
@@ -460,7 +461,7 @@ CLASSIFIER_REGIME = ("lr", "num_steps", "augment", "mlp_divide_by_255")
 # protocol is scaled by QUICK_STEPS / its classifier.num_steps (LfF's 23.5k -> 470, DisEnt's curriculum
 # and decay steps 10k -> 200); BE's committee trains 200 steps, evaluated every 100.
 QUICK_STEPS = 1_000
-QUICK_CLASSIFIER = dict(num_steps=QUICK_STEPS, eval_every=50, log_every=10)
+QUICK_CLASSIFIER = dict(num_steps=QUICK_STEPS, eval_every=50, checkpoint_every=500, log_every=10)
 QUICK_COMMITTEE = dict(committee_steps=200, committee_eval_every=100)
 
 
@@ -519,7 +520,8 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
                            fastgan=_fastgan_preset(normalize_ratio(get_dataset_spec(dataset), str(ratio))))
     if quick:
         cfg.quick_preset = True
-        cfg.bias.classifier = dataclasses.replace(classifier, num_steps=300, eval_every=50, log_every=10)
+        cfg.bias.classifier = dataclasses.replace(classifier, num_steps=300, eval_every=50, checkpoint_every=300,
+                                                  log_every=10)
         cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
         cfg.stylegan2 = dataclasses.replace(cfg.stylegan2, **QUICK_STYLEGAN2)
         cfg.fastgan = dataclasses.replace(cfg.fastgan, **QUICK_FASTGAN)
@@ -812,7 +814,8 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
     ClassifierConfig: {
         "arch": OneOf(("mlp", "resnet18")), "mlp_divide_by_255": Flag(), "num_steps": COUNT, "batch_size": COUNT,
         "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "augment": OneOf(("none", "crop_flip")), "normalize": Flag(),
-        "resize": NON_NEGATIVE, "select": OneOf(("valid", "test", "last")), "eval_every": COUNT, "log_every": COUNT,
+        "resize": NON_NEGATIVE, "select": OneOf(("valid", "test", "last")), "eval_every": COUNT,
+        "checkpoint_every": NON_NEGATIVE, "log_every": COUNT,
     },
     BiasConfig: {"q": Range(0, 1, low_open=True), "k": Range(1, noun="number of samples"),
                  "scope": OneOf(("global", "per_class"))},

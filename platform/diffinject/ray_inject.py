@@ -7,6 +7,10 @@
           batch writes its own part file OUT/_parts/part-<first pair_id>-<uuid>.parquet)
       -> synthetic.finalize(OUT): every pair_id exactly once, train-*.parquet + _SUCCESS.json
 
+Where a CPU cluster would give the job a single actor (and no fault drill or actor count is
+asked for), the actor's code runs in the calling process on the same blocks instead: the pool's
+start costs seconds that a small job does not repay.
+
 Resume: a re-run with the same manifest, config, t_edit and checkpoint computes only the
 pair_ids missing from `OUT/_parts` (parts of a different job there are discarded); a finished
 `OUT` of the same job is returned as is. Fault tolerance: Ray Data restarts a dead actor and
@@ -148,7 +152,8 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
     return run_parts_job(table, key, meta, out_dir, InjectorActor, arrays,
                          dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg), t_edit=t_edit,
                               prov=provenance(cfg, t_edit, digest), fail_once_marker=fail_once_marker),
-                         cfg.batch_size, use_gpu, num_actors, finalize_output, verbose, "inject")
+                         cfg.batch_size, use_gpu, num_actors, finalize_output, verbose, "inject",
+                         local_when_single=fail_once_marker is None and num_actors is None)
 
 
 def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, arrays: dict, actor_kwargs: dict,

@@ -143,9 +143,11 @@ def evaluate(method: Method, split: ArraySplit, prep: Preprocess, batch_size: in
 
 def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContext, seed: int,
         eval_offset: int = 0) -> FitResult:
-    """Train `method` for cfg.num_steps, evaluating and checkpointing after every cfg.eval_every
-    steps and the last one; with `eval_offset` 1 after steps 1, 1 + eval_every, ... only (the
-    references' `step % valid_freq == 0` on 0-based steps).
+    """Train `method` for cfg.num_steps, evaluating after every cfg.eval_every steps and the last
+    one (with `eval_offset` 1 after steps 1, 1 + eval_every, ... only: the references'
+    `step % valid_freq == 0` on 0-based steps), and saving the resume state at those evaluations
+    (only at multiples of cfg.checkpoint_every and the last, when it is set: each save costs the
+    quick run's MLP more than its evaluation).
 
     Model selection (cfg.select): the weights with the best valid accuracy (default), the
     best test accuracy (the reference repos' practice, for comparison only), or the last. The
@@ -211,9 +213,11 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
             latest_test, latest_step = metrics[reported], step
             metrics.update(step=step, images_per_s=(step - start_step) * cfg.batch_size / (time.perf_counter() - started))
             ctx.log(step, metrics)
-            state = {"method": method.state_dict(), "step": step, "best_score": best_score,
-                     "best_step": best_step, "best_nets": best_nets, "best_test": best_test,
-                     "best_test_step": best_test_step, "latest_test": latest_test, "latest_step": latest_step}
+            state = None
+            if not cfg.checkpoint_every or step % cfg.checkpoint_every == 0 or step == cfg.num_steps:
+                state = {"method": method.state_dict(), "step": step, "best_score": best_score,
+                         "best_step": best_step, "best_nets": best_nets, "best_test": best_test,
+                         "best_test_step": best_test_step, "latest_test": latest_test, "latest_step": latest_step}
             ctx.report({**metrics, **last_log}, state)
 
     if cfg.select == "last" and best_step != step:  # the last weights, evaluated or not
