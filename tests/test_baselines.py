@@ -17,7 +17,7 @@ from diffinject.train import Preprocess, TrainContext, TrainData, fit, train_met
 
 
 def test_registry_lists_the_table_methods_in_order():
-    assert table_methods() == ["vanilla", "lff", "lff_be", "disent", "disent_be", "diffinject"]
+    assert table_methods() == ["vanilla", "lff", "lff_be", "disent", "disent_be", "a2", "amplibias", "diffinject"]
 
 
 def test_ema_first_sighting_then_exponential_update():
@@ -74,6 +74,7 @@ def _method(name, data, steps=12, **options):
     cfg = preset("colored_digits", "1", quick=True)
     clf = cfg.classifier
     clf.num_steps, clf.batch_size, clf.eval_every, clf.log_every = steps, 8, 6, 3
+    clf.checkpoint_every = 0  # a resume state at every evaluation
     opts = {**cfg.baselines.__dict__, "committee_steps": 6, **options}
     method = get_method(name)(clf, data.num_classes, (3, 4, 4), len(data.train), opts)
     return method, clf
