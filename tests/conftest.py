@@ -56,3 +56,18 @@ def mlflow_uri(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Empty torch hub cache; any download attempt fails the test."""
+    import torch
+
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"download attempted: {args}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return home

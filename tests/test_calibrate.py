@@ -20,19 +20,6 @@ from diffinject import perceptual
 
 
 @pytest.fixture
-def offline(tmp_path, monkeypatch):
-    """Empty torch hub cache; any download attempt fails the test."""
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError(f"download attempted: {args}")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return home
-
-
-@pytest.fixture
 def lpips_rand(offline):
     model = perceptual.load_lpips(random_backbone=True)
     assert not (offline / "hub" / "checkpoints").exists()

@@ -173,18 +173,6 @@ def test_projector_lowers_its_loss_and_moves_w_toward_the_target():
     assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())
 
 
-@pytest.fixture
-def offline(tmp_path, monkeypatch):
-    home = tmp_path / "torch_home"
-    monkeypatch.setenv("TORCH_HOME", str(home))
-
-    def no_download(*args, **kwargs):
-        raise AssertionError(f"download attempted: {args}")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
-    return home
-
-
 def test_lpips_vgg_builds_offline_with_a_random_trunk_and_names_a_missing_file(offline):
     distance = perceptual.distance_fn("lpips_vgg", random_backbone=True)
     a = (torch.rand(2, 3, 16, 16) * 2 - 1).requires_grad_(True)

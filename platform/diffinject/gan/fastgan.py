@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fastgan_blocks import SkipLayerExcitation
-from .presets import FastGANPreset, get_gan_preset
+from .presets import FastGANPreset, get_gan_preset, parameter_count  # noqa: F401 (parameter_count: re-exported)
 
 # feature maps per resolution, as multiples of ngf (generator) or ndf (discriminator)
 WIDTH_MULTIPLIERS = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5}
@@ -210,6 +210,3 @@ def build_generator(name: str) -> Generator:
 def build_discriminator(name: str) -> Discriminator:
     return Discriminator(get_gan_preset("fastgan", name))
 
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

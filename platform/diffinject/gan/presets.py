@@ -60,6 +60,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def parameter_count(module) -> int:
+    """Trainable parameters of a network (buffers such as constant noise and w_avg excluded)."""
+    return sum(p.numel() for p in module.parameters())
+
+
 def get_gan_preset(family: str, name: str):
     try:
         return PRESETS[family][name]

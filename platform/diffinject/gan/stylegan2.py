@@ -26,7 +26,7 @@ from torch import nn
 
 from .mapping import EqualLinear, MappingNetwork
 from .modulated import ModulatedConv2d
-from .presets import StyleGAN2Preset, get_gan_preset
+from .presets import StyleGAN2Preset, get_gan_preset, parameter_count  # noqa: F401 (parameter_count: re-exported)
 
 NOISE_MODES = ("random", "const", "none")
 PATCH_RESOLUTION = 16   # the discriminator feature map the patch-level head reads (resolutions > 32)
@@ -234,7 +234,3 @@ def build_generator(name: str) -> Generator:
 def build_discriminator(name: str) -> Discriminator:
     return Discriminator(get_gan_preset("stylegan2", name))
 
-
-def parameter_count(module: nn.Module) -> int:
-    """Trainable parameters (buffers such as the constant noise and w_avg excluded)."""
-    return sum(p.numel() for p in module.parameters())
