@@ -57,6 +57,17 @@ def backbone_checkpoint(net: str = "alex") -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url), url
 
 
+def require_backbone(net: str, who: str, otherwise: str) -> None:
+    """CheckpointError naming the missing file, where to put it and where to fetch it, unless the
+    `net` trunk's ImageNet weights are in the torch hub cache (`who` needs them; `otherwise` is
+    the way to do without)."""
+    path, url = backbone_checkpoint(net)
+    if not path.is_file():
+        raise CheckpointError(f"{who} needs torchvision's {_TRUNKS[net][0]} ImageNet weights, file {path.name}, "
+                              f"which is missing: put it at {path} (the torch hub cache; set TORCH_HOME to move "
+                              f"it), fetching it on a machine with network from {url}, or {otherwise}")
+
+
 def load_lpips(random_backbone: bool = False, allow_download: bool = False,
                device: torch.device | str = "cpu", net: str = "alex") -> torch.nn.Module:
     """LPIPS with the `net` trunk ("alex" | "vgg"), eval mode, no gradients (to its parameters;
@@ -82,11 +93,8 @@ def load_lpips(random_backbone: bool = False, allow_download: bool = False,
                     "its distances are not meaningful", name)
     else:
         path, url = backbone_checkpoint(net)
-        if not path.is_file() and not allow_download:
-            raise CheckpointError(
-                f"LPIPS needs torchvision's {name} ImageNet weights, file {path.name}, which is missing: "
-                f"put it at {path} (the torch hub cache; set TORCH_HOME to move it), fetching it on a machine "
-                f"with network from {url}, or allow the download")
+        if not allow_download:
+            require_backbone(net, "LPIPS", "allow the download")
         try:
             state = _weights(net).get_state_dict(progress=False, check_hash=True)
         except Exception as exc:  # unreadable file or failed download

@@ -151,17 +151,12 @@ def check_against_data(cfg: ExperimentConfig, methods: tuple[str, ...] = ()) -> 
 def check_lpips_weights(cfg: ExperimentConfig, methods) -> None:
     """A² and AmpliBias measuring with LPIPS-VGG find its VGG16 weights in the torch hub cache
     (checked before anything trains: the projection and the FastGANs come late in a cell)."""
-    from .errors import CheckpointError
-    from .perceptual import backbone_checkpoint
+    from .perceptual import require_backbone
 
     users = [field for method, field in (("a2", "stylegan2.distance"), ("amplibias", "fastgan.distance"))
              if method in methods and getattr(cfg, field.split(".")[0]).distance == "lpips_vgg"]
-    path, url = backbone_checkpoint("vgg")
-    if users and not path.is_file():
-        raise CheckpointError(f"{' and '.join(users)}=lpips_vgg needs torchvision's VGG16 ImageNet weights, file "
-                              f"{path.name}, which is missing: put it at {path} (the torch hub cache; set TORCH_HOME "
-                              f"to move it), fetching it on a machine with network from {url}, or measure with "
-                              f"--set {users[0]}=mse")
+    if users:
+        require_backbone("vgg", f"{' and '.join(users)}=lpips_vgg", f"measure with --set {users[0]}=mse")
 
 
 def run_stage1(cfg: ExperimentConfig, tracker: Tracker | None = None, parent: str | None = None,
