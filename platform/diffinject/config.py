@@ -17,6 +17,12 @@ from .errors import ConfigError
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
+# Speed levers (diffinject.accel): each one's first value is the eager float32 reference path.
+COMPILE_MODES = ("none", "inductor", "cudagraphs")   # torch.compile off | inductor | inductor + CUDA graphs (GPU)
+PRECISIONS = ("auto", "fp32", "bf16_autocast", "bf16_weights")
+ATTENTION = ("sdpa", "classic")                      # diffusers' AttnProcessor2_0 | AttnProcessor
+NOISE = ("host", "counter")
+
 
 @dataclass
 class DataConfig:
@@ -43,6 +49,8 @@ class ClassifierConfig:
     eval_every: int = 500
     checkpoint_every: int = 0         # resume state saved at evaluations on multiples of N steps and the last; 0: every evaluation
     log_every: int = 50
+    bf16: bool = False                # bf16 autocast on GPU (the references train in float32; CPU always float32)
+    channels_last: bool = False       # NHWC activations and weights (a GPU speed lever; same numbers up to rounding)
 
 
 @dataclass
@@ -101,6 +109,9 @@ class DiffusionConfig:
     ema_decay: float = 0.9999         # with diffusers' (1 + n) / (10 + n) ramp at the start
     grad_clip: float = 1.0            # max gradient norm; 0 disables clipping
     bf16: bool = True                 # autocast on GPU (CPU always trains in float32)
+    channels_last: bool = False       # NHWC activations and weights
+    compile: str = "none"             # none | inductor | cudagraphs (GPU): torch.compile of the U-Net
+    fused_adam: bool = False          # AdamW's fused CUDA kernel (GPU only)
     log_every: int = 100
     checkpoint_every: int = 5_000
     sample_every: int = 10_000        # EMA sample grid to MLflow; 0 disables
@@ -133,7 +144,19 @@ class InjectionConfig:
     omega: float = 0.0                # InjectFusion's latent calibration (0: off, as in the released scripts)
     conflict_ratio: float = 0.1       # N_syn = round(conflict_ratio * |train|)
     originals: str = "non_topk"       # non_topk | aligned (the released code's choice; uses bias labels)
-    batch_size: int = 32              # pairs per U-Net pass
+    batch_size: int = 32              # pairs per U-Net pass; 0: as many as fit in memory_fraction of the free
+                                      # GPU memory (measured on a probe batch; on a CPU 0 means 32)
+    memory_fraction: float = 0.8
+    # Speed levers (diffinject.accel; the first value of each is the eager reference path):
+    precision: str = "auto"           # auto: bf16_autocast on a GPU, fp32 on a CPU | fp32 (the model's dtype) |
+                                      # bf16_autocast | bf16_weights (the U-Net cast to bf16; DDIM math in fp32)
+    compile: str = "none"             # none | inductor | cudagraphs (GPU): the encoder and decoder passes, with
+                                      # every batch padded to batch_size (static shapes)
+    channels_last: bool = False
+    attention: str = "sdpa"           # sdpa | classic
+    noise: str = "host"               # host: each pair's boosting noise from its own CPU generator, copied to the
+                                      # device | counter: drawn on the device from (seed, t, element), no copies.
+                                      # Either way a pair's image does not depend on its batch; they differ.
 
 
 @dataclass
@@ -815,7 +838,7 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "arch": OneOf(("mlp", "resnet18")), "mlp_divide_by_255": Flag(), "num_steps": COUNT, "batch_size": COUNT,
         "lr": POSITIVE, "weight_decay": NON_NEGATIVE, "augment": OneOf(("none", "crop_flip")), "normalize": Flag(),
         "resize": NON_NEGATIVE, "select": OneOf(("valid", "test", "last")), "eval_every": COUNT,
-        "checkpoint_every": NON_NEGATIVE, "log_every": COUNT,
+        "checkpoint_every": NON_NEGATIVE, "log_every": COUNT, "bf16": Flag(), "channels_last": Flag(),
     },
     BiasConfig: {"q": Range(0, 1, low_open=True), "k": Range(1, noun="number of samples"),
                  "scope": OneOf(("global", "per_class"))},
@@ -834,6 +857,7 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "num_steps": COUNT, "ema_decay": Range(0, 1, high_open=True), "grad_clip": NON_NEGATIVE, "bf16": Flag(),
         "log_every": COUNT, "checkpoint_every": COUNT, "sample_every": NON_NEGATIVE, "sample_images": COUNT,
         "sample_steps": DDIM_STEPS, "sample_eta": NON_NEGATIVE, "check_sync_every": NON_NEGATIVE, "seed": SEED,
+        "channels_last": Flag(), "compile": OneOf(COMPILE_MODES), "fused_adam": Flag(),
     },
     InjectionConfig: {
         "protocol": OneOf(tuple(PROTOCOLS)), "label_from": OneOf(("content", "original")), "gamma": FRACTION, "mode": OneOf(("local", "global")), "mask": Checked(lambda key, text: parse_mask(text)),
@@ -841,7 +865,10 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "calibration_images": COUNT, "t_boost": Range(0, NUM_TIMESTEPS - 1, also=(-1,)),
         "inversion_steps": GRID_STEPS, "generation_steps": GRID_STEPS, "inject_grid": Range(2, NUM_TIMESTEPS, also=(0,)),
         "boost_grid": Range(2, NUM_TIMESTEPS, also=(0,)), "dt_lambda": POSITIVE, "omega": NON_NEGATIVE,
-        "conflict_ratio": POSITIVE, "originals": OneOf(("non_topk", "aligned")), "batch_size": COUNT,
+        "conflict_ratio": POSITIVE, "originals": OneOf(("non_topk", "aligned")), "batch_size": NON_NEGATIVE,
+        "memory_fraction": Range(0, 1, low_open=True), "precision": OneOf(PRECISIONS),
+        "compile": OneOf(COMPILE_MODES), "channels_last": Flag(), "attention": OneOf(ATTENTION),
+        "noise": OneOf(NOISE),
     },
     StyleGAN2Config: {
         "preset": Checked(_known_gan_preset("stylegan2")), "resize": Flag(), "hflip": Flag(), "batch_size": COUNT,

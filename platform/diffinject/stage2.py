@@ -12,7 +12,6 @@ checkpoint continues exactly as if it had never stopped.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .accel import bf16_autocast, check_compile, compiled, cudagraph_step, memory_format
 from .config import NUM_TIMESTEPS, DiffusionConfig
 from .diffusion.checkpoint import unet_checkpoint_bytes
 from .diffusion.models import UNetPreset, build_unet, get_preset
@@ -88,9 +88,12 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
     if len(images) == 0:
         raise ConfigError("diffusion training set is empty")
     device = ctx.device
+    check_compile("diffusion.compile", cfg.compile, device)
     seed_everything(seed)
-    unet = build_unet(preset).to(device)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    layout = memory_format(cfg.channels_last)
+    unet = build_unet(preset).to(device, memory_format=layout)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                  fused=True if cfg.fused_adam else None)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
     scheduler = DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS, beta_start=1e-4, beta_end=0.02,
                               beta_schedule="linear")
@@ -110,8 +113,8 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
         from torch.nn.parallel import DistributedDataParallel
 
         model = DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None)
+    model = compiled(model, cfg.compile)
     use_bf16 = cfg.bf16 and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     model.train()
 
     loss_sum, loss_count, started, start_step = 0.0, 0, time.perf_counter(), step
@@ -127,8 +130,9 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, NUM_TIMESTEPS, (len(idx),), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        xt = scheduler.add_noise(x0, noise, t)
-        with autocast():
+        xt = scheduler.add_noise(x0, noise, t).contiguous(memory_format=layout)
+        cudagraph_step(cfg.compile)
+        with bf16_autocast(device, use_bf16):
             output = model(xt, t).sample
         loss = diffusion_loss(output.float(), noise, x0, xt, t, weights, posterior).mean()
 

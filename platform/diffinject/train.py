@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .accel import bf16_autocast, memory_format
 from .config import CIFAR_MEAN, CIFAR_STD, ClassifierConfig
 from .data.parquet import ArraySplit
 from .errors import TrainingError
@@ -69,11 +70,13 @@ SELECTIONS = {"selected": "reported_acc", "best_test": "reported_acc_best_test",
 
 class Preprocess:
     """uint8 N x H x W x 3 batches -> float N x 3 x H' x W' on the device (resize, augment,
-    normalise), done on tensors so it runs on the GPU when there is one."""
+    normalise; channels_last when cfg.channels_last), done on tensors so it runs on the GPU when
+    there is one. `autocast()`: bf16 autocast where cfg.bf16 asks for it and the device is a GPU."""
 
     def __init__(self, cfg: ClassifierConfig, device: torch.device):
         self.cfg = cfg
         self.device = device
+        self.layout = memory_format(cfg.channels_last)
         self.mean = torch.tensor(CIFAR_MEAN, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(CIFAR_STD, device=device).view(1, 3, 1, 1)
 
@@ -91,7 +94,10 @@ class Preprocess:
             x = random_crop_flip(x, padding=4, generator=generator)
         if self.cfg.normalize:
             x = (x - self.mean) / self.std
-        return x
+        return x.contiguous(memory_format=self.layout)
+
+    def autocast(self):
+        return bf16_autocast(self.device, self.cfg.bf16 and self.device.type == "cuda")
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -133,7 +139,8 @@ def evaluate(method: Method, split: ArraySplit, prep: Preprocess, batch_size: in
     mine = np.arange(rank, len(split), world_size)
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
-        logits = method.predict(prep(split.images[idx], train=False))
+        with prep.autocast():
+            logits = method.predict(prep(split.images[idx], train=False))
         labels = torch.from_numpy(split.labels[idx]).to(device)
         biases = torch.from_numpy(split.biases[idx]).to(device)
         counts += cell_counts(logits.argmax(1), labels, biases, num_classes, num_biases)
@@ -154,7 +161,7 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
     final metrics carry the reported test accuracy under every selection (SELECTIONS).
     """
     prep = Preprocess(cfg, ctx.device)
-    method.to(ctx.device)
+    method.to(ctx.device, prep.layout)
     if dist.is_available() and dist.is_initialized():
         from torch.nn.parallel import DistributedDataParallel
 
@@ -193,7 +200,8 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
         x = prep(data.train.images[idx], train=True, generator=generator)
         y = torch.from_numpy(data.train.labels[idx]).to(ctx.device)
         try:
-            stats = method.update(x, y, torch.from_numpy(idx).to(ctx.device))
+            with prep.autocast():
+                stats = method.update(x, y, torch.from_numpy(idx).to(ctx.device))
         except NonFiniteLoss as exc:
             last = ctx.last_checkpoint()
             raise TrainingError(f"{exc} at step {step + 1}; last good checkpoint: "

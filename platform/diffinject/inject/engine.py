@@ -11,14 +11,16 @@ that coarser grid inject (and take dt_lambda) / boost; the others are plain eta-
 
 * `InjectionEngine` (batched): many pairs per U-Net pass; each content is inverted once and
   only the h it needs is kept; one encoder pass and two decoder passes at injected steps
-  (one below t_edit); bf16 autocast on GPU. Each pair draws its boosting noise from its own
-  seeded generator, so its image does not depend on the batch it ran in.
+  (one below t_edit); speed levers (bf16 autocast or weights, torch.compile / CUDA graphs,
+  channels_last, attention kernel, noise made on the device, memory-sized batches) are config
+  switches. Each pair draws its boosting noise from its own seed (a CPU generator, or a
+  counter-based draw on the device), so its image does not depend on the batch it ran in.
 * `reference_inject`: one pair at a time, no sharing, two full U-Net passes per injected
   step through `HSpace` (the released code's way, in-process): the check for the engine.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,12 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import InjectionConfig, check_inject_grid, parse_mask
-from ..diffusion.hspace import HSpace, decode, encode
+from ..accel import (bf16_autocast, check_choice, check_compile, compiled, cudagraph_step, memory_format,
+                     pairs_that_fit, set_attention)
+from ..config import NOISE, PRECISIONS, InjectionConfig, check_inject_grid, parse_mask
+from ..diffusion.hspace import Encoded, HSpace, decode, encode
 from ..diffusion.pixels import to_model_pixels, to_uint8
 from ..diffusion.schedule import linear_alphas_cumprod
 from ..errors import ConfigError
-from .formulas import calibrated_latent, ddim_step, inject_h, on_grid, region_mask, timestep_grid
+from .formulas import (calibrated_latent, counter_normal, ddim_step, inject_h, on_grid, region_mask,
+                       timestep_grid)
 
 DT_LAMBDA_FROM = 950  # dt_lambda scales the direction term at steps with t >= this
 
@@ -83,8 +88,19 @@ class _Schedule:
         return self.abar[t]
 
 
+AUTO_CPU_PAIRS = 32   # batch_size 0 on a CPU (there is no free-memory figure to size from)
+PROBE_PAIRS = 8       # pairs of the eager probe pass that measures memory per pair
+
+
 class InjectionEngine:
-    """Batched injection for one U-Net, one set of contents and one configuration."""
+    """Batched injection for one U-Net, one set of contents and one configuration.
+
+    The speed levers of the config (precision, compile, channels_last, attention, noise,
+    batch_size 0) each switch one thing; all off (fp32, none, False, sdpa, host) is the eager
+    float32 path that `reference_inject` is checked against. A lever that changes the weights'
+    dtype, layout or attention works on a copy: the caller's U-Net is left as it was (apart
+    from being moved to `device` and put in eval mode).
+    """
 
     def __init__(self, unet: nn.Module, cfg: InjectionConfig, contents: np.ndarray | None,
                  device: torch.device | str = "cpu", t_edit: int | None = None, image_size: int | None = None):
@@ -93,28 +109,95 @@ class InjectionEngine:
         if contents is not None and len(contents) == 0:
             raise ConfigError("the content (top-K) set is empty; stage 3 needs at least one content image")
         self.device = torch.device(device)
-        self.unet = unet.eval().to(self.device)
         self.cfg = cfg
         self.plan = InjectionPlan.from_config(cfg, t_edit)
         self.size = image_size or unet.config.sample_size
-        self.dtype = torch.float64 if next(unet.parameters()).dtype == torch.float64 else torch.float32
+        model_dtype = next(unet.parameters()).dtype
+        self.dtype = torch.float64 if model_dtype == torch.float64 else torch.float32  # the DDIM math's dtype
+        self.precision = self._resolve_precision(cfg.precision)
+        check_compile("injection.compile", cfg.compile, self.device)
+        check_choice("injection.noise", cfg.noise, NOISE)
+        self.unet = self._prepare(unet.eval().to(self.device))
+        self.input_dtype = torch.bfloat16 if self.precision == "bf16_weights" else model_dtype
+        self.layout = memory_format(cfg.channels_last)
+        self._copy_outputs = cfg.compile == "cudagraphs"  # replays overwrite their outputs
+        self._encoder = compiled(self._encode_pass, cfg.compile)
+        self._decoder = compiled(self._decode_pass, cfg.compile)
         self.abar = _Schedule()
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda"
-                         else contextlib.nullcontext())
+        self.batch_size = self._pairs_per_pass()
         # K x steps-needed x C x h x w
         self.content_h = self._content_trajectories(contents) if contents is not None else None
 
-    @torch.no_grad()
-    def _eps(self, x: torch.Tensor, t: int):
-        with self.autocast:
-            encoded = encode(self.unet, x, torch.full((len(x),), t, device=self.device, dtype=torch.long))
-            eps = decode(self.unet, encoded)[:, :3].to(self.dtype)
-        return encoded, eps
+    def _resolve_precision(self, precision: str) -> str:
+        check_choice("injection.precision", precision, PRECISIONS)
+        if precision == "auto":
+            return "bf16_autocast" if self.device.type == "cuda" else "fp32"
+        return precision
+
+    def _prepare(self, unet: nn.Module) -> nn.Module:
+        if self.precision != "bf16_weights" and not self.cfg.channels_last and self.cfg.attention == "sdpa":
+            return unet
+        unet = copy.deepcopy(unet)
+        set_attention(unet, self.cfg.attention)
+        if self.precision == "bf16_weights":
+            unet = unet.to(torch.bfloat16)
+        return unet.to(memory_format=memory_format(self.cfg.channels_last))
+
+    # The two halves of a U-Net pass, on tensors only, so that torch.compile can take each whole.
+    def _encode_pass(self, x: torch.Tensor, t: torch.Tensor):
+        with bf16_autocast(self.device, self.precision == "bf16_autocast"):
+            encoded = encode(self.unet, x, t)
+        return encoded.h, encoded.skips, encoded.emb
+
+    def _decode_pass(self, h: torch.Tensor, skips: tuple[torch.Tensor, ...], emb: torch.Tensor) -> torch.Tensor:
+        with bf16_autocast(self.device, self.precision == "bf16_autocast"):
+            return decode(self.unet, Encoded(h, skips, emb))[:, :3]
+
+    def _out(self, y: torch.Tensor) -> torch.Tensor:
+        return y.to(self.dtype, copy=self._copy_outputs)
 
     @torch.no_grad()
-    def _decode(self, encoded, h: torch.Tensor) -> torch.Tensor:
-        with self.autocast:
-            return decode(self.unet, encoded, h.to(encoded.h.dtype))[:, :3].to(self.dtype)
+    def _encoded(self, x: torch.Tensor, t: int) -> Encoded:
+        cudagraph_step(self.cfg.compile)
+        steps = torch.full((len(x),), t, device=self.device, dtype=torch.long)
+        return Encoded(*self._encoder(x.to(self.input_dtype).contiguous(memory_format=self.layout), steps))
+
+    @torch.no_grad()
+    def _eps(self, x: torch.Tensor, t: int):
+        encoded = self._encoded(x, t)
+        return encoded, self._out(self._decoder(encoded.h, encoded.skips, encoded.emb))
+
+    @torch.no_grad()
+    def _decode(self, encoded: Encoded, h: torch.Tensor) -> torch.Tensor:
+        h = h.to(encoded.h.dtype).contiguous(memory_format=self.layout)
+        return self._out(self._decoder(h, encoded.skips, encoded.emb))
+
+    @torch.no_grad()
+    def _pairs_per_pass(self) -> int:
+        """cfg.batch_size, or with 0 what fits in memory_fraction of the free GPU memory, from the
+        peak memory of an eager probe pass (encoder and two decoder passes) of PROBE_PAIRS pairs."""
+        if self.cfg.batch_size:
+            return self.cfg.batch_size
+        if self.device.type != "cuda":
+            return AUTO_CPU_PAIRS
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        x = torch.zeros(PROBE_PAIRS, 3, self.size, self.size, device=self.device, dtype=self.input_dtype)
+        h, skips, emb = self._encode_pass(x, torch.full((PROBE_PAIRS,), 999, device=self.device))
+        self._decode_pass(h, skips, emb), self._decode_pass(h.clone(), skips, emb)
+        per_pair = (torch.cuda.max_memory_allocated(self.device) - base) / PROBE_PAIRS
+        del h, skips, emb
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return pairs_that_fit(free, per_pair, self.cfg.memory_fraction)
+
+    def _padded(self, *arrays):
+        """Compiled passes have static shapes: a short last batch is padded with copies of its last
+        pair (each pair's result is its own, so the copies change nothing and are dropped)."""
+        n = len(arrays[0])
+        if self.cfg.compile == "none" or n == self.batch_size:
+            return arrays
+        return tuple(np.concatenate([a, np.repeat(a[-1:], self.batch_size - n, axis=0)]) for a in arrays)
 
     @torch.no_grad()
     def invert(self, x: torch.Tensor, record: list[int] | None = None,
@@ -129,23 +212,23 @@ class InjectionEngine:
             if on_step is not None:
                 on_step(grid[i], x, eps)
             if i in wanted:
-                kept[i] = encoded.h.to(self.dtype)
+                kept[i] = encoded.h.to(self.dtype, copy=True)
             x = ddim_step(x, eps, eps, self.abar[grid[i]], self.abar[grid[i + 1]])
         if len(grid) - 1 in wanted:
-            with self.autocast:
-                last = encode(self.unet, x, torch.full((len(x),), grid[-1], device=self.device, dtype=torch.long))
-            kept[len(grid) - 1] = last.h.to(self.dtype)
+            kept[len(grid) - 1] = self._encoded(x, grid[-1]).h.to(self.dtype, copy=True)
         return x, kept
 
     def _content_trajectories(self, contents: np.ndarray) -> torch.Tensor:
         needed = sorted(set(self.plan.content_step.values()))
         self._slot = {step: j for j, step in enumerate(needed)}
         chunks = []
-        for start in range(0, len(contents), self.cfg.batch_size):
-            x = to_model_pixels(contents[start:start + self.cfg.batch_size], self.size, self.device, self.dtype)
+        for start in range(0, len(contents), self.batch_size):
+            part = contents[start:start + self.batch_size]
+            (padded,) = self._padded(part)
+            x = to_model_pixels(padded, self.size, self.device, self.dtype)
             _, kept = self.invert(x, needed)
             if needed:
-                chunks.append(torch.stack([kept[s] for s in needed], dim=1))
+                chunks.append(torch.stack([kept[s][:len(part)] for s in needed], dim=1))
         return torch.cat(chunks) if chunks else torch.empty(len(contents), 0)
 
     def generate(self, originals: np.ndarray, content_index: np.ndarray, seeds: np.ndarray) -> np.ndarray:
@@ -163,15 +246,26 @@ class InjectionEngine:
         if len(content_index) and (np.min(content_index) < 0 or np.max(content_index) >= len(self.content_h)):
             raise ConfigError(f"content index out of range: the content set has {len(self.content_h)} images")
         out = []
-        for start in range(0, len(originals), self.cfg.batch_size):
-            part = slice(start, start + self.cfg.batch_size)
-            x_T, _ = self.invert(to_model_pixels(originals[part], self.size, self.device, self.dtype))
-            out.append(self._generate(x_T, np.asarray(content_index[part]), np.asarray(seeds[part])).cpu())
+        for start in range(0, len(originals), self.batch_size):
+            part = slice(start, start + self.batch_size)
+            n = len(originals[part])
+            images, index, pair_seeds = self._padded(originals[part], np.asarray(content_index[part]),
+                                                     np.asarray(seeds[part]))
+            x_T, _ = self.invert(to_model_pixels(images, self.size, self.device, self.dtype))
+            out.append(self._generate(x_T, index, pair_seeds)[:n].cpu())
         return torch.cat(out) if out else torch.zeros(0, 3, self.size, self.size)
+
+    def _noise(self, seeds: np.ndarray, generators: list[torch.Generator] | None, t: int,
+               like: torch.Tensor) -> torch.Tensor:
+        """The boosting noise of the step from t: per pair, independent of the batch."""
+        if generators is not None:
+            return torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators]).to(self.device, like.dtype)
+        return counter_normal(torch.as_tensor(seeds, device=self.device, dtype=torch.int64), t,
+                              tuple(like.shape[1:])).to(like.dtype)
 
     def _generate(self, x: torch.Tensor, content_index: np.ndarray, seeds: np.ndarray) -> torch.Tensor:
         plan, grid = self.plan, self.plan.generation_grid
-        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        generators = ([torch.Generator().manual_seed(int(s)) for s in seeds] if self.cfg.noise == "host" else None)
         index = torch.as_tensor(content_index, device=self.device, dtype=torch.long)
         for i in range(len(grid) - 1, 0, -1):
             t, t_next = grid[i], grid[i - 1]
@@ -185,9 +279,7 @@ class InjectionEngine:
                     x = calibrated_latent(x, eps, eps_x0, self.abar[t], plan.omega)
                     _, eps = self._eps(x, t)
                     eps_x0 = eps
-            noise = None
-            if i in plan.boost_steps:
-                noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators]).to(self.device, x.dtype)
+            noise = self._noise(seeds, generators, t, x) if i in plan.boost_steps else None
             x = ddim_step(x, eps_x0, plan.direction(i, eps), self.abar[t], self.abar[t_next], noise)
         return x
 

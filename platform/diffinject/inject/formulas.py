@@ -118,3 +118,41 @@ def calibrated_latent(x: torch.Tensor, eps: torch.Tensor, eps_injected: torch.Te
     scale = plain_dev.flatten(1).std(dim=1) / injected_dev.flatten(1).std(dim=1).clamp_min(1e-12)
     injected = mean + injected_dev * scale.view(-1, *([1] * (x.dim() - 1)))
     return x + math.sqrt(abar_t) * (injected - plain) + omega * math.sqrt(1.0 - abar_t) * (eps_injected - eps)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (xorshift-multiply, as in splitmix/murmur) on int64 tensors
+    holding values in [0, 2^32). The multipliers are below 2^31, so no product overflows int64
+    and every device computes the same bits."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x4C2A6E8B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def counter_uniform(seeds: torch.Tensor, step: int, count: int, stream: int) -> torch.Tensor:
+    """len(seeds) x count uniforms in (0, 1), a pure function of (seed, step, element, stream):
+    no generator state, so a pair's draw does not depend on its batch, and it is made on the
+    seeds' device. 24 bits each (float32's mantissa)."""
+    if seeds.dtype != torch.int64:
+        raise TypeError(f"seeds must be int64, got {seeds.dtype}")
+    element = torch.arange(count, device=seeds.device, dtype=torch.int64)[None]
+    lo, hi = (seeds & _MASK32)[:, None], ((seeds >> 32) & _MASK32)[:, None]
+    x = _mix32((element * 2 + stream) & _MASK32)
+    x = _mix32(x ^ _mix32(torch.tensor(step & _MASK32, device=seeds.device, dtype=torch.int64)))
+    x = _mix32(x ^ lo)
+    x = _mix32(x ^ hi ^ 0x5BD1E995)
+    return ((x >> 8).to(torch.float32) + 0.5) / float(1 << 24)
+
+
+def counter_normal(seeds: torch.Tensor, step: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise of shape len(seeds) x shape by Box-Muller on two counter_uniform
+    streams: each pair's noise depends only on (its seed, step), on any device and in any batch."""
+    count = math.prod(shape)
+    u1, u2 = counter_uniform(seeds, step, count, 0), counter_uniform(seeds, step, count, 1)
+    z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
+    return z.view(len(seeds), *shape)

@@ -84,9 +84,9 @@ class Method(abc.ABC):
             opt.step()
         return value
 
-    def to(self, device: torch.device) -> "Method":
+    def to(self, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format) -> "Method":
         for net in self.nets.values():
-            net.to(device)
+            net.to(device, memory_format=memory_format)
         return self
 
     def wrap(self, wrapper) -> None:
