@@ -77,11 +77,12 @@ def bare_images_per_s(preset_name: str, batch: int, steps: int, device: torch.de
     return steps * batch / (time.perf_counter() - start)
 
 
-def loop_images_per_s(preset_name: str, batch: int, steps: int, device: torch.device, bf16: bool) -> float:
-    """train_diffusion's own speed: time between the log line after warm-up and the last one."""
-    warmup = 2
+def loop_images_per_s(preset_name: str, batch: int, steps: int, device: torch.device, bf16: bool,
+                      warmup: int = 2, **levers) -> float:
+    """train_diffusion's own speed: time between the log line after warm-up and the last one.
+    `levers`: DiffusionConfig speed fields (channels_last, compile, fused_adam)."""
     cfg = DiffusionConfig(preset=preset_name, batch_size=batch, num_steps=warmup + steps, log_every=1,
-                          checkpoint_every=10**9, sample_every=0, bf16=bf16, hflip=True)
+                          checkpoint_every=10**9, sample_every=0, bf16=bf16, hflip=True, **levers)
     size = get_preset(preset_name).image_size
     images = np.random.default_rng(0).integers(0, 256, size=(max(4 * batch, 64), size, size, 3), dtype=np.uint8)
     stamps: dict[int, float] = {}

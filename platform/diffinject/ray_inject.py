@@ -43,6 +43,7 @@ from .inject.synthetic import PARTS, batch_table, checkpoint_hash, finalize, pro
 from .ray_train import resolve_use_gpu
 
 JOB_FILE = "_job.json"
+AUTO_BLOCK_PAIRS = 1024  # manifest rows per Ray block when the engine sizes its own passes (batch_size 0)
 
 
 class InjectorActor:
@@ -152,7 +153,7 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
     return run_parts_job(table, key, meta, out_dir, InjectorActor, arrays,
                          dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg), t_edit=t_edit,
                               prov=provenance(cfg, t_edit, digest), fail_once_marker=fail_once_marker),
-                         cfg.batch_size, use_gpu, num_actors, finalize_output, verbose, "inject",
+                         cfg.batch_size or AUTO_BLOCK_PAIRS, use_gpu, num_actors, finalize_output, verbose, "inject",
                          local_when_single=fail_once_marker is None and num_actors is None)
 
 

@@ -169,7 +169,8 @@ class InjectionEngine:
 
     @torch.no_grad()
     def _decode(self, encoded: Encoded, h: torch.Tensor) -> torch.Tensor:
-        h = h.to(encoded.h.dtype).contiguous(memory_format=self.layout)
+        # the encoder's own strides (inductor may pick a layout): a compiled decoder is not recompiled
+        h = torch.empty_like(encoded.h).copy_(h)
         return self._out(self._decoder(h, encoded.skips, encoded.emb))
 
     @torch.no_grad()
