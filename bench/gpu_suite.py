@@ -2,7 +2,7 @@
 
     python bench/gpu_suite.py            # one H100/H200 (planned to fit 8 minutes)
     python bench/gpu_suite.py --smoke    # the same code on the CPU, tiny presets, under 2 minutes (a CI test)
-        [--only injection equality ray diffusion classifier] [--json FILE] [--peak-tflops X]
+        [--only injection equality profile ray diffusion classifier] [--json FILE] [--peak-tflops X]
 
 Rows (GPU presets; the smoke run's stand-ins in brackets):
   * injection, adm_32 [shipped small_32], 50/50 steps: the one-pair reference path; the batched
@@ -11,6 +11,8 @@ Rows (GPU presets; the smoke run's stand-ins in brackets):
     [21/21 steps on a 5-step grid], and p2_256 [tiny_32] at 50/50: eager float32 batched vs all levers;
   * equality, on the trained model the project ships: the batched float32 engine against the
     one-pair path at the CPU tests' tolerance (TF32 off), and the all-levers images' distance;
+  * profile: the all-levers engine's time split between encoder passes, decoder passes and the
+    rest (DDIM math, noise, host work), with the top operators printed;
   * Ray Data: the injection job on one actor against the engine alone, same pairs and levers;
   * diffusion training, adm_32 and p2_256 [tiny_32]: stage 2's loop, float32 vs its levers (MFU);
   * classifier training, ResNet-18 at 224x224 [32x32]: the stage-4 loop, float32 vs bf16 + channels_last.
@@ -45,7 +47,7 @@ from diffinject.inject import InjectionEngine, reference_inject_tensor
 from diffinject.inject.engine import InjectionPlan
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusion_train import GPU_PEAKS, cpu_matmul_peak, flops_per_image, loop_images_per_s  # noqa: E402
+from diffusion_train import GPU_PEAKS, cpu_matmul_peak, flops_per_image, loop_images_per_s, synchronize  # noqa: E402
 
 RELEASED_S_PER_SAMPLE = {32: 90.0, 256: 8.5}  # the paper's reported times (256: the middle of 7-10 s)
 TOLERANCE = dict(rtol=1e-4, atol=1e-3)        # tests/test_inject_engine.py, batched vs one-pair path
@@ -103,11 +105,6 @@ class Row:
 
 
 HEADER = ["section", "figure", "value", "% limit", "x reference", "note"]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def timed(fn, device):
@@ -423,6 +420,52 @@ def classifier_rows(scale: Scale, device: torch.device, peak: float) -> list[Row
     return rows
 
 
+def profile_rows(scale: Scale, device: torch.device) -> list[Row]:
+    """Where the all-levers engine's time goes: one batch of generation under torch.profiler,
+    split into the encoder passes, the decoder passes and the rest (DDIM math, slerp, noise,
+    host work); the top operators are printed below the split."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    unet = load_model(scale.inj32, device)
+    cfg = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
+                          mode="global", **{"precision": "fp32", "batch_size": scale.lever_batch,
+                                            **fastest_levers(device)})
+    contents = digit_images(scale.contents, seed=2)
+    engine = InjectionEngine(unet, cfg, contents, device)
+    pairs = engine.batch_size
+    originals, index, seeds = digit_images(pairs, seed=1), np.arange(pairs) % len(contents), np.arange(pairs)
+    if device.type == "cuda":
+        engine.generate_tensor(originals, index, seeds)
+
+    def labelled(fn, label):
+        def call(*args):
+            with record_function(label):
+                return fn(*args)
+        return call
+
+    engine._encoder, engine._decoder = labelled(engine._encoder, "encoder"), labelled(engine._decoder, "decoder")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _, wall = timed(lambda: engine.generate_tensor(originals, index, seeds), device)
+    events = prof.key_averages()
+    kind = "device" if device.type == "cuda" else "cpu"
+
+    def seconds(label: str) -> float:
+        event = next((e for e in events if e.key == label), None)
+        return 0.0 if event is None else getattr(event, f"{kind}_time_total") / 1e6
+
+    enc, dec = seconds("encoder"), seconds("decoder")
+    sort = "self_device_time_total" if kind == "device" else "self_cpu_time_total"
+    print(f"top operators of one all-levers batch ({pairs} pairs, {kind} time):")
+    print(events.table(sort_by=sort, row_limit=12))
+    name = f"{'small_32 (shipped)' if scale.inj32 == 'shipped' else scale.inj32}, {scale.steps}/{scale.steps}"
+    note = f"one batch of {pairs} pairs: {wall:.2f} s under the profiler"
+    rest = max(wall - enc - dec, 0.0)
+    return [Row("profile", f"{name}, all levers: {part}", 100 * value / wall, "% of the batch", note=note)
+            for part, value in (("encoder passes", enc), ("decoder passes", dec),
+                                ("rest (DDIM math, slerp, noise, host)", rest))]
+
+
 def device_peak(device: torch.device, override_tflops: float | None) -> tuple[str, float, str]:
     if override_tflops:
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -443,7 +486,7 @@ def markdown(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = ("injection", "equality", "ray", "diffusion", "classifier")
+SECTIONS = ("injection", "equality", "profile", "ray", "diffusion", "classifier")
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -466,6 +509,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     rows: list[Row] = []
     steps = {"injection": lambda: injection_rows(scale, device, peak),
              "equality": lambda: equality_rows(scale, device),
+             "profile": lambda: profile_rows(scale, device),
              "ray": lambda: ray_rows(scale, device),
              "diffusion": lambda: diffusion_rows(scale, device, peak),
              "classifier": lambda: classifier_rows(scale, device, peak)}

@@ -36,15 +36,18 @@ def test_the_full_suite_refuses_to_run_without_a_gpu(suite):
 def test_smoke_run_measures_every_figure_and_its_equality_check_passes(suite, ray_session, tmp_path):
     out = tmp_path / "suite.json"
     rows = suite.main(["--smoke", "--json", str(out)])
-    assert {r.section for r in rows} == {"injection", "equality", "ray", "diffusion training", "classifier training"}
+    assert {r.section for r in rows} == {"injection", "equality", "profile", "ray", "diffusion training",
+                                        "classifier training"}
     figures = " ".join(r.figure for r in rows)
     for lever in ("bf16_autocast", "bf16_weights", "channels_last", "attention=classic", "noise=counter",
                   "compile=inductor", "all levers", "released", "one-pair reference"):
         assert lever in figures, lever
-    timed = [r for r in rows if r.section != "equality"]
+    timed = [r for r in rows if r.section not in ("equality", "profile")]
     assert all(math.isfinite(r.value) and r.value > 0 for r in timed)
     assert all(r.limit and r.limit > 0 for r in timed if r.section != "ray")
     equal = next(r for r in rows if r.figure.startswith("batched fp32 vs one-pair"))
     assert equal.note.startswith("PASS") and equal.value < 1e-3
     written = json.loads(out.read_text())
     assert written["device"].startswith("CPU") and len(written["rows"]) == len(rows)
+    split = [r.value for r in rows if r.section == "profile"]
+    assert len(split) == 3 and abs(sum(split) - 100) < 1e-6 and min(split) >= 0
