@@ -2,6 +2,7 @@
 
     python bench/gpu_suite.py            # one H100/H200 (planned to fit 8 minutes)
     python bench/gpu_suite.py --smoke    # the same code on the CPU, tiny presets, under 2 minutes (a CI test)
+    python bench/gpu_suite.py --cpu      # the levers' CPU figures at the quick run's setting (a few minutes)
         [--only injection equality profile ray diffusion classifier] [--json FILE] [--peak-tflops X]
 
 Rows (GPU presets; the smoke run's stand-ins in brackets):
@@ -79,6 +80,12 @@ GPU = Scale(inj32="adm_32", inj256="p2_256", steps=50, release_steps=1000, relea
             reference_pairs=2, lever_pairs=512, lever_batch=256, pairs=2048, release_pairs=256, pairs256=128,
             equality_pairs=16, diffusion=(("adm_32", 128), ("p2_256", 16)), train_steps=20,
             classifier_size=224, classifier_batch=256, classifier_steps=30)
+# The quick run's own setting on a CPU (its shipped model, 50/50 steps, 32 pairs per pass): the
+# levers' CPU figures; a few minutes on 2 cores.
+CPU = Scale(inj32="shipped", inj256="tiny_32", steps=50, release_steps=1000, release_grid=50, contents=10,
+            reference_pairs=1, lever_pairs=32, lever_batch=32, pairs=64, release_pairs=8, pairs256=32,
+            equality_pairs=8, diffusion=(("small_32", 64),), train_steps=4,
+            classifier_size=64, classifier_batch=32, classifier_steps=3)
 SMOKE = Scale(inj32="shipped", inj256="tiny_32", steps=6, release_steps=21, release_grid=5, contents=3,
               reference_pairs=1, lever_pairs=4, lever_batch=4, pairs=8, release_pairs=4, pairs256=4,
               equality_pairs=4, diffusion=(("tiny_32", 8),), train_steps=2,
@@ -222,6 +229,7 @@ def injection_rows(scale: Scale, device: torch.device, peak: float) -> list[Row]
     rows: list[Row] = []
     contents = digit_images(scale.contents, seed=2)
     fast = fastest_levers(device)
+    paper = scale is GPU  # the paper's times compare with the real models and step counts only
     base = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
                            mode="global", precision="fp32", batch_size=scale.lever_batch)
     unet32 = load_model(scale.inj32, device)
@@ -231,7 +239,8 @@ def injection_rows(scale: Scale, device: torch.device, peak: float) -> list[Row]
 
     ref, seconds = bench.reference_rate(scale.reference_pairs)
     rows.append(Row("injection", f"{protocol}: one-pair reference path", ref, "samples/s",
-                    bench.limit(base, content_share=1), note="fp32, 2 full passes per injected step, its own content inversion",
+                    bench.limit(base, content_share=1),
+                    note="fp32, 2 full passes per injected step, its own content inversion",
                     seconds=seconds))
     eager, seconds, cfg = bench.engine_rate(scale.lever_pairs)
     rows.append(Row("injection", f"{protocol}: batched, eager fp32 (batch {scale.lever_batch})", eager,
@@ -244,36 +253,36 @@ def injection_rows(scale: Scale, device: torch.device, peak: float) -> list[Row]
     rate, seconds, cfg = bench.engine_rate(scale.pairs, **fast)
     rows.append(Row("injection", f"{protocol}: all levers ({scale.pairs} pairs)", rate, "samples/s",
                     bench.limit(cfg), ref, "one-pair path",
-                    note=f"{', '.join(f'{k}={v}' for k, v in fast.items())}; "
-                         f"{rate * RELEASED_S_PER_SAMPLE[32]:.0f}x the paper's 90 s/sample", seconds=seconds))
+                    note=f"{', '.join(f'{k}={v}' for k, v in fast.items())}"
+                         + (f"; {rate * RELEASED_S_PER_SAMPLE[32]:.0f}x the paper's 90 s/sample" if paper else ""),
+                    seconds=seconds))
 
     release = apply_protocol(ExperimentConfig(), "release").injection
     release = dataclasses.replace(release, inversion_steps=scale.release_steps, generation_steps=scale.release_steps,
                                   inject_grid=scale.release_grid, boost_grid=scale.release_grid, precision="fp32",
                                   batch_size=scale.lever_batch)
-    bench = Injection(unet32, release, device, peak, contents)
-    protocol = f"{name32}, released {scale.release_steps}/{scale.release_steps} (grid {scale.release_grid})"
-    eager, seconds, cfg = bench.engine_rate(max(1, scale.release_pairs // 8))
-    rows.append(Row("injection", f"{protocol}: batched, eager fp32", eager, "samples/s",
-                    bench.limit(cfg), seconds=seconds))
-    rate, seconds, cfg = bench.engine_rate(scale.release_pairs, **fast)
-    rows.append(Row("injection", f"{protocol}: all levers", rate, "samples/s", bench.limit(cfg),
-                    eager, "eager fp32 batched", note=f"{rate * RELEASED_S_PER_SAMPLE[32]:.0f}x the paper's 90 s/sample",
-                    seconds=seconds))
+    rows += eager_and_all_levers(Injection(unet32, release, device, peak, contents),
+                                 f"{name32}, released {scale.release_steps}/{scale.release_steps} "
+                                 f"(grid {scale.release_grid})", scale.release_pairs, fast,
+                                 "90 s/sample" if paper else None)
     del unet32
-
     unet256 = load_model(scale.inj256, device)
-    size = unet256.config.sample_size
-    bench = Injection(unet256, base, device, peak, contents)
-    protocol = f"{scale.inj256}, {scale.steps}/{scale.steps}"
-    eager, seconds, cfg = bench.engine_rate(max(1, scale.pairs256 // 8))
-    rows.append(Row("injection", f"{protocol}: batched, eager fp32", eager, "samples/s",
-                    bench.limit(cfg), seconds=seconds))
-    rate, seconds, cfg = bench.engine_rate(scale.pairs256, **fast)
-    rows.append(Row("injection", f"{protocol}: all levers", rate, "samples/s", bench.limit(cfg),
-                    eager, "eager fp32 batched",
-                    note=f"{rate * RELEASED_S_PER_SAMPLE.get(size, RELEASED_S_PER_SAMPLE[256]):.0f}x the paper's "
-                         f"7-10 s/sample" if size == 256 else "stand-in model", seconds=seconds))
+    released = "7-10 s/sample" if paper else None
+    rows += eager_and_all_levers(Injection(unet256, base, device, peak, contents),
+                                 f"{scale.inj256}, {scale.steps}/{scale.steps}", scale.pairs256, fast, released)
+    return rows
+
+
+def eager_and_all_levers(bench: Injection, protocol: str, pairs: int, fast: dict, released: str | None) -> list[Row]:
+    """The eager float32 engine (on an eighth of the pairs: it is the slow one) and all levers."""
+    eager, seconds, cfg = bench.engine_rate(max(1, pairs // 8))
+    rows = [Row("injection", f"{protocol}: batched, eager fp32", eager, "samples/s", bench.limit(cfg),
+                seconds=seconds)]
+    rate, seconds, cfg = bench.engine_rate(pairs, **fast)
+    size = bench.unet.config.sample_size
+    note = f"{rate * RELEASED_S_PER_SAMPLE[size]:.0f}x the paper's {released}" if released else "stand-in model"
+    rows.append(Row("injection", f"{protocol}: all levers", rate, "samples/s", bench.limit(cfg), eager,
+                    "eager fp32 batched", note=note, seconds=seconds))
     return rows
 
 
@@ -491,20 +500,24 @@ SECTIONS = ("injection", "equality", "profile", "ray", "diffusion", "classifier"
 
 def main(argv: list[str] | None = None) -> list[Row]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--smoke", action="store_true", help="the CPU run with tiny presets (CI)")
+    scales = p.add_mutually_exclusive_group()
+    scales.add_argument("--smoke", action="store_true", help="the CPU run with tiny presets (CI)")
+    scales.add_argument("--cpu", action="store_true", help="the CPU run at the quick run's setting")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--json", type=Path, help="also write the rows here")
     p.add_argument("--peak-tflops", type=float)
     args = p.parse_args(argv)
-    if not args.smoke and not torch.cuda.is_available():
-        raise SystemExit("bench/gpu_suite.py needs a GPU (no CUDA device found); run it with --smoke on a CPU")
-    device = torch.device("cpu" if args.smoke else "cuda")
-    scale = SMOKE if args.smoke else GPU
+    on_cpu = args.smoke or args.cpu
+    if not on_cpu and not torch.cuda.is_available():
+        raise SystemExit("bench/gpu_suite.py needs a GPU (no CUDA device found); run it with --smoke or --cpu "
+                         "on a CPU")
+    device = torch.device("cpu" if on_cpu else "cuda")
+    scale = SMOKE if args.smoke else CPU if args.cpu else GPU
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     name, peak, peak_text = device_peak(device, args.peak_tflops)
-    print(f"device: {name}; peak: {peak_text}; torch {torch.__version__}; {'smoke' if args.smoke else 'gpu'} scale",
-          flush=True)
+    label = "smoke" if args.smoke else "cpu" if args.cpu else "gpu"
+    print(f"device: {name}; peak: {peak_text}; torch {torch.__version__}; {label} scale", flush=True)
     started = time.perf_counter()
     rows: list[Row] = []
     steps = {"injection": lambda: injection_rows(scale, device, peak),

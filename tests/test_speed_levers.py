@@ -137,7 +137,8 @@ def test_counter_noise_changes_only_the_boosted_steps_and_not_with_the_batch(shi
     assert torch.allclose(counter, apart, rtol=RTOL, atol=ATOL)
     no_boost = dict(t_boost=-1)
     cfg = dict(inversion_steps=6, generation_steps=8, t_edit=300, batch_size=4, precision="fp32", **no_boost)
-    host = InjectionEngine(shipped_unet, InjectionConfig(**cfg), contents).generate_tensor(originals, content_index, seeds)
+    host = InjectionEngine(shipped_unet, InjectionConfig(**cfg), contents).generate_tensor(
+        originals, content_index, seeds)
     dev = InjectionEngine(shipped_unet, InjectionConfig(**cfg, noise="counter"), contents).generate_tensor(
         originals, content_index, seeds)
     assert torch.equal(host, dev)

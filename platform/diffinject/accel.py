@@ -58,6 +58,13 @@ def memory_format(channels_last: bool) -> torch.memory_format:
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
+def in_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """x in NHWC memory when channels_last, else untouched. Untouched, not made NCHW: tensors
+    made from NHWC images already have NHWC strides, and forcing NCHW would change the CPU conv
+    kernels' summation order, and so every result of the reference path, in the last bits."""
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
 def set_attention(unet: nn.Module, attention: str) -> None:
     """diffusers' attention processor: `sdpa` (torch's scaled_dot_product_attention, diffusers'
     default) or `classic` (the explicit softmax(QK^T)V of AttnProcessor)."""

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .accel import bf16_autocast, check_compile, compiled, cudagraph_step, memory_format
+from .accel import bf16_autocast, check_compile, compiled, cudagraph_step, in_layout, memory_format
 from .config import NUM_TIMESTEPS, DiffusionConfig
 from .diffusion.checkpoint import unet_checkpoint_bytes
 from .diffusion.models import UNetPreset, build_unet, get_preset
@@ -90,8 +90,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
     device = ctx.device
     check_compile("diffusion.compile", cfg.compile, device)
     seed_everything(seed)
-    layout = memory_format(cfg.channels_last)
-    unet = build_unet(preset).to(device, memory_format=layout)
+    unet = build_unet(preset).to(device, memory_format=memory_format(cfg.channels_last))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                   fused=True if cfg.fused_adam else None)
     ema = EMAModel(unet.parameters(), decay=cfg.ema_decay, foreach=True)
@@ -130,7 +129,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
         t = torch.randint(0, NUM_TIMESTEPS, (len(idx),), generator=generator).to(device)
         noise = torch.randn(x0.shape, generator=generator).to(device)
-        xt = scheduler.add_noise(x0, noise, t).contiguous(memory_format=layout)
+        xt = in_layout(scheduler.add_noise(x0, noise, t), cfg.channels_last)
         cudagraph_step(cfg.compile)
         with bf16_autocast(device, use_bf16):
             output = model(xt, t).sample

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .accel import bf16_autocast, memory_format
+from .accel import bf16_autocast, in_layout, memory_format
 from .config import CIFAR_MEAN, CIFAR_STD, ClassifierConfig
 from .data.parquet import ArraySplit
 from .errors import TrainingError
@@ -94,7 +94,7 @@ class Preprocess:
             x = random_crop_flip(x, padding=4, generator=generator)
         if self.cfg.normalize:
             x = (x - self.mean) / self.std
-        return x.contiguous(memory_format=self.layout)
+        return in_layout(x, self.cfg.channels_last)
 
     def autocast(self):
         return bf16_autocast(self.device, self.cfg.bf16 and self.device.type == "cuda")

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..accel import (bf16_autocast, check_choice, check_compile, compiled, cudagraph_step, memory_format,
-                     pairs_that_fit, set_attention)
+from ..accel import (bf16_autocast, check_choice, check_compile, compiled, cudagraph_step, in_layout,
+                     memory_format, pairs_that_fit, set_attention)
 from ..config import NOISE, PRECISIONS, InjectionConfig, check_inject_grid, parse_mask
 from ..diffusion.hspace import Encoded, HSpace, decode, encode
 from ..diffusion.pixels import to_model_pixels, to_uint8
@@ -119,7 +119,6 @@ class InjectionEngine:
         check_choice("injection.noise", cfg.noise, NOISE)
         self.unet = self._prepare(unet.eval().to(self.device))
         self.input_dtype = torch.bfloat16 if self.precision == "bf16_weights" else model_dtype
-        self.layout = memory_format(cfg.channels_last)
         self._copy_outputs = cfg.compile == "cudagraphs"  # replays overwrite their outputs
         self._encoder = compiled(self._encode_pass, cfg.compile)
         self._decoder = compiled(self._decode_pass, cfg.compile)
@@ -160,7 +159,7 @@ class InjectionEngine:
     def _encoded(self, x: torch.Tensor, t: int) -> Encoded:
         cudagraph_step(self.cfg.compile)
         steps = torch.full((len(x),), t, device=self.device, dtype=torch.long)
-        return Encoded(*self._encoder(x.to(self.input_dtype).contiguous(memory_format=self.layout), steps))
+        return Encoded(*self._encoder(in_layout(x.to(self.input_dtype), self.cfg.channels_last), steps))
 
     @torch.no_grad()
     def _eps(self, x: torch.Tensor, t: int):
@@ -169,8 +168,10 @@ class InjectionEngine:
 
     @torch.no_grad()
     def _decode(self, encoded: Encoded, h: torch.Tensor) -> torch.Tensor:
-        # the encoder's own strides (inductor may pick a layout): a compiled decoder is not recompiled
-        h = torch.empty_like(encoded.h).copy_(h)
+        if self.cfg.compile != "none":  # the encoder's own strides (inductor picks a layout): no recompile
+            h = torch.empty_like(encoded.h).copy_(h)
+        else:
+            h = in_layout(h.to(encoded.h.dtype), self.cfg.channels_last)
         return self._out(self._decoder(h, encoded.skips, encoded.emb))
 
     @torch.no_grad()
@@ -260,7 +261,8 @@ class InjectionEngine:
                like: torch.Tensor) -> torch.Tensor:
         """The boosting noise of the step from t: per pair, independent of the batch."""
         if generators is not None:
-            return torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators]).to(self.device, like.dtype)
+            noise = torch.stack([torch.randn(like.shape[1:], generator=g) for g in generators])
+            return noise.to(self.device, like.dtype)
         return counter_normal(torch.as_tensor(seeds, device=self.device, dtype=torch.int64), t,
                               tuple(like.shape[1:])).to(like.dtype)
 
