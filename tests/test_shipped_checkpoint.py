@@ -23,7 +23,11 @@ def test_the_shipped_file_has_its_hash_fits_10_mb_and_the_quick_preset():
     assert meta["step"] == quick.num_steps
     trained = {k: v for k, v in meta["config"].items() if k not in DIFFUSION_LOGGING + ("num_steps",)}
     assert trained == {k: v for k, v in dataclasses.asdict(quick).items() if k in trained}
-    assert set(trained) == set(dataclasses.asdict(quick)) - set(DIFFUSION_LOGGING) - {"num_steps"}
+    # the speed levers (channels_last, compile, fused_adam) came after the file; all are off in the preset
+    levers = {"channels_last", "compile", "fused_adam"}
+    assert {k: dataclasses.asdict(quick)[k] for k in levers} == {"channels_last": False, "compile": "none",
+                                                                  "fused_adam": False}
+    assert set(trained) == set(dataclasses.asdict(quick)) - set(DIFFUSION_LOGGING) - {"num_steps"} - levers
 
 
 def test_a_damaged_or_missing_file_is_a_clear_error(tmp_path):
