@@ -313,3 +313,48 @@ def test_a_grid_off_the_generation_grid_is_a_clear_error():
         InjectionPlan.from_config(InjectionConfig(generation_steps=20, inject_grid=50), t_edit=200)
     assert list(InjectionPlan.from_config(InjectionConfig(generation_steps=20, inject_grid=50), t_edit=999)
                 .content_step) == [19]  # t_edit 999: the t = 999 step is all every-step injection would take too
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 5, 32, 100, 504, 1024, 4096])
+def test_padded_size_is_the_smallest_pass_size_that_holds_the_chunk(batch_size):
+    sizes = engine_module.pass_sizes(batch_size)
+    # encoder + decoder compiled once per size: under dynamo's recompile limit per function
+    assert batch_size in sizes and len(sizes) <= 4 <= torch._dynamo.config.recompile_limit
+    assert all(size <= batch_size and (size % 8 == 0 or size == batch_size) for size in sizes)
+    for rows in range(1, batch_size + 1):
+        padded = engine_module.padded_size(rows, batch_size)
+        assert padded == min(size for size in sizes if size >= rows)
+    with pytest.raises(ValueError, match="1 to batch_size"):
+        engine_module.padded_size(batch_size + 1, batch_size)
+
+
+def test_bucketed_pass_sizes_of_large_batches():
+    assert engine_module.pass_sizes(4096) == [512, 1024, 2048, 4096]
+    assert engine_module.pass_sizes(504) == [64, 128, 256, 504]
+    assert engine_module.padded_size(1024, 4096) == 1024  # a Ray block (AUTO_BLOCK_PAIRS) is not padded
+    assert engine_module.padded_size(256, 4096) == 512
+    assert engine_module.padded_size(128, 504) == 128
+
+
+def test_a_compiled_engine_pads_a_short_chunk_only_to_the_next_pass_size(tiny64, monkeypatch):
+    """5 pairs and 3 contents at 32 per pass: every compiled U-Net pass runs 8 rows (not 32), and
+    the padding copies leave the real pairs' images as the eager engine makes them."""
+    originals, contents, content_index, seeds = _pairs(n=5)
+    cfg = InjectionConfig(inversion_steps=4, generation_steps=5, t_edit=300, t_boost=200, batch_size=32)
+    eager = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals, content_index, seeds)
+    rows = []
+
+    def recording(fn, mode):  # the compiled function's inputs, without compiling (seconds on the CPU)
+        assert mode == "inductor"
+
+        def call(x, *args):
+            rows.append(len(x))
+            return fn(x, *args)
+        return call
+
+    monkeypatch.setattr(engine_module, "compiled", recording)
+    compiled_cfg = InjectionConfig(**{**cfg.__dict__, "compile": "inductor"})
+    out = InjectionEngine(tiny64, compiled_cfg, contents).generate_tensor(originals, content_index, seeds)
+    assert rows and set(rows) == {8}
+    assert out.shape == eager.shape
+    assert torch.allclose(out, eager, rtol=1e-9, atol=1e-9)

@@ -90,6 +90,28 @@ class _Schedule:
 
 AUTO_CPU_PAIRS = 32   # batch_size 0 on a CPU (there is no free-memory figure to size from)
 PROBE_PAIRS = 8       # pairs of the eager probe pass that measures memory per pair
+PASS_SIZE_HALVINGS = 3  # compiled passes run at batch_size and its halves down to an eighth
+PASS_SIZE_MULTIPLE = 8  # each rounded up to a multiple of 8 (tensor-core tiles)
+
+
+def pass_sizes(batch_size: int) -> list[int]:
+    """The batch sizes a compiled engine runs its U-Net passes at, ascending: batch_size and its
+    halves down to an eighth, each rounded up to a multiple of PASS_SIZE_MULTIPLE but never above
+    batch_size. At most four, so the compiled variants (one per size for the encoder and one for
+    the decoder) stay under torch._dynamo's recompile limit (8 per function)."""
+    sizes = set()
+    for k in range(PASS_SIZE_HALVINGS + 1):
+        half = -(-batch_size // 2**k)
+        sizes.add(min(batch_size, -(-half // PASS_SIZE_MULTIPLE) * PASS_SIZE_MULTIPLE))
+    return sorted(sizes)
+
+
+def padded_size(rows: int, batch_size: int) -> int:
+    """The pass size a compiled engine pads a chunk of `rows` pairs (1..batch_size) to: the
+    smallest of pass_sizes(batch_size) that holds them."""
+    if not 0 < rows <= batch_size:
+        raise ValueError(f"a chunk holds 1 to batch_size ({batch_size}) pairs, got {rows}")
+    return next(size for size in pass_sizes(batch_size) if size >= rows)
 
 
 class InjectionEngine:
@@ -193,13 +215,19 @@ class InjectionEngine:
         free, _ = torch.cuda.mem_get_info(self.device)
         return pairs_that_fit(free, per_pair, self.cfg.memory_fraction)
 
+    def pass_rows(self, rows: int) -> int:
+        """The rows a U-Net pass runs for a chunk of `rows` pairs: the chunk itself in eager mode;
+        compiled passes have static shapes, so the next of a few bucketed sizes (padded_size)."""
+        return rows if self.cfg.compile == "none" else padded_size(rows, self.batch_size)
+
     def _padded(self, *arrays):
-        """Compiled passes have static shapes: a short last batch is padded with copies of its last
-        pair (each pair's result is its own, so the copies change nothing and are dropped)."""
+        """A chunk padded to pass_rows with copies of its last pair (each pair's result is its
+        own, so the copies change nothing and are dropped)."""
         n = len(arrays[0])
-        if self.cfg.compile == "none" or n == self.batch_size:
+        extra = self.pass_rows(n) - n
+        if extra == 0:
             return arrays
-        return tuple(np.concatenate([a, np.repeat(a[-1:], self.batch_size - n, axis=0)]) for a in arrays)
+        return tuple(np.concatenate([a, np.repeat(a[-1:], extra, axis=0)]) for a in arrays)
 
     @torch.no_grad()
     def invert(self, x: torch.Tensor, record: list[int] | None = None,
