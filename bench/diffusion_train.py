@@ -25,19 +25,41 @@ from diffinject.diffusion.models import build_unet, get_preset
 from diffinject.stage2 import train_diffusion
 from diffinject.train import TrainContext
 
-# Dense (no sparsity) peak FLOP/s from NVIDIA's data sheets, by substring of the device name.
-GPU_PEAKS = {"H100": {"bf16": 989e12, "fp32": 494e12}, "H200": {"bf16": 989e12, "fp32": 494e12},
-             "A100": {"bf16": 312e12, "fp32": 156e12}}  # fp32 = TF32 tensor cores
+# Dense (no sparsity) peak FLOP/s from NVIDIA's data sheets: H100 (nvidia.com/en-us/data-center/h100,
+# SXM / PCIe / NVL columns), H200 (nvidia.com/en-us/data-center/h200, SXM / NVL columns), A100
+# (A100 data sheet, SXM). The sheets quote bf16 and TF32 tensor-core figures "with sparsity": the
+# dense figures are half of those. bf16: tensor cores; tf32: tensor cores on float32 tensors (what
+# cuDNN's convolutions use by default, torch.backends.cudnn.allow_tf32); fp32: the CUDA cores.
+GPU_PEAKS = {"H100 SXM": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12},
+             "H100 PCIe": {"bf16": 756e12, "tf32": 378e12, "fp32": 51e12},
+             "H100 NVL": {"bf16": 835e12, "tf32": 418e12, "fp32": 60e12},
+             "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 67e12},
+             "H200 NVL": {"bf16": 835e12, "tf32": 418e12, "fp32": 60e12},
+             "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}}
 
 
-def flops_per_image(preset_name: str, device: torch.device) -> float:
-    """Forward + backward FLOPs of one training image."""
+def card_of(device_name: str) -> str | None:
+    """The GPU_PEAKS card of a torch.cuda.get_device_name, by its full name: "NVIDIA H100 80GB
+    HBM3" is the SXM card, "NVIDIA H100 PCIe" and "NVIDIA H100 NVL" the others; None when unknown."""
+    for family in ("H100", "H200"):
+        if family in device_name:
+            for form in ("NVL", "PCIe"):
+                if form in device_name and f"{family} {form}" in GPU_PEAKS:
+                    return f"{family} {form}"
+            return f"{family} SXM" if f"{family} SXM" in GPU_PEAKS else family
+    return "A100" if "A100" in device_name else None
+
+
+def flops_per_image(preset_name: str) -> float:
+    """Forward + backward FLOPs of one training image, counted on the meta device (no weights
+    are made, so it costs the same for any model on any machine)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     preset = get_preset(preset_name)
-    unet = build_unet(preset).to(device)
-    x = torch.randn(2, 3, preset.image_size, preset.image_size, device=device)
-    t = torch.tensor([10, 500], device=device)
+    with torch.device("meta"):
+        unet = build_unet(preset)
+        x = torch.randn(2, 3, preset.image_size, preset.image_size)
+        t = torch.tensor([10, 500])
     with FlopCounterMode(display=False) as counter:
         unet(x, t).sample.float().pow(2).mean().backward()
     return counter.get_total_flops() / 2
@@ -113,7 +135,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         name = torch.cuda.get_device_name(device)
-        peaks = next((v for k, v in GPU_PEAKS.items() if k in name), None)
+        card = card_of(name)
+        peaks = None if card is None else {**GPU_PEAKS[card], "fp32": GPU_PEAKS[card]["tf32"]}  # TF32 on
         modes = [("fp32/tf32", False), ("bf16", True)]
         sheet = "unknown" if peaks is None else f"{peaks['bf16'] / 1e12:.0f} TFLOP/s bf16, {peaks['fp32'] / 1e12:.0f} tf32"
         print(f"device: {name}; dense peak from the data sheet: {sheet}")
@@ -131,7 +154,7 @@ def main() -> None:
           f"{'img/s':>9} {'TFLOP/s':>8} {'MFU':>7} {'loop/bare':>10}")
     for preset_name, batch in zip(args.presets, batches):
         params = sum(q.numel() for q in build_unet(preset_name).parameters())
-        flops = flops_per_image(preset_name, device)
+        flops = flops_per_image(preset_name)
         for mode, bf16 in modes:
             peak = None if peaks is None else peaks["bf16" if bf16 else "fp32"]
             bare = bare_images_per_s(preset_name, batch, args.steps, device, bf16)

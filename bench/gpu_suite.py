@@ -1,9 +1,20 @@
 """Every speed figure of the README's performance section, each beside its reference path, in one run.
 
-    python bench/gpu_suite.py            # one H100/H200 (planned to fit 8 minutes)
+    python bench/gpu_suite.py            # one H100/H200, planned to fit --budget-s (360 s)
+    python bench/gpu_suite.py --plan     # no GPU needed: each row's counted FLOPs and estimated time (H200)
     python bench/gpu_suite.py --smoke    # the same code on the CPU, tiny presets, under 2 minutes (a CI test)
     python bench/gpu_suite.py --cpu      # the levers' CPU figures at the quick run's setting (a few minutes)
         [--only injection equality profile ray diffusion classifier] [--json FILE] [--peak-tflops X]
+        [--budget-s S] [--fraction F] [--card NAME] [--out FILE]
+
+Planning: every row's FLOPs are counted before anything runs (FlopCounterMode on the meta device:
+no weights, no GPU), padding, content inversions and warm-up batches included, and its time is
+estimated at --fraction (30 %) of the card's peak for its precision plus a fixed overhead
+(model build, compilation; estimates, see ROW_S...). Before each row the suite checks the time
+spent so far plus that estimate against --budget-s and skips the row (saying so) when it would
+not fit. Each row is printed as soon as it is measured and the table rewritten to --out
+($OUT/gpu_suite_table.md, else ./gpu_suite_table.md); a failing row prints `section X failed:`
+and skips the rest of its section only.
 
 Rows (GPU presets; the smoke run's stand-ins in brackets):
   * injection, adm_32 [shipped small_32], 50/50 steps: the one-pair reference path; the batched
@@ -18,23 +29,32 @@ Rows (GPU presets; the smoke run's stand-ins in brackets):
   * diffusion training, adm_32 and p2_256 [tiny_32]: stage 2's loop, float32 vs its levers (MFU);
   * classifier training, ResNet-18 at 224x224 [32x32]: the stage-4 loop, float32 vs bf16 + channels_last.
 
-`% limit`: achieved FLOP/s over the peak. FLOPs are counted by torch's FlopCounterMode (the
+`% limit`: achieved useful FLOP/s over the peak (the pairs asked for; a compiled engine's padding
+copies are not useful work: the `padded` column says how much more it ran). FLOPs are counted by torch's FlopCounterMode (the
 encoder and decoder halves of a U-Net pass times the passes the injection plan runs per sample,
 content inversions shared over the pairs; forward + backward for training). The peak is the
-card's dense bf16 data-sheet figure (H100/H200 989 TFLOP/s; --peak-tflops to use another), on
-the CPU a float32 matmul measured in the same run. U-Nets other than the shipped one have random
+card's dense data-sheet figure for the row's precision (bench/diffusion_train.py GPU_PEAKS, the
+card matched by its full name): bf16 rows against the bf16 tensor-core peak (H100 SXM / H200 989
+TFLOP/s), fp32 rows against the TF32 tensor-core peak (495), since cuDNN runs float32
+convolutions on TF32 tensor cores by default (torch.backends.cudnn.allow_tf32; with it off, the
+CUDA-core fp32 peak, 67). --peak-tflops X compares every row with X. On the CPU: a float32
+matmul measured in the same run. U-Nets other than the shipped one have random
 weights (speed does not depend on them).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
+import math
+import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -45,13 +65,23 @@ from diffinject.diffusion.hspace import decode, encode
 from diffinject.diffusion.models import build_unet, get_preset
 from diffinject.diffusion.shipped import quick_checkpoint
 from diffinject.inject import InjectionEngine, reference_inject_tensor
-from diffinject.inject.engine import InjectionPlan
+from diffinject.inject.engine import AUTO_CPU_PAIRS, InjectionPlan, padded_size
 
 sys.path.insert(0, str(Path(__file__).parent))
-from diffusion_train import GPU_PEAKS, cpu_matmul_peak, flops_per_image, loop_images_per_s, synchronize  # noqa: E402
+from diffusion_train import (GPU_PEAKS, card_of, cpu_matmul_peak, flops_per_image, loop_images_per_s,  # noqa: E402
+                             synchronize)
 
 RELEASED_S_PER_SAMPLE = {32: 90.0, 256: 8.5}  # the paper's reported times (256: the middle of 7-10 s)
 TOLERANCE = dict(rtol=1e-4, atol=1e-3)        # tests/test_inject_engine.py, batched vs one-pair path
+BUDGET_S = 360.0      # a GPU check has 15 minutes of device time in all, machine start included
+PLAN_FRACTION = 0.3   # the conservative share of the peak a row is planned at
+ASSUMED_AUTO_BATCH = 4096  # pairs_that_fit's cap: the largest batch a memory-sized engine can pick
+# Fixed per-row overheads of the plan (estimates, not measured on a GPU yet): model build, cuDNN's
+# algorithm search and host work; inductor compiling an engine's passes or a training step; Ray's start.
+ROW_S = 2.0
+COMPILED_INJECTION_S = 15.0
+COMPILED_TRAINING_S = 30.0
+RAY_START_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,10 +95,12 @@ class Scale:
     reference_pairs: int       # pairs through the one-pair path
     lever_pairs: int           # pairs of each lever row
     lever_batch: int           # pairs per U-Net pass of the lever rows
-    pairs: int                 # pairs of the all-levers headline rows (batch sized from memory)
-    release_pairs: int
-    pairs256: int
+    pairs: int                 # pairs of the all-levers headline row (batch sized from memory)
+    release_pairs: int         # pairs (= batch) of the released protocol's all-levers row
+    pairs256: int              # pairs (= batch) of the 256x256 model's all-levers row
     equality_pairs: int
+    ray_pairs: int
+    profile_pairs: int
     diffusion: tuple[tuple[str, int], ...]  # (preset, batch) of the training rows
     train_steps: int
     classifier_size: int
@@ -76,19 +108,20 @@ class Scale:
     classifier_steps: int
 
 
-GPU = Scale(inj32="adm_32", inj256="p2_256", steps=50, release_steps=1000, release_grid=50, contents=100,
-            reference_pairs=2, lever_pairs=512, lever_batch=256, pairs=2048, release_pairs=256, pairs256=128,
-            equality_pairs=16, diffusion=(("adm_32", 128), ("p2_256", 16)), train_steps=20,
-            classifier_size=224, classifier_batch=256, classifier_steps=30)
+# Sized so that the plan fits BUDGET_S at PLAN_FRACTION of an H200's peaks (python bench/gpu_suite.py --plan).
+GPU = Scale(inj32="adm_32", inj256="p2_256", steps=50, release_steps=1000, release_grid=50, contents=32,
+            reference_pairs=2, lever_pairs=256, lever_batch=256, pairs=1024, release_pairs=64, pairs256=32,
+            equality_pairs=8, ray_pairs=512, profile_pairs=256, diffusion=(("adm_32", 128), ("p2_256", 16)),
+            train_steps=20, classifier_size=224, classifier_batch=256, classifier_steps=30)
 # The quick run's own setting on a CPU (its shipped model, 50/50 steps, 32 pairs per pass): the
 # levers' CPU figures; a few minutes on 2 cores.
 CPU = Scale(inj32="shipped", inj256="tiny_32", steps=50, release_steps=1000, release_grid=50, contents=10,
             reference_pairs=1, lever_pairs=32, lever_batch=32, pairs=64, release_pairs=8, pairs256=32,
-            equality_pairs=8, diffusion=(("small_32", 64),), train_steps=4,
+            equality_pairs=8, ray_pairs=64, profile_pairs=32, diffusion=(("small_32", 64),), train_steps=4,
             classifier_size=64, classifier_batch=32, classifier_steps=3)
 SMOKE = Scale(inj32="shipped", inj256="tiny_32", steps=6, release_steps=21, release_grid=5, contents=3,
               reference_pairs=1, lever_pairs=4, lever_batch=4, pairs=8, release_pairs=4, pairs256=4,
-              equality_pairs=4, diffusion=(("tiny_32", 8),), train_steps=2,
+              equality_pairs=4, ray_pairs=8, profile_pairs=4, diffusion=(("tiny_32", 8),), train_steps=2,
               classifier_size=32, classifier_batch=4, classifier_steps=2)
 
 
@@ -98,20 +131,38 @@ class Row:
     figure: str
     value: float
     unit: str
-    limit: float | None = None      # the value at 100 % of the peak
+    limit: float | None = None      # the value at 100 % of the peak (useful work only)
     reference: float | None = None  # the reference path's value in this run
     reference_name: str = ""
     note: str = ""
     seconds: float = 0.0            # wall time of the measurement
+    padded: float = 1.0             # work run / useful work in the timed window (compiled engines' padding)
 
     def cells(self) -> list[str]:
         pct = f"{100 * self.value / self.limit:.1f} %" if self.limit else ""
         ratio = f"{self.value / self.reference:.2f}x" if self.reference else ""
-        return [self.section, self.figure, f"{self.value:.4g} {self.unit}", pct,
+        padding = f"+{100 * (self.padded - 1):.0f} %" if self.padded > 1 else ""
+        return [self.section, self.figure, f"{self.value:.4g} {self.unit}", pct, padding,
                 f"{ratio} {self.reference_name}".strip(), self.note]
 
 
-HEADER = ["section", "figure", "value", "% limit", "x reference", "note"]
+HEADER = ["section", "figure", "value", "% limit", "padded", "x reference", "note"]
+
+
+@dataclass
+class Planned:
+    """One measurement of the suite, counted before it runs."""
+
+    section: str
+    name: str
+    precision: str       # "bf16" or "fp32": the peak it is planned at and compared with
+    useful: float        # FLOPs of the work it measures
+    total: float         # FLOPs it runs in all: padding, content inversions and warm-up batches too
+    overhead_s: float    # fixed estimate: build, compilation, start-up
+    run: Callable[[], list[Row]]
+
+    def estimate_s(self, peaks: dict[str, float], fraction: float) -> float:
+        return self.total / (fraction * peaks[self.precision]) + self.overhead_s
 
 
 def timed(fn, device):
@@ -120,6 +171,15 @@ def timed(fn, device):
     out = fn()
     synchronize(device)
     return out, time.perf_counter() - start
+
+
+def release(device: torch.device) -> None:
+    """Frees what the last measurement left: compiled code (dynamo's caches, so that no function
+    nears its recompile limit over the engines of a run), CUDA-graph pools and cached blocks."""
+    gc.collect()
+    torch._dynamo.reset()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def digit_images(n: int, seed: int) -> np.ndarray:
@@ -133,6 +193,10 @@ def digit_images(n: int, seed: int) -> np.ndarray:
     return (gray[pick, :, :, None] * colours[labels[pick]][:, None, None, :]).astype(np.uint8)
 
 
+def preset_of(name: str) -> str:
+    return "small_32" if name == "shipped" else name
+
+
 def load_model(name: str, device: torch.device):
     if name == "shipped":
         unet, _ = load_unet_checkpoint(quick_checkpoint())
@@ -142,12 +206,14 @@ def load_model(name: str, device: torch.device):
     return unet.to(device).eval()
 
 
-def pass_flops(unet, device: torch.device) -> tuple[float, float]:
-    """FLOPs of the encoder and the decoder half of one image's U-Net pass."""
+def pass_flops(preset: str) -> tuple[float, float]:
+    """FLOPs of the encoder and the decoder half of one image's U-Net pass (meta device)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    size = unet.config.sample_size
-    x, t = torch.randn(1, 3, size, size, device=device), torch.tensor([500], device=device)
+    with torch.device("meta"):
+        unet = build_unet(preset).eval()
+        size = unet.config.sample_size
+        x, t = torch.randn(1, 3, size, size), torch.tensor([500])
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
             encoded = encode(unet, x, t)
@@ -168,30 +234,69 @@ def passes_per_sample(plan: InjectionPlan, content_share: float) -> tuple[float,
             inv + gen + injected + extra + content_share * inv)
 
 
-class Injection:
-    """Times the engine and the one-pair path for one model and one protocol."""
+def chunk_lengths(pairs: int, batch: int) -> list[int]:
+    return [min(batch, pairs - start) for start in range(0, pairs, batch)]
 
-    def __init__(self, unet, base: InjectionConfig, device: torch.device, peak: float, contents: np.ndarray):
-        self.unet, self.base, self.device, self.peak, self.contents = unet, base, device, peak, contents
-        self.enc_flops, self.dec_flops = pass_flops(unet, device)
+
+def pass_rows(pairs: int, batch: int, compile_mode: str) -> int:
+    """Rows the engine's passes run for `pairs` pairs: each chunk, padded to its pass size when compiled."""
+    return sum(n if compile_mode == "none" else padded_size(n, batch) for n in chunk_lengths(pairs, batch))
+
+
+def precision_class(cfg: InjectionConfig) -> str:
+    return "bf16" if cfg.precision.startswith("bf16") else "fp32"
+
+
+class Injection:
+    """Plans and times the engine and the one-pair path for one model and one protocol (the model
+    is loaded at the first measurement)."""
+
+    def __init__(self, model: str, base: InjectionConfig, device: torch.device, peaks: dict, contents: np.ndarray):
+        self.model, self.base, self.device, self.peaks, self.contents = model, base, device, peaks, contents
+        self.enc_flops, self.dec_flops = pass_flops(preset_of(model))
+        self._unet = None
+
+    @property
+    def unet(self):
+        if self._unet is None:
+            self._unet = load_model(self.model, self.device)
+        return self._unet
+
+    def sample_flops(self, cfg: InjectionConfig, content_share: float = 0.0) -> float:
+        enc, dec = passes_per_sample(InjectionPlan.from_config(cfg), content_share)
+        return enc * self.enc_flops + dec * self.dec_flops
 
     def limit(self, cfg: InjectionConfig, content_share: float = 0.0) -> float:
-        enc, dec = passes_per_sample(InjectionPlan.from_config(cfg), content_share)
-        return self.peak / (enc * self.enc_flops + dec * self.dec_flops)
+        return self.peaks[precision_class(cfg)] / self.sample_flops(cfg, content_share)
 
-    def engine_rate(self, pairs: int, **levers) -> tuple[float, float, InjectionConfig]:
+    def engine_work(self, pairs: int, **levers) -> tuple[float, float]:
+        """(useful, total) FLOPs of engine_rate: the pairs; the padded passes of the content
+        inversion, the warm-up batches (GPU) and the timed generation."""
+        cfg = dataclasses.replace(self.base, **levers)
+        batch = cfg.batch_size or (ASSUMED_AUTO_BATCH if self.device.type == "cuda" else AUTO_CPU_PAIRS)
+        sample = self.sample_flops(cfg)
+        content = self.sample_flops(cfg, 1.0) - sample
+        rows = pass_rows(pairs, batch, cfg.compile)
+        if self.device.type == "cuda":
+            rows += sum(pass_rows(n, batch, cfg.compile) for n in set(chunk_lengths(pairs, batch)))
+        return pairs * sample, rows * sample + pass_rows(len(self.contents), batch, cfg.compile) * content
+
+    def engine_rate(self, pairs: int, **levers) -> tuple[float, float, InjectionConfig, float]:
         """Steady-state samples/s: the engine is built (compilation, content trajectories) before
-        the timed generation of `pairs` pairs; on a GPU one batch runs first (cuDNN's algorithm
-        search, CUDA graphs recorded for the generation's call sequence)."""
+        the timed generation of `pairs` pairs; on a GPU each chunk length runs once first (cuDNN's
+        algorithm search, the compiled pass sizes, CUDA graphs recorded). Also returns the padded
+        work over the useful work of the timed generation."""
         cfg = dataclasses.replace(self.base, **levers)
         originals = digit_images(pairs, seed=1)
         index, seeds = np.arange(pairs) % len(self.contents), np.arange(pairs)
         engine = InjectionEngine(self.unet, cfg, self.contents, self.device)
+        lengths = chunk_lengths(pairs, engine.batch_size)
         if self.device.type == "cuda":
-            warm = min(pairs, engine.batch_size)
-            engine.generate_tensor(originals[:warm], index[:warm], seeds[:warm])
+            for n in sorted(set(lengths)):
+                engine.generate_tensor(originals[:n], index[:n], seeds[:n])
         _, seconds = timed(lambda: engine.generate_tensor(originals, index, seeds), self.device)
-        return pairs / seconds, seconds, cfg
+        padded = sum(engine.pass_rows(n) for n in lengths) / pairs
+        return pairs / seconds, seconds, cfg, padded
 
     def reference_rate(self, pairs: int) -> tuple[float, float]:
         """The one-pair path, each pair with its own content inversion (no sharing)."""
@@ -216,7 +321,7 @@ def fastest_levers(device: torch.device) -> dict:
     return dict(precision="fp32", channels_last=True, noise="counter")
 
 
-def lever_rows(scale: Scale, device: torch.device) -> list[dict]:
+def lever_rows(device: torch.device) -> list[dict]:
     """Each lever alone on top of the eager float32 engine (GPU-only ones only on a GPU)."""
     levers = [dict(precision="bf16_autocast"), dict(precision="bf16_weights"), dict(channels_last=True),
               dict(attention="classic"), dict(noise="counter"), dict(compile="inductor")]
@@ -225,74 +330,106 @@ def lever_rows(scale: Scale, device: torch.device) -> list[dict]:
     return levers
 
 
-def injection_rows(scale: Scale, device: torch.device, peak: float) -> list[Row]:
-    rows: list[Row] = []
+def describe(levers: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in levers.items())
+
+
+def engine_row(bench: Injection, figure: str, pairs: int, levers: dict, measured: dict, key: str,
+               reference: str | None, reference_name: str, note: Callable[[float], str] = lambda rate: "") -> Planned:
+    """A row timing the engine with `levers` on `pairs` pairs; its rate is kept as measured[key]."""
+    cfg = dataclasses.replace(bench.base, **levers)
+    useful, total = bench.engine_work(pairs, **levers)
+    overhead = ROW_S + (COMPILED_INJECTION_S if cfg.compile != "none" else 0.0)
+
+    def run() -> list[Row]:
+        rate, seconds, cfg, padded = bench.engine_rate(pairs, **levers)
+        measured[key] = rate
+        return [Row("injection", figure, rate, "samples/s", bench.limit(cfg), measured.get(reference),
+                    reference_name, note(rate), seconds, padded)]
+
+    return Planned("injection", figure, precision_class(cfg), useful, total, overhead, run)
+
+
+def injection_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
     contents = digit_images(scale.contents, seed=2)
     fast = fastest_levers(device)
     paper = scale is GPU  # the paper's times compare with the real models and step counts only
     base = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
                            mode="global", precision="fp32", batch_size=scale.lever_batch)
-    unet32 = load_model(scale.inj32, device)
     name32 = "small_32 (shipped)" if scale.inj32 == "shipped" else scale.inj32
-    bench = Injection(unet32, base, device, peak, contents)
+    bench = Injection(scale.inj32, base, device, peaks, contents)
     protocol = f"{name32}, {scale.steps}/{scale.steps}"
+    measured: dict[str, float] = {}
+    pairs = scale.reference_pairs
 
-    ref, seconds = bench.reference_rate(scale.reference_pairs)
-    rows.append(Row("injection", f"{protocol}: one-pair reference path", ref, "samples/s",
+    def reference() -> list[Row]:
+        rate, seconds = bench.reference_rate(pairs)
+        measured["one-pair"] = rate
+        return [Row("injection", f"{protocol}: one-pair reference path", rate, "samples/s",
                     bench.limit(base, content_share=1),
-                    note="fp32, 2 full passes per injected step, its own content inversion",
-                    seconds=seconds))
-    eager, seconds, cfg = bench.engine_rate(scale.lever_pairs)
-    rows.append(Row("injection", f"{protocol}: batched, eager fp32 (batch {scale.lever_batch})", eager,
-                    "samples/s", bench.limit(cfg), ref, "one-pair path", seconds=seconds))
-    for levers in lever_rows(scale, device):
-        rate, seconds, cfg = bench.engine_rate(scale.lever_pairs, **levers)
-        label = ", ".join(f"{k}={v}" for k, v in levers.items())
-        rows.append(Row("injection", f"{protocol}: + {label}", rate, "samples/s", bench.limit(cfg),
-                        eager, "eager fp32 batched", seconds=seconds))
-    rate, seconds, cfg = bench.engine_rate(scale.pairs, **fast)
-    rows.append(Row("injection", f"{protocol}: all levers ({scale.pairs} pairs)", rate, "samples/s",
-                    bench.limit(cfg), ref, "one-pair path",
-                    note=f"{', '.join(f'{k}={v}' for k, v in fast.items())}"
-                         + (f"; {rate * RELEASED_S_PER_SAMPLE[32]:.0f}x the paper's 90 s/sample" if paper else ""),
-                    seconds=seconds))
+                    note="fp32, 2 full passes per injected step, its own content inversion", seconds=seconds)]
 
+    flops = pairs * bench.sample_flops(base, 1.0)
+    plan = [Planned("injection", f"{protocol}: one-pair reference path", "fp32", flops, flops, ROW_S, reference)]
+    plan.append(engine_row(bench, f"{protocol}: batched, eager fp32 (batch {scale.lever_batch})", scale.lever_pairs,
+                           {}, measured, "eager", "one-pair", "one-pair path"))
+    for levers in lever_rows(device):
+        plan.append(engine_row(bench, f"{protocol}: + {describe(levers)}", scale.lever_pairs, levers, measured,
+                               describe(levers), "eager", "eager fp32 batched"))
+    plan.append(engine_row(bench, f"{protocol}: all levers ({scale.pairs} pairs)", scale.pairs, fast, measured,
+                           "all", "one-pair", "one-pair path",
+                           lambda rate: describe(fast) + (f"; {rate * RELEASED_S_PER_SAMPLE[32]:.0f}x the paper's "
+                                                          f"90 s/sample" if paper else "")))
     release = apply_protocol(ExperimentConfig(), "release").injection
     release = dataclasses.replace(release, inversion_steps=scale.release_steps, generation_steps=scale.release_steps,
                                   inject_grid=scale.release_grid, boost_grid=scale.release_grid, precision="fp32",
                                   batch_size=scale.lever_batch)
-    rows += eager_and_all_levers(Injection(unet32, release, device, peak, contents),
+    plan += eager_and_all_levers(Injection(scale.inj32, release, device, peaks, contents),
                                  f"{name32}, released {scale.release_steps}/{scale.release_steps} "
                                  f"(grid {scale.release_grid})", scale.release_pairs, fast,
                                  "90 s/sample" if paper else None)
-    del unet32
-    unet256 = load_model(scale.inj256, device)
-    released = "7-10 s/sample" if paper else None
-    rows += eager_and_all_levers(Injection(unet256, base, device, peak, contents),
-                                 f"{scale.inj256}, {scale.steps}/{scale.steps}", scale.pairs256, fast, released)
-    return rows
+    plan += eager_and_all_levers(Injection(scale.inj256, base, device, peaks, contents),
+                                 f"{scale.inj256}, {scale.steps}/{scale.steps}", scale.pairs256, fast,
+                                 "7-10 s/sample" if paper else None)
+    return plan
 
 
-def eager_and_all_levers(bench: Injection, protocol: str, pairs: int, fast: dict, released: str | None) -> list[Row]:
-    """The eager float32 engine (on an eighth of the pairs: it is the slow one) and all levers."""
-    eager, seconds, cfg = bench.engine_rate(max(1, pairs // 8))
-    rows = [Row("injection", f"{protocol}: batched, eager fp32", eager, "samples/s", bench.limit(cfg),
-                seconds=seconds)]
-    rate, seconds, cfg = bench.engine_rate(pairs, **fast)
-    size = bench.unet.config.sample_size
-    note = f"{rate * RELEASED_S_PER_SAMPLE[size]:.0f}x the paper's {released}" if released else "stand-in model"
-    rows.append(Row("injection", f"{protocol}: all levers", rate, "samples/s", bench.limit(cfg), eager,
-                    "eager fp32 batched", note=note, seconds=seconds))
-    return rows
+def eager_and_all_levers(bench: Injection, protocol: str, pairs: int, fast: dict, released: str | None
+                         ) -> list[Planned]:
+    """The eager float32 engine (on an eighth of the pairs: it is the slow one) and all levers,
+    with the pairs in one batch (a memory-sized batch would pad them to an eighth of its size)."""
+    measured: dict[str, float] = {}
+    size = get_preset(preset_of(bench.model)).image_size
+    levers = {**fast, "batch_size": pairs}
+
+    def note(rate: float) -> str:
+        return f"{rate * RELEASED_S_PER_SAMPLE[size]:.0f}x the paper's {released}" if released else "stand-in model"
+
+    return [engine_row(bench, f"{protocol}: batched, eager fp32", max(1, pairs // 8), {}, measured, "eager",
+                       None, ""),
+            engine_row(bench, f"{protocol}: all levers ({pairs} pairs, batch {pairs})", pairs, levers, measured,
+                       "all", "eager", "eager fp32 batched", note)]
 
 
-def equality_rows(scale: Scale, device: torch.device) -> list[Row]:
+def equality_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
     """On the shipped (trained) model: batched fp32 vs one-pair path, and all levers vs one-pair path."""
-    unet = load_model("shipped", device)
-    contents, originals = digit_images(3, seed=2), digit_images(scale.equality_pairs, seed=1)
-    index, seeds = np.arange(len(originals)) % 3, np.arange(len(originals))
     cfg = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
                           mode="global", precision="fp32", batch_size=scale.lever_batch)
+    pairs = scale.equality_pairs
+    bench = Injection("shipped", cfg, device, peaks, digit_images(3, seed=2))
+    useful = pairs * bench.sample_flops(cfg, 1.0)
+    total = useful + 2 * bench.engine_work(pairs)[1]
+
+    def run() -> list[Row]:
+        return equality_rows(bench, cfg, pairs, device)
+
+    return [Planned("equality", f"batched fp32 and all levers vs one-pair path ({pairs} pairs)", "fp32", useful,
+                    total, 2 * ROW_S, run)]
+
+
+def equality_rows(bench: Injection, cfg: InjectionConfig, pairs: int, device: torch.device) -> list[Row]:
+    unet, contents, originals = bench.unet, bench.contents, digit_images(pairs, seed=1)
+    index, seeds = np.arange(len(originals)) % 3, np.arange(len(originals))
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -314,28 +451,36 @@ def equality_rows(scale: Scale, device: torch.device) -> list[Row]:
         originals, index, seeds)
     diff = ((levers.clamp(-1, 1) - reference.clamp(-1, 1)).abs() * 127.5)
     rows.append(Row("equality", "all levers (host noise) vs one-pair path, mean |diff|", float(diff.mean()),
-                    "uint8 levels", note=f"max {float(diff.max()):.1f} levels; "
-                    f"{', '.join(f'{k}={v}' for k, v in fast.items())}", seconds=time.perf_counter() - start))
+                    "uint8 levels", note=f"max {float(diff.max()):.1f} levels; {describe(fast)}",
+                    seconds=time.perf_counter() - start))
     return rows
 
 
-def ray_rows(scale: Scale, device: torch.device) -> list[Row]:
+def ray_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
     """The Ray Data injection job on one actor against the engine alone, same pairs and levers
     (no compile: each actor would compile again)."""
-    import ray
-
     from diffinject.inject.manifest import build_manifest
-    from diffinject.ray_inject import run_injection_job
 
     levers = {k: v for k, v in fastest_levers(device).items() if k != "compile"}
     cfg = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
                           mode="global", **{"batch_size": scale.lever_batch, **levers})
-    unet = load_model(scale.inj32, device)
-    preset = get_preset(scale.inj32 if scale.inj32 != "shipped" else "small_32")
-    train = digit_images(max(scale.pairs, 16), seed=1)
+    train = digit_images(max(scale.ray_pairs, 16), seed=1)
     topk = np.arange(scale.contents)
-    manifest = build_manifest(len(train), topk, conflict_ratio=scale.pairs / len(train), seed=0)
-    pairs = manifest.num_rows
+    manifest = build_manifest(len(train), topk, conflict_ratio=scale.ray_pairs / len(train), seed=0)
+    bench = Injection(scale.inj32, cfg, device, peaks, train[topk])
+    useful, total = bench.engine_work(manifest.num_rows)
+    figure = f"Ray Data injection job, 1 actor ({manifest.num_rows} pairs)"
+    return [Planned("ray", figure, precision_class(cfg), useful, 2 * total, RAY_START_S,
+                    lambda: ray_rows(bench, cfg, manifest, train, topk, figure))]
+
+
+def ray_rows(bench: Injection, cfg: InjectionConfig, manifest, train: np.ndarray, topk: np.ndarray,
+             figure: str) -> list[Row]:
+    import ray
+
+    from diffinject.ray_inject import run_injection_job
+
+    device, unet, pairs = bench.device, bench.unet, manifest.num_rows
     originals = train[manifest["original_index"].to_numpy()]
     index, seeds = manifest["content_index"].to_numpy(), manifest["seed"].to_numpy()
     _, alone = timed(lambda: InjectionEngine(unet, cfg, train[topk], device).generate_tensor(originals, index, seeds),
@@ -346,7 +491,7 @@ def ray_rows(scale: Scale, device: torch.device) -> list[Row]:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = Path(tmp) / "diffusion.pt"
-            checkpoint.write_bytes(unet_checkpoint_bytes(unet.state_dict(), preset, 0, {}))
+            checkpoint.write_bytes(unet_checkpoint_bytes(unet.state_dict(), get_preset(preset_of(bench.model)), 0, {}))
             labels = np.zeros(len(train), dtype=np.int64)
             ids = np.array([str(i) for i in range(len(train))])
             start = time.perf_counter()
@@ -357,58 +502,82 @@ def ray_rows(scale: Scale, device: torch.device) -> list[Row]:
     finally:
         if started_here:
             ray.shutdown()
-    return [Row("ray", f"Ray Data injection job, 1 actor ({pairs} pairs)", pairs / job, "samples/s",
-                reference=pairs / alone, reference_name="engine alone",
+    return [Row("ray", figure, pairs / job, "samples/s", reference=pairs / alone, reference_name="engine alone",
                 note="includes actor start, checkpoint load and Parquet writes", seconds=job)]
 
 
-def diffusion_rows(scale: Scale, device: torch.device, peak: float) -> list[Row]:
-    rows = []
-    gpu = device.type == "cuda"
+def diffusion_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
+    """Stage 2's loop, float32 vs its levers; FLOPs forward + backward per image."""
     fused = dict(channels_last=True, fused_adam=True)
     variants = [("fp32", False, {})]
-    if gpu:
+    if device.type == "cuda":
         variants += [("bf16", True, {}), ("bf16 + channels_last + fused AdamW", True, fused),
                      ("bf16 + channels_last + fused AdamW + inductor", True, {**fused, "compile": "inductor"})]
     else:  # bf16 autocast is a GPU lever in stage 2
         variants += [("channels_last + fused AdamW", False, fused)]
+    plan = []
     for preset, batch in scale.diffusion:
-        flops = flops_per_image(preset, device)
-        reference = None
+        flops, measured = flops_per_image(preset), {}
         for label, bf16, levers in variants:
-            start = time.perf_counter()
-            rate = loop_images_per_s(preset, batch, scale.train_steps, device, bf16,
-                                     warmup=3 if levers.get("compile") else 2, **levers)
-            rows.append(Row("diffusion training", f"{preset}, batch {batch}: {label}", rate, "images/s",
-                            peak / flops, reference, "fp32" if reference else "",
-                            note=f"{flops / 1e9:.1f} GFLOP/image (fwd + bwd)", seconds=time.perf_counter() - start))
-            reference = reference or rate
-    return rows
+            warmup = 3 if levers.get("compile") else 2
+            overhead = ROW_S + (COMPILED_TRAINING_S if levers.get("compile") else 0.0)
+            figure = f"{preset}, batch {batch}: {label}"
+            plan.append(Planned("diffusion training", figure, "bf16" if bf16 else "fp32",
+                                scale.train_steps * batch * flops, (warmup + scale.train_steps) * batch * flops,
+                                overhead, training_run(scale, device, peaks, preset, batch, figure, bf16, levers,
+                                                       warmup, flops, measured)))
+    return plan
 
 
-def classifier_rows(scale: Scale, device: torch.device, peak: float) -> list[Row]:
+def training_run(scale: Scale, device: torch.device, peaks: dict, preset: str, batch: int, figure: str, bf16: bool,
+                 levers: dict, warmup: int, flops: float, measured: dict) -> Callable[[], list[Row]]:
+    def run() -> list[Row]:
+        start = time.perf_counter()
+        rate = loop_images_per_s(preset, batch, scale.train_steps, device, bf16, warmup=warmup, **levers)
+        reference = measured.get("fp32") if levers or bf16 else None
+        measured.setdefault("fp32", rate)
+        return [Row("diffusion training", figure, rate, "images/s", peaks["bf16" if bf16 else "fp32"] / flops,
+                    reference, "fp32" if reference else "", note=f"{flops / 1e9:.1f} GFLOP/image (fwd + bwd)",
+                    seconds=time.perf_counter() - start)]
+    return run
+
+
+def classifier_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
     """Stage 4's loop (Vanilla, ResNet-18): float32 vs bf16 + channels_last (GPU) / channels_last (CPU)."""
     from torch.utils.flop_counter import FlopCounterMode
     from torchvision.models import resnet18
 
-    from diffinject.config import ClassifierConfig
-    from diffinject.data.parquet import ArraySplit
-    from diffinject.train import TrainContext, TrainData, train_method
-
-    size, batch = scale.classifier_size, scale.classifier_batch
-    rng = np.random.default_rng(0)
-    n = 4 * batch
-    split = ArraySplit(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 2, n),
-                       rng.integers(0, 2, n), np.array([str(i) for i in range(n)]))
-    small = ArraySplit(split.images[:batch], split.labels[:batch], split.biases[:batch], split.ids[:batch])
-    data = TrainData(train=split, valid=small, test=small, num_classes=2, num_biases=2)
-    net = resnet18(num_classes=2).to(device)
+    size, batch, warmup = scale.classifier_size, scale.classifier_batch, 2
+    with torch.device("meta"):
+        net, x = resnet18(num_classes=2), torch.randn(2, 3, size, size)
     with FlopCounterMode(display=False) as counter:
-        net(torch.randn(2, 3, size, size, device=device)).sum().backward()
+        net(x).sum().backward()
     flops = counter.get_total_flops() / 2
-    variants = [("fp32", {}), ("bf16 + channels_last", dict(bf16=True, channels_last=True))]
-    rows, reference, warmup = [], None, 2
-    for label, levers in variants:
+    measured: dict[str, float] = {}
+    plan = []
+    for label, levers in (("fp32", {}), ("bf16 + channels_last", dict(bf16=True, channels_last=True))):
+        bf16 = bool(levers) and device.type == "cuda"
+        figure = f"ResNet-18 {size}x{size}, batch {batch}: {label}"
+        plan.append(Planned("classifier training", figure, "bf16" if bf16 else "fp32",
+                            scale.classifier_steps * batch * flops, (warmup + scale.classifier_steps) * batch * flops,
+                            ROW_S, classifier_run(scale, device, peaks, figure, levers, warmup, flops, measured)))
+    return plan
+
+
+def classifier_run(scale: Scale, device: torch.device, peaks: dict, figure: str, levers: dict, warmup: int,
+                   flops: float, measured: dict) -> Callable[[], list[Row]]:
+    def run() -> list[Row]:
+        from diffinject.config import ClassifierConfig
+        from diffinject.data.parquet import ArraySplit
+        from diffinject.train import TrainContext, TrainData, train_method
+
+        size, batch = scale.classifier_size, scale.classifier_batch
+        rng = np.random.default_rng(0)
+        n = 4 * batch
+        split = ArraySplit(rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 2, n),
+                           rng.integers(0, 2, n), np.array([str(i) for i in range(n)]))
+        small = ArraySplit(split.images[:batch], split.labels[:batch], split.biases[:batch], split.ids[:batch])
+        data = TrainData(train=split, valid=small, test=small, num_classes=2, num_biases=2)
         cfg = ClassifierConfig(arch="resnet18", num_steps=warmup + scale.classifier_steps, batch_size=batch,
                                eval_every=10**9, log_every=1, **levers)
         stamps = {}
@@ -420,27 +589,35 @@ def classifier_rows(scale: Scale, device: torch.device, peak: float) -> list[Row
         start = time.perf_counter()
         train_method("vanilla", cfg, data, TrainContext(device=device, log=log), seed=0)
         rate = scale.classifier_steps * batch / (stamps[warmup + scale.classifier_steps] - stamps[warmup])
+        bf16 = bool(levers) and device.type == "cuda"
         bf16_note = "" if device.type == "cuda" or not levers else "bf16 is a GPU lever: float32 here; "
-        rows.append(Row("classifier training", f"ResNet-18 {size}x{size}, batch {batch}: {label}", rate, "images/s",
-                        peak / flops, reference, "fp32" if reference else "",
-                        note=f"{bf16_note}{flops / 1e9:.2f} GFLOP/image (fwd + bwd)",
-                        seconds=time.perf_counter() - start))
-        reference = reference or rate
-    return rows
+        reference = measured.get("fp32") if levers else None
+        measured.setdefault("fp32", rate)
+        return [Row("classifier training", figure, rate, "images/s", peaks["bf16" if bf16 else "fp32"] / flops,
+                    reference, "fp32" if reference else "", note=f"{bf16_note}{flops / 1e9:.2f} GFLOP/image (fwd + bwd)",
+                    seconds=time.perf_counter() - start)]
+    return run
 
 
-def profile_rows(scale: Scale, device: torch.device) -> list[Row]:
-    """Where the all-levers engine's time goes: one batch of generation under torch.profiler,
-    split into the encoder passes, the decoder passes and the rest (DDIM math, slerp, noise,
-    host work); the top operators are printed below the split."""
+def profile_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
+    """Where the all-levers engine's time goes: one batch of profile_pairs pairs under torch.profiler."""
+    cfg = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
+                          mode="global", **{"precision": "fp32", **fastest_levers(device),
+                                            "batch_size": scale.profile_pairs})
+    bench = Injection(scale.inj32, cfg, device, peaks, digit_images(scale.contents, seed=2))
+    useful, total = bench.engine_work(scale.profile_pairs)
+    overhead = ROW_S + (COMPILED_INJECTION_S if cfg.compile != "none" else 0.0)
+    return [Planned("profile", f"all levers, one batch of {scale.profile_pairs} pairs", precision_class(cfg), useful,
+                    total, overhead, lambda: profile_rows(scale, bench))]
+
+
+def profile_rows(scale: Scale, bench: Injection) -> list[Row]:
+    """The all-levers engine's time split into the encoder passes, the decoder passes and the rest
+    (DDIM math, slerp, noise, host work); the top operators are printed below the split."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    unet = load_model(scale.inj32, device)
-    cfg = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
-                          mode="global", **{"precision": "fp32", "batch_size": scale.lever_batch,
-                                            **fastest_levers(device)})
-    contents = digit_images(scale.contents, seed=2)
-    engine = InjectionEngine(unet, cfg, contents, device)
+    device, contents = bench.device, bench.contents
+    engine = InjectionEngine(bench.unet, bench.base, contents, device)
     pairs = engine.batch_size
     originals, index, seeds = digit_images(pairs, seed=1), np.arange(pairs) % len(contents), np.arange(pairs)
     if device.type == "cuda":
@@ -475,18 +652,29 @@ def profile_rows(scale: Scale, device: torch.device) -> list[Row]:
                                 ("rest (DDIM math, slerp, noise, host)", rest))]
 
 
-def device_peak(device: torch.device, override_tflops: float | None) -> tuple[str, float, str]:
+def device_peaks(device: torch.device, override_tflops: float | None, card: str | None
+                 ) -> tuple[str, dict[str, float], str]:
+    """(device name, {"bf16": peak, "fp32": peak} in FLOP/s, a line saying where they come from).
+    fp32 rows are compared with the TF32 tensor-core peak while cuDNN's TF32 is on (torch's
+    default for convolutions, which are most of a U-Net's FLOPs), else with the CUDA-core peak."""
     if override_tflops:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-        return name, override_tflops * 1e12, f"{override_tflops:g} TFLOP/s (--peak-tflops)"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        peaks = next((v for k, v in GPU_PEAKS.items() if k in name), None)
-        if peaks is None:
+        name = card or (torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU")
+        peak = override_tflops * 1e12
+        return name, {"bf16": peak, "fp32": peak}, f"{override_tflops:g} TFLOP/s for every row (--peak-tflops)"
+    if device.type == "cuda" or card:
+        name = card or torch.cuda.get_device_name(device)
+        known = card or card_of(name)
+        if known is None:
             raise SystemExit(f"no data-sheet peak for {name!r}; pass --peak-tflops")
-        return name, peaks["bf16"], f"{peaks['bf16'] / 1e12:.0f} TFLOP/s dense bf16 (data sheet)"
+        sheet = GPU_PEAKS[known]
+        tf32 = torch.backends.cudnn.allow_tf32
+        fp32 = sheet["tf32"] if tf32 else sheet["fp32"]
+        return name, {"bf16": sheet["bf16"], "fp32": fp32}, (
+            f"{known} data sheet, dense: bf16 {sheet['bf16'] / 1e12:.0f} TFLOP/s; fp32 rows against "
+            f"{'TF32 tensor cores (cuDNN TF32 on)' if tf32 else 'CUDA cores (TF32 off)'} {fp32 / 1e12:.0f} TFLOP/s")
     peak = cpu_matmul_peak()
-    return f"CPU, {torch.get_num_threads()} threads", peak, f"{peak / 1e9:.1f} GFLOP/s float32 matmul (measured)"
+    return (f"CPU, {torch.get_num_threads()} threads", {"bf16": peak, "fp32": peak},
+            f"{peak / 1e9:.1f} GFLOP/s float32 matmul (measured)")
 
 
 def markdown(rows: list[Row]) -> str:
@@ -496,6 +684,69 @@ def markdown(rows: list[Row]) -> str:
 
 
 SECTIONS = ("injection", "equality", "profile", "ray", "diffusion", "classifier")
+PLANNERS = {"injection": injection_plan, "equality": equality_plan, "profile": profile_plan, "ray": ray_plan,
+            "diffusion": diffusion_plan, "classifier": classifier_plan}
+
+
+def build_plan(scale: Scale, device: torch.device, peaks: dict, sections=SECTIONS) -> list[Planned]:
+    """Every row of the chosen sections, counted (nothing is run or loaded on the device)."""
+    return [row for section in SECTIONS if section in sections for row in PLANNERS[section](scale, device, peaks)]
+
+
+def plan_table(plan: list[Planned], peaks: dict, fraction: float, budget: float) -> str:
+    """The plan as text: each row's FLOPs and estimated seconds, cumulative, and whether it fits."""
+    lines = [f"{'section':<20} {'row':<78} {'prec':<5} {'useful TF':>10} {'run TF':>10} {'est s':>7} {'cum s':>7}"]
+    total = 0.0
+    for row in plan:
+        seconds = row.estimate_s(peaks, fraction)
+        fits = total + seconds <= budget
+        total += seconds if fits else 0.0
+        lines.append(f"{row.section:<20} {row.name[:78]:<78} {row.precision:<5} {row.useful / 1e12:10.1f} "
+                     f"{row.total / 1e12:10.1f} {seconds:7.1f} {total:7.1f}" + ("" if fits else "  SKIPPED: over budget"))
+    flop_s = sum(r.total / (fraction * peaks[r.precision]) for r in plan)
+    overhead = sum(r.overhead_s for r in plan)
+    lines.append(f"total: {sum(r.total for r in plan) / 1e15:.2f} PFLOP run ({sum(r.useful for r in plan) / 1e15:.2f} "
+                 f"useful): {flop_s:.0f} s at {100 * fraction:.0f} % of the peaks + {overhead:.0f} s fixed overheads "
+                 f"(estimates) = {flop_s + overhead:.0f} s of a {budget:.0f} s budget")
+    return "\n".join(lines)
+
+
+def default_out() -> Path:
+    return Path(os.environ["OUT"]) / "gpu_suite_table.md" if os.environ.get("OUT") else Path("gpu_suite_table.md")
+
+
+def run_plan(plan: list[Planned], peaks: dict, fraction: float, budget: float, device: torch.device,
+             header: str, out: Path) -> list[Row]:
+    """Runs the rows in order: skips (saying so) a row whose estimate does not fit what is left of
+    the budget; a failing row stops its own section only. Each row is printed when measured and
+    the table rewritten to `out`."""
+    started, rows, notes, failed = time.perf_counter(), [], [], set()
+    for i, planned in enumerate(plan):
+        elapsed = time.perf_counter() - started
+        estimate = planned.estimate_s(peaks, fraction)
+        if planned.section in failed:
+            notes.append(f"skipped {planned.section} / {planned.name}: its section failed")
+        elif elapsed + estimate > budget:
+            notes.append(f"skipped {planned.section} / {planned.name}: estimated {estimate:.0f} s at "
+                         f"{100 * fraction:.0f} % of the peak, {budget - elapsed:.0f} s of the budget left")
+            print(notes[-1], flush=True)
+        else:
+            try:
+                new = planned.run()
+            except Exception as error:  # noqa: BLE001 - one failure keeps the other sections
+                failed.add(planned.section)
+                notes.append(f"section {planned.section} failed: {type(error).__name__}: {error}")
+                print(notes[-1], flush=True)
+                new = []
+            for row in new:
+                print(f"[{time.perf_counter() - started:6.0f} s] " + " | ".join(row.cells()), flush=True)
+            rows += new
+        if i + 1 == len(plan) or plan[i + 1].section != planned.section:
+            plan[i] = None  # the section's models and engines go with its rows
+        release(device)
+        out.write_text(f"{header}; {time.perf_counter() - started:.0f} s so far\n\n{markdown(rows)}\n\n"
+                       + "".join(f"- {note}\n" for note in notes))
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[Row]:
@@ -503,35 +754,44 @@ def main(argv: list[str] | None = None) -> list[Row]:
     scales = p.add_mutually_exclusive_group()
     scales.add_argument("--smoke", action="store_true", help="the CPU run with tiny presets (CI)")
     scales.add_argument("--cpu", action="store_true", help="the CPU run at the quick run's setting")
+    p.add_argument("--plan", action="store_true", help="print the GPU plan (FLOPs, estimated seconds) and stop")
+    p.add_argument("--card", choices=sorted(GPU_PEAKS), help="the card --plan estimates for (default: this "
+                   "machine's GPU, else H200)")
     p.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--out", type=Path, help="the table, rewritten after each row (default: $OUT/gpu_suite_table.md, "
+                   "else ./gpu_suite_table.md)")
     p.add_argument("--peak-tflops", type=float)
+    p.add_argument("--budget-s", type=float, help=f"seconds the run may take (default {BUDGET_S:g} on a GPU, "
+                   "no limit with --smoke / --cpu)")
+    p.add_argument("--fraction", type=float, default=PLAN_FRACTION, help="share of the peak rows are planned at")
     args = p.parse_args(argv)
+    if not 0 < args.fraction <= 1:
+        p.error(f"--fraction must be in (0, 1], got {args.fraction}")
     on_cpu = args.smoke or args.cpu
+    scale = SMOKE if args.smoke else CPU if args.cpu else GPU
+    budget = args.budget_s if args.budget_s is not None else math.inf if on_cpu else BUDGET_S
+    if args.plan:
+        card = args.card or (None if torch.cuda.is_available() else "H200")
+        device = torch.device("cuda")  # planned as on a GPU: nothing runs
+        name, peaks, peak_text = device_peaks(device, args.peak_tflops, card)
+        print(f"plan for {name}; peak: {peak_text}; {'smoke' if args.smoke else 'cpu' if args.cpu else 'gpu'} scale")
+        print(plan_table(build_plan(scale, device, peaks, args.only), peaks, args.fraction, budget))
+        return []
     if not on_cpu and not torch.cuda.is_available():
         raise SystemExit("bench/gpu_suite.py needs a GPU (no CUDA device found); run it with --smoke or --cpu "
-                         "on a CPU")
+                         "on a CPU, or --plan")
     device = torch.device("cpu" if on_cpu else "cuda")
-    scale = SMOKE if args.smoke else CPU if args.cpu else GPU
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    name, peak, peak_text = device_peak(device, args.peak_tflops)
+    name, peaks, peak_text = device_peaks(device, args.peak_tflops, None)
     label = "smoke" if args.smoke else "cpu" if args.cpu else "gpu"
-    print(f"device: {name}; peak: {peak_text}; torch {torch.__version__}; {label} scale", flush=True)
+    header = f"device: {name}; peak: {peak_text}; torch {torch.__version__}; {label} scale; budget {budget:g} s"
+    print(header, flush=True)
+    plan = build_plan(scale, device, peaks, args.only)
+    print(plan_table(plan, peaks, args.fraction, budget), flush=True)
     started = time.perf_counter()
-    rows: list[Row] = []
-    steps = {"injection": lambda: injection_rows(scale, device, peak),
-             "equality": lambda: equality_rows(scale, device),
-             "profile": lambda: profile_rows(scale, device),
-             "ray": lambda: ray_rows(scale, device),
-             "diffusion": lambda: diffusion_rows(scale, device, peak),
-             "classifier": lambda: classifier_rows(scale, device, peak)}
-    for section in SECTIONS:
-        if section in args.only:
-            new = steps[section]()
-            for row in new:
-                print(f"[{time.perf_counter() - started:6.0f} s] " + " | ".join(row.cells()), flush=True)
-            rows += new
+    rows = run_plan(plan, peaks, args.fraction, budget, device, header, args.out or default_out())
     print()
     print(f"card: {name}; total {time.perf_counter() - started:.0f} s")
     print(markdown(rows))

@@ -33,9 +33,37 @@ def test_the_full_suite_refuses_to_run_without_a_gpu(suite):
         suite.main([])
 
 
+def test_the_default_gpu_plan_fits_the_budget_on_an_h200(suite, capsys):
+    """Every row's FLOPs (padding, content inversions and warm-up included, counted on the meta
+    device) at 30 % of the H200's dense bf16 peak fit the default 360 s; and with each row at its
+    own precision's peak (fp32 at TF32) plus the fixed overhead estimates too."""
+    import torch
+
+    peaks = {"bf16": suite.GPU_PEAKS["H200"]["bf16"], "fp32": suite.GPU_PEAKS["H200"]["tf32"]}
+    plan = suite.build_plan(suite.GPU, torch.device("cuda"), peaks)
+    assert {r.section for r in plan} == {"injection", "equality", "profile", "ray", "diffusion training",
+                                         "classifier training"}
+    assert all(0 < r.useful <= r.total for r in plan)
+    assert sum(r.total for r in plan) / (0.3 * peaks["bf16"]) <= suite.BUDGET_S == 360
+    assert sum(r.estimate_s(peaks, 0.3) for r in plan) <= suite.BUDGET_S
+    suite.main(["--plan"])
+    printed = capsys.readouterr().out
+    assert "plan for H200" in printed and "SKIPPED" not in printed and "of a 360 s budget" in printed
+
+
+def test_cards_are_matched_by_their_full_name(suite):
+    assert suite.card_of("NVIDIA H100 80GB HBM3") == "H100 SXM"
+    assert suite.card_of("NVIDIA H100 PCIe") == "H100 PCIe"
+    assert suite.card_of("NVIDIA H100 NVL") == "H100 NVL"
+    assert suite.card_of("NVIDIA H200") == "H200"
+    assert suite.card_of("NVIDIA L4") is None
+
+
 def test_smoke_run_measures_every_figure_and_its_equality_check_passes(suite, ray_session, tmp_path):
     out = tmp_path / "suite.json"
-    rows = suite.main(["--smoke", "--json", str(out)])
+    table = tmp_path / "table.md"
+    rows = suite.main(["--smoke", "--json", str(out), "--out", str(table)])
+    assert "failed" not in table.read_text() and "skipped" not in table.read_text()
     assert {r.section for r in rows} == {"injection", "equality", "profile", "ray", "diffusion training",
                                         "classifier training"}
     figures = " ".join(r.figure for r in rows)
