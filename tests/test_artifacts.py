@@ -285,3 +285,82 @@ def test_remote_publish_drops_stale_files(tmp_path):
     ArtifactCache(remote.as_uri(), mirror=tmp_path / "m1").get_or_build("s", {"a": 1}, build)
     art = ArtifactCache(remote.as_uri(), mirror=tmp_path / "m2").lookup("s", key)
     assert sorted(p.name for p in art.path.iterdir()) == ["ARTIFACT.json", "new.pt"]
+
+
+# ---- a marker that belongs to another artifact is damage, never served ----------------------
+
+OTHER = {**MATERIAL, "seed": 1}
+
+
+def _weights(tag: str):
+    def build(work):
+        (work / "model.pt").write_text(tag)
+        return {"built_for": tag}
+    return build
+
+
+def _edit_marker(folder, **changes):
+    record = json.loads((folder / MARKER).read_text())
+    record.update(changes)
+    (folder / MARKER).write_text(json.dumps(record))
+
+
+def _move(src, dst):
+    import shutil
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, dst)
+
+
+@pytest.mark.parametrize("misplace, report", [
+    # another config's finished folder renamed (copied) to this key
+    (lambda root, mine, theirs: _move(root / "train" / theirs, root / "train" / mine),
+     "ARTIFACT.json records key {theirs}, not {mine}"),
+    # ... with its marker's key edited to match: its key material still says whose it is
+    (lambda root, mine, theirs: (_move(root / "train" / theirs, root / "train" / mine),
+                                 _edit_marker(root / "train" / mine, key=mine)),
+     "ARTIFACT.json's key material hashes to {theirs}, not {mine}"),
+    # another stage's folder under this stage
+    (lambda root, mine, theirs: _move(root / "inject" / artifact_key("inject", MATERIAL), root / "train" / mine),
+     "ARTIFACT.json records stage 'inject', not 'train'"),
+])
+def test_a_folder_whose_marker_is_another_artifacts_is_rebuilt_not_served(tmp_path, capsys, misplace, report):
+    cache = ArtifactCache(tmp_path)
+    theirs = cache.get_or_build("train", OTHER, _weights("seed 1")).key
+    cache.get_or_build("inject", MATERIAL, _weights("inject"))
+    mine = artifact_key("train", MATERIAL)
+    misplace(tmp_path, mine, theirs)
+    capsys.readouterr()
+    assert cache.lookup("train", mine) is None
+    rebuilt = cache.get_or_build("train", MATERIAL, _weights("seed 0"))
+    assert not rebuilt.reused and rebuilt.meta == {"built_for": "seed 0"}
+    assert (rebuilt.path / "model.pt").read_text() == "seed 0"
+    assert capsys.readouterr().out.splitlines() == [f"train/{mine}: {report.format(mine=mine, theirs=theirs)}; "
+                                                    "rebuilding"]
+    assert cache.get_or_build("train", MATERIAL, _weights("again")).reused
+    assert cache.lookup("train", theirs).meta == {"built_for": "seed 1"}  # the original is untouched
+
+
+def test_an_edited_key_material_is_rebuilt(tmp_path, capsys):
+    cache = ArtifactCache(tmp_path)
+    art = cache.get_or_build("train", MATERIAL, _weights("seed 0"))
+    _edit_marker(art.path, material=OTHER)
+    assert cache.lookup("train", art.key) is None
+    assert not cache.get_or_build("train", MATERIAL, _weights("seed 0")).reused
+    assert capsys.readouterr().out.splitlines() == [
+        f"train/{art.key}: ARTIFACT.json's key material hashes to {artifact_key('train', OTHER)}, not {art.key}; "
+        "rebuilding"]
+
+
+def test_a_remote_folder_renamed_to_another_key_is_not_served(tmp_path, capsys):
+    remote = tmp_path / "bucket"
+    theirs = ArtifactCache(remote.as_uri(), mirror=tmp_path / "m1").get_or_build("train", OTHER, _weights("seed 1"))
+    mine = artifact_key("train", MATERIAL)
+    (remote / "train" / theirs.key).rename(remote / "train" / mine)
+    cache = ArtifactCache(remote.as_uri(), mirror=tmp_path / "m2")
+    assert cache.lookup("train", mine) is None
+    rebuilt = cache.get_or_build("train", MATERIAL, _weights("seed 0"))
+    assert not rebuilt.reused and (rebuilt.path / "model.pt").read_text() == "seed 0"
+    assert f"train/{mine}: ARTIFACT.json records key {theirs.key}, not {mine}; rebuilding" in capsys.readouterr().out
+    assert json.loads((remote / "train" / mine / MARKER).read_text())["key"] == mine  # the remote copy replaced
+    assert ArtifactCache(remote.as_uri(), mirror=tmp_path / "m3").lookup("train", mine).meta == {"built_for": "seed 0"}

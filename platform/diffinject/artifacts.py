@@ -4,9 +4,12 @@ hash of the config that made it and the hashes of its inputs).
 An artifact is the folder `<root>/<stage>/<key>/`: the stage's files plus `ARTIFACT.json`,
 written last, with the stage, the key material, what the builder returned (run ids,
 metrics) and the size and SHA-256 of every file. A folder without that marker is never used;
-one whose files do not match it (a file deleted or changed, the marker truncated) is
-rebuilt, with a one-line report (`integrity.first_damage`: sizes always, hashes of small
-files). The key is the SHA-256 of the canonical JSON of the material: the config fields the
+one whose files do not match it (a file deleted or changed, the marker truncated), or whose
+marker belongs to another artifact (its recorded stage or key is not the folder's, or its key
+material does not hash to that key: a folder renamed or copied to another key, an edited
+marker), is rebuilt, with a one-line report (`integrity.first_damage`: sizes always, hashes of
+small files). Every look-up (`lookup`, `get_or_build`, a remote root's mirror) goes through
+that check. The key is the SHA-256 of the canonical JSON of the material: the config fields the
 stage reads and its inputs' keys or content fingerprints, so changing any of them gives a
 new key and everything downstream follows.
 
@@ -47,6 +50,18 @@ def artifact_key(stage: str, material: dict[str, Any]) -> str:
     """SHA-256 (first 20 hex digits) of the stage name and its canonical-JSON key material."""
     blob = json.dumps({"format": FORMAT, "stage": stage, "material": material}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def marker_mismatch(record: dict, stage: str, key: str) -> str | None:
+    """What in a marker does not belong to `<stage>/<key>` (a folder renamed or copied to another
+    key, a marker edited), or None: its recorded stage and key, and the hash of its key material."""
+    if record.get("stage") != stage:
+        return f"{MARKER} records stage {record.get('stage')!r}, not {stage!r}"
+    if record.get("key") != key:
+        return f"{MARKER} records key {record.get('key')}, not {key}"
+    if artifact_key(stage, record.get("material")) != key:
+        return f"{MARKER}'s key material hashes to {artifact_key(stage, record.get('material'))}, not {key}"
+    return None
 
 
 @dataclass
@@ -131,7 +146,7 @@ class ArtifactCache:
             return None, f"{MARKER} is unreadable"
         if not isinstance(record.get("files"), dict):
             return None, f"{MARKER} lists no files"
-        damage = first_damage(folder, record["files"])
+        damage = marker_mismatch(record, stage, key) or first_damage(folder, record["files"])
         if damage:
             return None, damage
         return Artifact(stage, key, folder, record["meta"], reused=True), None

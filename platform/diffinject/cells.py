@@ -22,6 +22,13 @@ Key material of each stage (nothing else in the config changes its output):
     oracle  dataset fingerprint, the quality oracles' settings, seed 0 (one pair of scoring
             oracles per dataset, shared by all its stage-3 builds)
 
+Every stage but the oracles (always on a CPU) and an imported checkpoint also has a `numerics`
+entry (numerics.py): the device it runs on (run.use_gpu resolved against the cluster; for
+run.num_workers=0, whether this process sees a GPU) and the levers that act only there (bf16
+autocast as resolved from injection.precision=auto or the stage's bf16 flag, TF32 in training
+jobs), so that a set made or a model trained in bf16 on a GPU is never served to a CPU run in
+float32, or the other way round.
+
 A stage-3 artifact's metrics hold its quality report (`quality.*`); one built before the
 report existed is scored when a cell uses it (cheap, with the cached oracles), and the
 cell's metrics carry the report either way.
@@ -53,11 +60,12 @@ from .data.parquet import conversion_fingerprint
 from .errors import CheckpointError, ConfigError
 from .methods import get_method
 from .notes import cell_note, linked_run
+from .numerics import injection_numerics, synthesis_numerics, training_numerics, training_on_gpu
 from .pipeline import (cell_name, cell_params, cell_tags, dataset_folder, diffusion_training_data, run_cell,
                        run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
 from .quality.oracles import QualityConfig
 from .quality.report import PREFIX as QUALITY_PREFIX
-from .ray_train import DIFFUSION_FILE, GENERATOR_FILE
+from .ray_train import DIFFUSION_FILE, GENERATOR_FILE, resolve_use_gpu
 from .tracking import Tracker
 
 # DiffusionConfig fields that change what is logged, never the weights
@@ -105,13 +113,15 @@ class CellRunner:
         self.tracker = tracker or Tracker()
         self.checkpoints = dict(checkpoints or {})
         self.random_lpips_backbone = random_lpips_backbone
+        self._cluster_gpus: dict[str, bool] = {}  # run.use_gpu -> resolved, once per runner
         for dataset, path in self.checkpoints.items():
             if not Path(path).is_file():
                 raise CheckpointError(f"--checkpoint {dataset}={path}: no such file")
 
     # ---- key material ------------------------------------------------------------------
     def stage1_material(self, cfg: ExperimentConfig) -> dict:
-        return {"data": self._fingerprint(cfg), "bias": to_dict(cfg.bias), "seed": cfg.run.seed}
+        return {"data": self._fingerprint(cfg), "bias": to_dict(cfg.bias), "seed": cfg.run.seed,
+                "numerics": self._training_numerics(cfg, cfg.bias.classifier.bf16)}
 
     def stage2_material(self, cfg: ExperimentConfig) -> dict:
         given = self.checkpoints.get(cfg.data.dataset)
@@ -119,28 +129,33 @@ class CellRunner:
             return {"checkpoint_sha256": file_digest(given), "preset": cfg.diffusion.preset}
         dataset, ratio, parquet = diffusion_training_data(cfg)
         settings = {k: v for k, v in to_dict(cfg.diffusion).items() if k not in DIFFUSION_LOGGING}
-        return {"data": conversion_fingerprint(parquet), "dataset": dataset, "ratio": ratio, "diffusion": settings}
+        return {"data": conversion_fingerprint(parquet), "dataset": dataset, "ratio": ratio, "diffusion": settings,
+                "numerics": self._training_numerics(cfg, cfg.diffusion.bf16)}
 
     def stylegan2_source_material(self, cfg: ExperimentConfig) -> dict:
         return {"data": self._fingerprint(cfg), "dataset": cfg.data.dataset, "ratio": cfg.data.ratio,
-                "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT)}
+                "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT),
+                "numerics": self._training_numerics(cfg, cfg.stylegan2.bf16)}
 
     def stylegan2_adapted_material(self, cfg: ExperimentConfig) -> dict:
         return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
                 "source": artifact_key("stylegan2_source", self.stylegan2_source_material(cfg)),
-                "adapt": _fields(cfg.stylegan2, STYLEGAN2_ADAPT), "seed": cfg.run.seed}
+                "adapt": _fields(cfg.stylegan2, STYLEGAN2_ADAPT), "seed": cfg.run.seed,
+                "numerics": self._training_numerics(cfg, cfg.stylegan2.bf16)}
 
     def fastgan_material(self, cfg: ExperimentConfig) -> dict:
         cfg = stage1_config(cfg, "amplibias")
         return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
-                "fastgan": _fields(cfg.fastgan, drop=GAN_LOGGING + ("k_per_class",)), "seed": cfg.run.seed}
+                "fastgan": _fields(cfg.fastgan, drop=GAN_LOGGING + ("k_per_class",)), "seed": cfg.run.seed,
+                "numerics": self._training_numerics(cfg, cfg.fastgan.bf16)}
 
     def stage3_material(self, cfg: ExperimentConfig, method: str = "diffinject") -> dict:
         kind = get_method(method).synthesis
         if kind == "h_space_injection":
             return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
                     "stage2": artifact_key("stage2", self.stage2_material(cfg)),
-                    "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed}
+                    "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed,
+                    "numerics": self._injection_numerics(cfg)}
         if kind == "stylegan2_adapt":
             inputs = {"stylegan2_source": artifact_key("stylegan2_source", self.stylegan2_source_material(cfg)),
                       "stylegan2_adapted": artifact_key("stylegan2_adapted", self.stylegan2_adapted_material(cfg))}
@@ -152,14 +167,16 @@ class CellRunner:
         else:
             raise ConfigError(f"method {method!r} has no stage-3 kind (synthesis {kind!r})")
         return {"kind": kind, **inputs, "stage1": artifact_key("stage1", self.stage1_material(stage1_config(cfg, method))),
-                "data": self._fingerprint(cfg), "synthesis": drawn, "seed": cfg.run.seed}
+                "data": self._fingerprint(cfg), "synthesis": drawn, "seed": cfg.run.seed,
+                "numerics": synthesis_numerics(self._cluster_gpus_for(cfg))}
 
     def oracle_material(self, cfg: ExperimentConfig) -> dict:
         return {"data": self._fingerprint(cfg), "quality": dataclasses.asdict(QualityConfig()), "seed": 0}
 
     def cell_material(self, cfg: ExperimentConfig, method: str) -> dict:
         material = {"method": method, "data": self._fingerprint(cfg), "classifier": to_dict(cfg.classifier),
-                    "baselines": to_dict(cfg.baselines), "seed": cfg.run.seed}
+                    "baselines": to_dict(cfg.baselines), "seed": cfg.run.seed,
+                    "numerics": self._training_numerics(cfg, cfg.classifier.bf16)}
         if get_method(method).needs_synthetic:
             material["stage3"] = artifact_key("stage3", self.stage3_material(cfg, method))
         return material
@@ -167,6 +184,27 @@ class CellRunner:
     @staticmethod
     def _fingerprint(cfg: ExperimentConfig) -> str:
         return conversion_fingerprint(dataset_folder(cfg))
+
+    # ---- the device each stage runs on, and so its numerics (numerics.py) ---------------
+    def _cluster_gpus_for(self, cfg: ExperimentConfig) -> bool:
+        """run.use_gpu resolved against the Ray cluster, as the jobs resolve it (Ray Data
+        actors run there; once per value, so that every key of this runner agrees)."""
+        if cfg.run.use_gpu not in self._cluster_gpus:
+            self._cluster_gpus[cfg.run.use_gpu] = resolve_use_gpu(cfg.run.use_gpu)
+        return self._cluster_gpus[cfg.run.use_gpu]
+
+    def _training_numerics(self, cfg: ExperimentConfig, bf16: bool) -> dict:
+        """The numerics of a Ray Train job of `cfg` whose bf16 flag is `bf16`."""
+        gpus = self._cluster_gpus_for(cfg)
+        return training_numerics(bf16, training_on_gpu(gpus, cfg.run.num_workers, gpus and cuda_here()))
+
+    def _injection_numerics(self, cfg: ExperimentConfig) -> dict:
+        """The numerics of the injection actors, and of the t_edit calibration (in this process)
+        when injection.calibrate_t_edit picks t_edit."""
+        numerics = injection_numerics(cfg.injection.precision, self._cluster_gpus_for(cfg))
+        if cfg.injection.calibrate_t_edit:
+            numerics["calibration"] = injection_numerics(cfg.injection.precision, cuda_here())
+        return numerics
 
     # ---- stages ------------------------------------------------------------------------
     def _stage_tags(self, cfg: ExperimentConfig, key: str, method: str | None) -> dict:
@@ -408,6 +446,14 @@ class CellRunner:
                               f"links its stage runs.\n")
         self.tracker.finish(run_id)
         return run_id
+
+
+def cuda_here() -> bool:
+    """Whether this process sees a GPU: where run.num_workers=0 trainings and the t_edit
+    calibration run."""
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def parse_checkpoints(items: list[str]) -> dict[str, str]:

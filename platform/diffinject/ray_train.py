@@ -28,6 +28,7 @@ from . import errors
 from .config import ExperimentConfig, from_dict
 from .data.parquet import concat_splits, load_split
 from .data.registry import get_dataset_spec
+from .numerics import TRAINING_TF32
 from .stage1 import train_bias_classifier
 from .stage2 import train_diffusion
 from .stage4 import train_classifier
@@ -94,8 +95,8 @@ def _worker_loop(loop_config: dict) -> None:
         import ray.train.torch
 
         device = ray.train.torch.get_device()
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = TRAINING_TF32
+        torch.backends.cudnn.allow_tf32 = TRAINING_TF32
     else:
         device = torch.device("cpu")
 

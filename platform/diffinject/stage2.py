@@ -31,6 +31,7 @@ from .diffusion.schedule import diffusion_loss, linear_alphas_cumprod, p2_weight
 from .diffusion.vlb import GaussianPosterior
 from .errors import ConfigError, TrainingError
 from .metrics import all_ranks_finite, all_reduce_sum
+from .numerics import bf16_autocast_on
 from .plots import png_bytes, tile_images
 from .train import TrainContext, batch_indices, seed_everything
 
@@ -113,7 +114,7 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
 
         model = DistributedDataParallel(unet, device_ids=[device.index] if device.type == "cuda" else None)
     model = compiled(model, cfg.compile)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    use_bf16 = bf16_autocast_on(cfg.bf16, device.type == "cuda")
     model.train()
 
     loss_sum, loss_count, started, start_step = 0.0, 0, time.perf_counter(), step

@@ -25,6 +25,7 @@ from .data.parquet import ArraySplit
 from .errors import TrainingError
 from .methods import Method, NonFiniteLoss, get_method
 from .metrics import accuracy_metrics, all_reduce_sum, cell_counts
+from .numerics import bf16_autocast_on
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Preprocess:
         return in_layout(x, self.cfg.channels_last)
 
     def autocast(self):
-        return bf16_autocast(self.device, self.cfg.bf16 and self.device.type == "cuda")
+        return bf16_autocast(self.device, bf16_autocast_on(self.cfg.bf16, self.device.type == "cuda"))
 
 
 def random_crop_flip(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:

@@ -35,6 +35,7 @@ from ..diffusion.hspace import Encoded, HSpace, decode, encode
 from ..diffusion.pixels import to_model_pixels, to_uint8
 from ..diffusion.schedule import linear_alphas_cumprod
 from ..errors import ConfigError
+from ..numerics import resolve_precision
 from .formulas import (calibrated_latent, counter_normal, ddim_step, inject_h, on_grid, region_mask,
                        timestep_grid)
 
@@ -151,9 +152,7 @@ class InjectionEngine:
 
     def _resolve_precision(self, precision: str) -> str:
         check_choice("injection.precision", precision, PRECISIONS)
-        if precision == "auto":
-            return "bf16_autocast" if self.device.type == "cuda" else "fp32"
-        return precision
+        return resolve_precision(precision, self.device.type == "cuda")
 
     def _prepare(self, unet: nn.Module) -> nn.Module:
         if self.precision != "bf16_weights" and not self.cfg.channels_last and self.cfg.attention == "sdpa":

@@ -33,6 +33,7 @@ from ..gan.fastgan import QUADRANTS, Discriminator, Generator
 from ..gan.losses import hinge_d_loss, hinge_g_loss, reconstruction_loss
 from ..gan.presets import FastGANPreset, get_gan_preset
 from ..metrics import all_ranks_finite, all_reduce_sum
+from ..numerics import bf16_autocast_on
 from ..plots import png_bytes, tile_images
 from ..train import TrainContext, seed_everything
 
@@ -157,7 +158,7 @@ def _train_class(cfg: FastGANConfig, preset: FastGANPreset, images: np.ndarray, 
 
         ids = [device.index] if device.type == "cuda" else None
         g_model, d_model = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
+    use_bf16 = bf16_autocast_on(cfg.bf16, device.type == "cuda")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     G.train()
     D.train()

@@ -39,6 +39,7 @@ from ..gan.presets import StyleGAN2Preset, get_gan_preset
 from ..gan.projection import project
 from ..gan.stylegan2 import Discriminator, Generator
 from ..metrics import all_ranks_finite, all_reduce_sum
+from ..numerics import bf16_autocast_on
 from ..plots import png_bytes, tile_images
 from ..train import TrainContext, batch_indices, seed_everything
 
@@ -123,7 +124,7 @@ class Averages:
 
 
 def _autocast(cfg: StyleGAN2Config, device: torch.device):
-    if cfg.bf16 and device.type == "cuda":
+    if bf16_autocast_on(cfg.bf16, device.type == "cuda"):
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext
 
