@@ -82,6 +82,26 @@ def load_train_data(job: TrainJob, cfg: ExperimentConfig) -> TrainData:
                      num_classes=spec.num_classes, num_biases=spec.num_biases, reported=spec.reported_test)
 
 
+def read_resume_state(checkpoint) -> tuple[dict | None, int]:
+    """The training state in `checkpoint` (a ray.train.Checkpoint, or None) and its step; (None, -1)
+    when there is none.
+
+    Every tensor of the state comes back on the CPU, whatever device the worker trains on: each
+    consumer puts what it uses where it uses it. Networks' and torch optimisers' load_state_dict
+    copy into their parameters' device; SampleLossEMA and BiasEnsemble's mask stay on the CPU,
+    where they are indexed; model selection's best_nets go through the networks; stage 2 moves
+    its EMA, StyleGAN2 its pl_mean, to the device. Loaded onto a GPU, LfF's and DisEnt's loss
+    EMAs met their CPU updates on the first step after a worker restart."""
+    if checkpoint is None:
+        return None, -1
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / STATE_FILE
+        if not path.exists():  # not when a rerun finds the error a job ended on
+            return None, -1
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return state, int(state["step"])
+
+
 def _worker_loop(loop_config: dict) -> None:
     import ray.train
 
@@ -99,13 +119,7 @@ def _worker_loop(loop_config: dict) -> None:
     else:
         device = torch.device("cpu")
 
-    resume_state, resumed_from = None, -1
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            if (Path(folder) / STATE_FILE).exists():  # not when a rerun finds the error a job ended on
-                resume_state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-                resumed_from = int(resume_state["step"])
+    resume_state, resumed_from = read_resume_state(ray.train.get_checkpoint())
     tracker = Tracker(job.tracking_uri) if rank == 0 and job.mlflow_run_id else None
     staging = Path(loop_config["staging_dir"])
     staged: list[Path] = []
