@@ -78,6 +78,21 @@ def test_the_next_job_deletes_the_run_folder_a_killed_job_left(ray_session, quic
     assert [p.parent for p in storage.rglob(OWNER_FILE)] == [running]
 
 
+def test_the_sweep_deletes_ray_s_copies_of_a_killed_job_under_a_storage_uri(tmp_path):
+    import multiprocessing
+
+    from diffinject.ray_train import claim_run_folder, sweep_killed_runs
+
+    local, bucket = tmp_path / "local", tmp_path / "bucket"
+    (bucket / "job" / "checkpoint_000001").mkdir(parents=True)
+    claimer = multiprocessing.get_context("spawn").Process(
+        target=claim_run_folder, args=(local / "job", (bucket / "job").as_uri()))
+    claimer.start()
+    claimer.join()
+    sweep_killed_runs(local)
+    assert not (local / "job").exists() and not (bucket / "job").exists() and bucket.is_dir()
+
+
 def test_bias_job_returns_the_topk_set(ray_session, quick_cfg, digits_parquet):
     quick_cfg.bias.k, quick_cfg.bias.scope = 7, "global"
     out = run_train_job(TrainJob(kind="bias", method="gce", config=to_dict(quick_cfg), parquet=str(digits_parquet)))

@@ -270,7 +270,7 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
     sweep_killed_runs(local)
-    claim = claim_run_folder(local / name, f"{storage}/{name}" if remote else None) if anonymous else None
+    claim = claim_run_folder(local / name, f"{storage.rstrip('/')}/{name}" if remote else None) if anonymous else None
     sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
