@@ -221,3 +221,12 @@ def test_cpu_actors_share_the_cluster_but_fit_on_a_node():
     assert actor_cpus(3, 1, [2, 1]) == 2        # a 3-CPU share fits no node: the largest node's 2
     assert actor_cpus(16, 2, [8, 4, 4]) == 8
     assert actor_cpus(1, 4, [1]) == 1           # never below one CPU
+
+
+def test_gpu_actors_take_their_nodes_cpu_share_per_gpu():
+    from diffinject.ray_inject import gpu_actor_cpus
+
+    assert gpu_actor_cpus([(16, 1)]) == 16                # one GPU: the node's CPUs, for host noise
+    assert gpu_actor_cpus([(16, 8), (0, 0), (32, 0)]) == 2  # CPU-only nodes hold no GPU actor
+    assert gpu_actor_cpus([(16, 2), (8, 4)]) == 2           # the smallest share fits on either GPU node
+    assert gpu_actor_cpus([(2, 4)]) == 1                    # never below one CPU

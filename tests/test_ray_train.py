@@ -1,5 +1,6 @@
 """Trainings through Ray Train's TorchTrainer: local mode, DDP workers, failure and resume, errors."""
 
+import dataclasses
 import shutil
 import tempfile
 import uuid
@@ -45,6 +46,51 @@ def test_classifier_job_in_process(ray_session, quick_cfg, digits_parquet):
     storage = Path(quick_cfg.run.storage_path)
     assert not list(storage.rglob("state.pt")), "a finished job left its step checkpoints behind"
     assert [p.parent for p in storage.rglob("model.pt")] == [out.checkpoint_dir]
+
+
+def test_the_next_job_deletes_the_run_folder_a_killed_job_left(ray_session, quick_cfg, digits_parquet):
+    """A job whose process was killed (SIGKILL) leaves its run folder, in local mode with its staged
+    checkpoints, and a rerun starts under a new name. The next job on this host deletes the folder;
+    that of a job still running, or of one that ended on an error, stays."""
+    import multiprocessing
+
+    from diffinject.ray_train import OWNER_FILE, claim_run_folder
+
+    failing = dataclasses.replace(quick_cfg.classifier, lr=1e30)
+    with pytest.raises(TrainingError, match="non-finite loss"):
+        run_train_job(TrainJob(kind="classifier", method="vanilla", parquet=str(digits_parquet),
+                               config=to_dict(dataclasses.replace(quick_cfg, classifier=failing))))
+    storage = Path(quick_cfg.run.storage_path)
+    killed, running = storage / "classifier-killed", storage / "classifier-running"
+    for folder in (killed, running):
+        (folder / "staging" / "step000000500").mkdir(parents=True)
+        (folder / "staging" / "step000000500" / "state.pt").write_bytes(b"")
+    claimer = multiprocessing.get_context("spawn").Process(target=claim_run_folder, args=(killed, None))
+    claimer.start()
+    claimer.join()  # its process is gone, its claim stays: as after a SIGKILL
+    claim = claim_run_folder(running, None)  # this live process's
+    out = run_train_job(TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg),
+                                 parquet=str(digits_parquet)))
+    assert (out.checkpoint_dir / "model.pt").is_file()
+    assert not killed.exists()
+    assert (running / "staging" / "step000000500").is_dir() and claim.is_file()
+    assert list(storage.rglob("error.json")), "the folder of the job that ended on an error went"
+    assert [p.parent for p in storage.rglob(OWNER_FILE)] == [running]
+
+
+def test_the_sweep_deletes_ray_s_copies_of_a_killed_job_under_a_storage_uri(tmp_path):
+    import multiprocessing
+
+    from diffinject.ray_train import claim_run_folder, sweep_killed_runs
+
+    local, bucket = tmp_path / "local", tmp_path / "bucket"
+    (bucket / "job" / "checkpoint_000001").mkdir(parents=True)
+    claimer = multiprocessing.get_context("spawn").Process(
+        target=claim_run_folder, args=(local / "job", (bucket / "job").as_uri()))
+    claimer.start()
+    claimer.join()
+    sweep_killed_runs(local)
+    assert not (local / "job").exists() and not (bucket / "job").exists() and bucket.is_dir()
 
 
 def test_bias_job_returns_the_topk_set(ray_session, quick_cfg, digits_parquet):

@@ -17,7 +17,7 @@ def _sibling_prefix(final: Path, kind: str) -> str:
     return f".{final.name}.{kind}-{socket.gethostname()}-"
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -39,7 +39,7 @@ def remove_stale_siblings(final: Path) -> None:
         if prefix is None:
             continue
         pid = sibling.name[len(prefix):].split("-", 1)[0]
-        if pid.isdecimal() and not _process_alive(int(pid)):
+        if pid.isdecimal() and not process_alive(int(pid)):
             shutil.rmtree(sibling, ignore_errors=True)
 
 

@@ -67,8 +67,9 @@ class InjectorActor:
         self.fail_once_marker = fail_once_marker
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
-        if device == "cpu":  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved
-            torch.set_num_threads(cpu_threads)
+        # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved (a GPU actor's
+        # too: injection.noise=host draws every pair's noise on the CPU)
+        torch.set_num_threads(cpu_threads)
         unet, _ = load_unet_checkpoint(Path(checkpoint_path))
         self.engine = InjectionEngine(unet, InjectionConfig(**cfg), arrays["topk_images"], device, t_edit=t_edit)
 
@@ -113,6 +114,13 @@ def actor_cpus(cluster_cpus: int, num_actors: int, node_cpus: list[int]) -> int:
     """CPUs each CPU actor reserves: an equal share of the cluster's (the driver-side consumer
     needs none), but no more than the largest node has, or the actor could never be placed."""
     return max(1, min(cluster_cpus // num_actors, max(node_cpus, default=1)))
+
+
+def gpu_actor_cpus(gpu_nodes: list[tuple[int, int]]) -> int:
+    """CPUs each GPU actor reserves, for its host-side work, from the (CPUs, GPUs) of each node
+    with GPUs: its node's CPUs shared by the node's GPUs, the smallest share over those nodes so
+    that the actor fits beside any of their GPUs; never below one CPU."""
+    return max(1, min((cpus // gpus for cpus, gpus in gpu_nodes if gpus >= 1), default=1))
 
 
 def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_labels, train_biases,
@@ -201,8 +209,9 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
             num_actors = int(resources.get("GPU", 0)) if gpu else max(1, int(resources.get("CPU", 1)) // 2)
         bs = batch_size
         num_actors = max(1, min(num_actors, -(-todo.num_rows // bs)))
-        cpus = None if gpu else actor_cpus(int(resources.get("CPU", 1)), num_actors,
-                                           [int(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n["Alive"]])
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        cpus = (gpu_actor_cpus([(int(r.get("CPU", 0)), int(r.get("GPU", 0))) for r in nodes]) if gpu
+                else actor_cpus(int(resources.get("CPU", 1)), num_actors, [int(r.get("CPU", 0)) for r in nodes]))
         # one block per batch: blocks are the unit Ray Data spreads over actors (and retries)
         blocks = [todo.slice(start, bs) for start in range(0, todo.num_rows, bs)]
         started, finished, next_report = time.time(), total - todo.num_rows, 0.1
@@ -229,7 +238,7 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
 
 
 def _pool_batches(blocks: list[pa.Table], actor, arrays: dict, actor_kwargs: dict, parts: Path, gpu: bool,
-                  num_actors: int, cpus: int | None, bs: int):
+                  num_actors: int, cpus: int, bs: int):
     """The finished batches of `blocks` run by a Ray Data pool of `num_actors` actors, as they come."""
     import ray
 
@@ -237,7 +246,7 @@ def _pool_batches(blocks: list[pa.Table], actor, arrays: dict, actor_kwargs: dic
     ds = ray.data.from_arrow(blocks).map_batches(
         actor,
         fn_constructor_kwargs=dict(**actor_kwargs, arrays=[ref], parts_dir=str(parts),
-                                   device="cuda" if gpu else "cpu", cpu_threads=cpus or 1),
+                                   device="cuda" if gpu else "cpu", cpu_threads=cpus),
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         batch_size=bs, batch_format="numpy",
         num_gpus=1 if gpu else None, num_cpus=cpus,

@@ -38,8 +38,7 @@ class GeneratorActor:
         self.arrays = ray.get(arrays) if isinstance(arrays, ray.ObjectRef) else arrays
         if device == "cuda" and not torch.cuda.is_available():
             device = "cpu"
-        if device == "cpu":  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved
-            torch.set_num_threads(cpu_threads)
+        torch.set_num_threads(cpu_threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved
         self.device = torch.device(device)
         self.kind, self.parts_dir, self.digest, self.out_size = kind, Path(parts_dir), digest, out_size
         if kind == "stylegan2_adapt":

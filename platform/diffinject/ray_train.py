@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import uuid
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from . import errors
+from .atomic import process_alive, read_json, write_json
 from .config import ExperimentConfig, from_dict
 from .data.parquet import concat_splits, load_split
 from .data.registry import get_dataset_spec
@@ -42,6 +44,7 @@ GENERATOR_FILE = "generator.pt"
 # adaptation to the top-K set, AmpliBias's FastGAN per class
 GAN_JOBS = ("stylegan2_source", "stylegan2_adapt", "fastgan")
 KEEP_CHECKPOINTS = 2
+OWNER_FILE = "owner.json"  # in the run folder of a running anonymous job: the host and process running it
 
 
 @dataclass
@@ -83,6 +86,26 @@ def load_train_data(job: TrainJob, cfg: ExperimentConfig) -> TrainData:
                      num_classes=spec.num_classes, num_biases=spec.num_biases, reported=spec.reported_test)
 
 
+def read_resume_state(checkpoint) -> tuple[dict | None, int]:
+    """The training state in `checkpoint` (a ray.train.Checkpoint, or None) and its step; (None, -1)
+    when there is none.
+
+    Every tensor of the state comes back on the CPU, whatever device the worker trains on: each
+    consumer puts what it uses where it uses it. Networks' and torch optimisers' load_state_dict
+    copy into their parameters' device; SampleLossEMA and BiasEnsemble's mask stay on the CPU,
+    where they are indexed; model selection's best_nets go through the networks; stage 2 moves
+    its EMA, StyleGAN2 its pl_mean, to the device. Loaded onto a GPU, LfF's and DisEnt's loss
+    EMAs met their CPU updates on the first step after a worker restart."""
+    if checkpoint is None:
+        return None, -1
+    with checkpoint.as_directory() as folder:
+        path = Path(folder) / STATE_FILE
+        if not path.exists():  # not when a rerun finds the error a job ended on
+            return None, -1
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    return state, int(state["step"])
+
+
 def _worker_loop(loop_config: dict) -> None:
     import ray.train
 
@@ -100,13 +123,7 @@ def _worker_loop(loop_config: dict) -> None:
     else:
         device = torch.device("cpu")
 
-    resume_state, resumed_from = None, -1
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            if (Path(folder) / STATE_FILE).exists():  # not when a rerun finds the error a job ended on
-                resume_state = torch.load(Path(folder) / STATE_FILE, map_location=device, weights_only=True)
-                resumed_from = int(resume_state["step"])
+    resume_state, resumed_from = read_resume_state(ray.train.get_checkpoint())
     tracker = Tracker(job.tracking_uri) if rank == 0 and job.mlflow_run_id else None
     staging = Path(loop_config["staging_dir"])
     staged: list[Path] = []
@@ -236,6 +253,7 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
 
     cfg = from_dict(job.config)
     use_gpu = resolve_use_gpu(cfg.run.use_gpu)
+    anonymous = name is None
     name = name or f"{job.kind}-{cfg.data.dataset}-{cfg.data.ratio}-{job.method}-s{cfg.run.seed}-{uuid.uuid4().hex[:8]}"
     # run.storage_path: a folder, or a URI pyarrow opens (s3://...: checkpoints shared by all nodes);
     # checkpoints are staged and the final one copied out on local disk either way
@@ -252,12 +270,18 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),
     )
+    sweep_killed_runs(local)
+    claim = claim_run_folder(local / name, f"{storage.rstrip('/')}/{name}" if remote else None) if anonymous else None
     sigint = signal.getsignal(signal.SIGINT)
     try:
         result = trainer.fit()
+    except Exception:  # Ray gave up on the job: its folder stays, like that of a job ended on an error
+        _release(claim)
+        raise
     finally:  # Ray Train leaves its SIGINT handler, bound to this finished run, in place
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
+    _release(claim)
     if result.error is not None:
         raise result.error
     output_dir = Path(output_dir or local / name / "final")
@@ -271,6 +295,39 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
                 shutil.copy2(item, output_dir / item.name)
     _drop_run_folder(result, staging, output_dir.resolve())
     return JobOutput(metrics=dict(result.metrics), checkpoint_dir=output_dir)
+
+
+def claim_run_folder(folder: Path, storage_uri: str | None) -> Path:
+    """Mark `folder`, the local run folder of an anonymous job (named with a fresh uuid, so no
+    rerun resumes it), as this process's while the job runs; `storage_uri`: the job's folder
+    under a URI run.storage_path, where Ray keeps its own copies. Returns the claim, which the
+    job removes when it ends with a result or an error; a killed process leaves it behind."""
+    claim = folder / OWNER_FILE
+    write_json(claim, {"host": socket.gethostname(), "pid": os.getpid(), "storage_uri": storage_uri})
+    return claim
+
+
+def _release(claim: Path | None) -> None:
+    if claim is not None:
+        claim.unlink(missing_ok=True)
+
+
+def sweep_killed_runs(local: Path) -> None:
+    """Delete the run folders under `local` that anonymous jobs claimed (claim_run_folder) in a
+    process of this host that is gone: killed (SIGKILL, out of memory) before its job ended.
+    Their checkpoints (in local mode the staged ones, the only copies) would otherwise stay under
+    run.storage_path for good, since a rerun of the job starts under a new name."""
+    from pyarrow.fs import FileSystem
+
+    for claim in Path(local).glob(f"*/{OWNER_FILE}"):
+        owner = read_json(claim)
+        if not owner or owner.get("host") != socket.gethostname() or process_alive(int(owner.get("pid", 0))):
+            continue  # unreadable, another host's, or its job may still run
+        if owner.get("storage_uri"):
+            filesystem, path = FileSystem.from_uri(owner["storage_uri"])
+            with contextlib.suppress(OSError):  # Ray had written nothing there yet
+                filesystem.delete_dir(path)
+        shutil.rmtree(claim.parent, ignore_errors=True)
 
 
 def _drop_run_folder(result, staging: Path, keep: Path) -> None:

@@ -95,4 +95,4 @@ class BiasEnsembleMixin:
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
-        self.pseudo_aligned = state["pseudo_aligned"].clone()
+        self.pseudo_aligned = state["pseudo_aligned"].to("cpu", copy=True)  # indexed on the CPU (biased_loss)

@@ -58,8 +58,11 @@ class SampleLossEMA:
         return {"values": self.values.clone(), "seen": self.seen.clone()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.values = state["values"].clone().double()
-        self.seen = state["seen"].clone().bool()
+        """Onto this EMA's own device (the CPU, where update and normalized index it), wherever
+        the state's tensors are."""
+        device = self.values.device
+        self.values = state["values"].to(device, torch.float64, copy=True)
+        self.seen = state["seen"].to(device, torch.bool, copy=True)
 
 
 def relative_difficulty(loss_b: torch.Tensor, loss_d: torch.Tensor) -> torch.Tensor:
