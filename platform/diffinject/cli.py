@@ -6,9 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
+from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, Range, absolute_args, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
 from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
+
+SAMPLE_COUNT = Range(1, 10_000)  # `diffusion sample --num`: a grid, not a data set (inject makes those)
+SAMPLE_SCALE = Range(1, 16)      # `diffusion sample --scale`: 16 x 32 px is 512 px per image
 
 
 def _config(args: argparse.Namespace):
@@ -163,11 +166,11 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     from .atomic import atomic_file
     from .diffusion import ddim_sample, get_preset
     from .diffusion.checkpoint import load_unet_checkpoint
-    from .plots import png_bytes, tile_images
+    from .plots import check_png_pixels, grid_shape, png_bytes, tile_images
     from .diffusion.pixels import to_uint8
 
-    check_options(args, {"num": COUNT, "steps": DDIM_STEPS, "eta": NON_NEGATIVE, "seed": SEED, "columns": COUNT,
-                         "scale": COUNT})
+    check_options(args, {"num": SAMPLE_COUNT, "steps": DDIM_STEPS, "eta": NON_NEGATIVE, "seed": SEED,
+                         "columns": COUNT, "scale": SAMPLE_SCALE})
     check_output_file(args.out, "--out")
     if args.format == "guided-diffusion":
         from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
@@ -178,6 +181,10 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     else:
         unet, meta = load_unet_checkpoint(args.checkpoint, args.preset)
         preset = get_preset(meta["preset"])
+    height, width = grid_shape(args.num, preset.image_size, preset.image_size, args.columns)
+    check_png_pixels(height * args.scale, width * args.scale,
+                     f"the grid of {args.num} {preset.image_size}-pixel images, {min(args.columns, args.num)} "
+                     f"per row, at --scale {args.scale}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"sampling {args.num} images from {preset.name} with {args.steps} DDIM steps (eta {args.eta}) "
           f"on {device}", flush=True)
