@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffinject.arguments import ArgumentParser
 from diffinject.compare import compare, difference_plot, format_comparison, load_cell_runs
 from diffinject.errors import DiffInjectError
 from diffinject.preflight import check_output_file, check_tracking_store
@@ -20,7 +21,7 @@ from diffinject.tracking import Tracker
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiments", nargs="+", required=True)
     p.add_argument("--datasets", nargs="+")
     p.add_argument("--ratios", nargs="+")

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .arguments import ArgumentParser
 from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, Range, absolute_args, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
 from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
@@ -279,7 +280,7 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffinject", description=__doc__)
+    parser = ArgumentParser(prog="diffinject", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build or check datasets").add_subparsers(dest="data_command", required=True)
