@@ -273,10 +273,15 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from .results import collect, format_table
+    from .results import collect, find_experiment, format_table, newest_experiment, open_store
 
-    check_tracking_store()
-    print(format_table(collect(args.experiment)))
+    tracker = open_store()
+    if args.experiment is None:
+        name = newest_experiment(tracker)
+        print(f"experiment {name!r}: the one whose finished run ended last (--experiment NAME for another)")
+    else:
+        name = find_experiment(tracker, args.experiment).name
+    print(format_table(collect(name, tracker)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -350,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     inject.set_defaults(func=cmd_inject)
 
     results = sub.add_parser("results", help="print the results table from MLflow")
-    results.add_argument("--experiment", default="diffinject")
+    results.add_argument("--experiment", help="MLflow experiment (default: the one whose finished run ended last)")
     results.set_defaults(func=cmd_results)
     return parser
 
