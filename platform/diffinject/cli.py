@@ -285,6 +285,9 @@ def cmd_results(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.registry import DATASETS
+    from .methods import METHODS
+
     parser = ArgumentParser(prog="diffinject", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -298,13 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_data_build)
     check = data.add_parser("check", help="validate a dataset and print per-split counts")
-    check.add_argument("name")
+    check.add_argument("name", help=f"the dataset: {' | '.join(DATASETS)}")
     check.add_argument("--data-root", default="data")
     check.add_argument("--ratio", help="one ratio (default: all the dataset ships)")
     check.set_defaults(func=cmd_data_check)
 
     train = sub.add_parser("train", help="train a registered method on a dataset and ratio")
-    train.add_argument("method")
+    train.add_argument("method", help=f"the method: {' | '.join(METHODS)}")
     train.add_argument("--synthetic", action="append", metavar="DIR",
                        help="a synthetic set (from `diffinject inject`) added to the training data (repeatable)")
     _add_run_args(train)
@@ -324,13 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--format", choices=("diffinject", "guided-diffusion"), default="diffinject",
                         help="diffinject (stage 2's diffusion.pt) or a released guided-diffusion / P2 state dict")
     sample.add_argument("--preset", help="U-Net preset (required for guided-diffusion; checked for diffinject)")
-    sample.add_argument("--num", type=int, default=64)
-    sample.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    sample.add_argument("--eta", type=float, default=0.0)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--columns", type=int, default=8)
-    sample.add_argument("--scale", type=int, default=1, help="enlarge the grid (nearest neighbour)")
-    sample.add_argument("--out", type=Path, default=Path("samples.png"))
+    sample.add_argument("--num", type=int, default=64,
+                        help=f"images in the grid, at most {SAMPLE_COUNT.high:,} (default: %(default)s)")
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    sample.add_argument("--eta", type=float, default=0.0,
+                        help="DDIM noise: 0 is deterministic, 1 is DDPM-like (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    sample.add_argument("--columns", type=int, default=8, help="images per grid row (default: %(default)s)")
+    sample.add_argument("--scale", type=int, default=1,
+                        help=f"enlarge the grid 1 to {SAMPLE_SCALE.high} times, nearest neighbour "
+                             f"(default: %(default)s)")
+    sample.add_argument("--out", type=Path, default=Path("samples.png"), help="the PNG grid (default: %(default)s)")
     sample.set_defaults(func=cmd_diffusion_sample)
     export = diffusion.add_parser("export", help="rewrite a checkpoint with its weights in another dtype")
     export.add_argument("--checkpoint", type=Path, required=True, help="a diffinject diffusion.pt")
