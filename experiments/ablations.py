@@ -35,6 +35,7 @@ from pathlib import Path
 from diffinject.ablations import (Axis, SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
                                   evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
                                   setting_label, trial_key, write_csv)
+from diffinject.arguments import ArgumentParser
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, flatten, preset
@@ -51,7 +52,7 @@ QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"Colored Digits 1%% on CPU, sweeps {' '.join(QUICK_SWEEPS)}")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from diffinject.arguments import ArgumentParser
 from diffinject.compare import compare, difference_plot, format_comparison, load_cell_runs
 from diffinject.errors import DiffInjectError
-from diffinject.preflight import check_output_file, check_tracking_store
-from diffinject.tracking import Tracker
+from diffinject.preflight import check_output_file
+from diffinject.results import open_store
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--experiments", nargs="+", required=True)
     p.add_argument("--datasets", nargs="+")
     p.add_argument("--ratios", nargs="+")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.plot:
             check_output_file(args.plot, "--plot")
-        tracker = Tracker(check_tracking_store(args.tracking_uri))
+        tracker = open_store(args.tracking_uri)
         runs = load_cell_runs(tracker, args.experiments, args.datasets, args.ratios, args.methods)
         if not runs:
             print("no finished cell runs match", file=sys.stderr)

@@ -21,6 +21,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from diffinject.arguments import ArgumentParser
 from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
@@ -39,7 +40,7 @@ PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="embedded Colored Digits on CPU")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")

@@ -10,6 +10,7 @@ from diffinject.cli import main
 from diffinject.config import DiffusionConfig
 from diffinject.diffusion.checkpoint import FORMAT
 from diffinject.diffusion.models import PRESETS
+from diffinject.errors import ConfigError
 from diffinject.stage2 import train_diffusion
 from diffinject.train import TrainContext
 from test_guided_diffusion import GD_TINY, random_openai_state
@@ -71,7 +72,7 @@ def test_sample_errors(tiny_checkpoint, tmp_path, capsys):
         (["--checkpoint", str(tiny_checkpoint), "--format", "guided-diffusion"], "needs --preset"),
         (["--checkpoint", str(tiny_checkpoint), "--steps", "0"], "--steps must be in [1, 1000], got 0"),
         (["--checkpoint", str(tiny_checkpoint), "--steps", "5000"], "--steps must be in [1, 1000], got 5000"),
-        (["--checkpoint", str(tiny_checkpoint), "--num", "0"], "--num must be positive, got 0"),
+        (["--checkpoint", str(tiny_checkpoint), "--num", "0"], "--num must be in [1, 10000], got 0"),
         (["--checkpoint", str(tiny_checkpoint), "--eta", "nan"], "--eta must be a finite number, got nan"),
         (["--checkpoint", str(tiny_checkpoint), "--seed", "-1"], "--seed must be in [0, 4294967295], got -1"),
     ]
@@ -81,6 +82,42 @@ def test_sample_errors(tiny_checkpoint, tmp_path, capsys):
         assert err.startswith("error: ") and message in err and err.count("\n") == 1, (argv, err)
         assert "weights_only" not in err and "Weights only load failed" not in err and "miniz" not in err, argv
     assert not (tmp_path / "x.png").exists()
+
+
+def test_sample_bounds_the_grid_before_sampling(tiny_checkpoint, tmp_path, capsys, monkeypatch):
+    """A count or scale whose grid cannot be held or opened is one error line before any
+    sampling (it used to end in a RuntimeError or a MemoryError after it)."""
+    import diffinject.diffusion
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampling started")
+
+    monkeypatch.setattr(diffinject.diffusion, "ddim_sample", no_sampling)
+    cases = [
+        (["--num", "100000"], "--num must be in [1, 10000], got 100000"),
+        (["--scale", "100000"], "--scale must be in [1, 16], got 100000"),
+        (["--scale", "0"], "--scale must be in [1, 16], got 0"),
+        # 10,000 tiles of 32 px (34 with the gap) in one column, enlarged 16 times
+        (["--num", "10000", "--columns", "1", "--scale", "16"],
+         "the grid of 10000 32-pixel images, 1 per row, at --scale 16 would be 576 x 5440032 = 3,133,458,432 "
+         "pixels, over the limit of 89,478,485"),
+    ]
+    for argv, message in cases:
+        out = tmp_path / "x.png"
+        assert main(["diffusion", "sample", "--checkpoint", str(tiny_checkpoint), *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (argv, err)
+        assert not out.exists()
+
+
+def test_png_bytes_refuses_a_picture_over_the_pixel_bound():
+    from diffinject import plots
+
+    image = np.zeros((36, 36, 3), dtype=np.uint8)
+    with pytest.raises(ConfigError, match="the picture enlarged 100000 times would be 3600000 x 3600000"):
+        plots.png_bytes(image, scale=100_000)  # before PIL allocates 39 TB
+    scale = int(plots.MAX_PNG_PIXELS ** 0.5) // 36  # the largest scale within the bound still works
+    assert plots.png_bytes(image, scale=scale)[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_sample_output_is_checked_before_loading_or_sampling(tmp_path, capsys, monkeypatch):

@@ -68,7 +68,7 @@ def test_several_experiments_label_rows_and_pick_the_reference(tracker):
 def test_missing_reference_or_experiment_is_an_error(tracker):
     with pytest.raises(ConfigError, match="reference method 'nope' has no finished runs for colored_digits 1%"):
         compare(load_cell_runs(tracker, ["quick"]), "nope")
-    with pytest.raises(ConfigError, match="no MLflow experiment 'absent'"):
+    with pytest.raises(ConfigError, match="no experiment 'absent' in .*; experiments: Default, quick"):
         load_cell_runs(tracker, ["absent"])
 
 

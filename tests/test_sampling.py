@@ -55,3 +55,19 @@ def test_predicted_x0_is_clipped_at_every_step():
     ddim_sample(zero_eps, 2, 8, steps=5, generator=torch.Generator().manual_seed(0))
     assert seen[0].abs().max() > 1.5  # x_T is plain noise
     assert all(x.abs().max() <= 1.0 for x in seen[1:])
+
+
+def test_batches_give_the_images_of_one_batch():
+    """Sampling in batches (bounded memory for any count) changes no image at eta = 0: image i
+    starts from the same noise as in one batch, and every batch fits in `batch_size`."""
+    sizes = []
+
+    def shrink(x, t):  # an eps that depends on x, so each image shows its own start noise
+        sizes.append(len(x))
+        return SimpleNamespace(sample=0.3 * x)
+
+    one = ddim_sample(shrink, 7, 8, steps=4, generator=torch.Generator().manual_seed(3))
+    sizes.clear()
+    batched = ddim_sample(shrink, 7, 8, steps=4, generator=torch.Generator().manual_seed(3), batch_size=3)
+    assert set(sizes) == {3, 1} and max(sizes) == 3
+    assert batched.shape == (7, 3, 8, 8) and torch.equal(batched, one)

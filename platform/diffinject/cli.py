@@ -6,9 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
+from .arguments import ArgumentParser
+from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, Range, absolute_args, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
 from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
+
+SAMPLE_COUNT = Range(1, 10_000)  # `diffusion sample --num`: a grid, not a data set (inject makes those)
+SAMPLE_SCALE = Range(1, 16)      # `diffusion sample --scale`: 16 x 32 px is 512 px per image
 
 
 def _config(args: argparse.Namespace):
@@ -163,11 +167,11 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     from .atomic import atomic_file
     from .diffusion import ddim_sample, get_preset
     from .diffusion.checkpoint import load_unet_checkpoint
-    from .plots import png_bytes, tile_images
+    from .plots import check_png_pixels, grid_shape, png_bytes, tile_images
     from .diffusion.pixels import to_uint8
 
-    check_options(args, {"num": COUNT, "steps": DDIM_STEPS, "eta": NON_NEGATIVE, "seed": SEED, "columns": COUNT,
-                         "scale": COUNT})
+    check_options(args, {"num": SAMPLE_COUNT, "steps": DDIM_STEPS, "eta": NON_NEGATIVE, "seed": SEED,
+                         "columns": COUNT, "scale": SAMPLE_SCALE})
     check_output_file(args.out, "--out")
     if args.format == "guided-diffusion":
         from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
@@ -178,6 +182,10 @@ def cmd_diffusion_sample(args: argparse.Namespace) -> None:
     else:
         unet, meta = load_unet_checkpoint(args.checkpoint, args.preset)
         preset = get_preset(meta["preset"])
+    height, width = grid_shape(args.num, preset.image_size, preset.image_size, args.columns)
+    check_png_pixels(height * args.scale, width * args.scale,
+                     f"the grid of {args.num} {preset.image_size}-pixel images, {min(args.columns, args.num)} "
+                     f"per row, at --scale {args.scale}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"sampling {args.num} images from {preset.name} with {args.steps} DDIM steps (eta {args.eta}) "
           f"on {device}", flush=True)
@@ -265,14 +273,22 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def cmd_results(args: argparse.Namespace) -> None:
-    from .results import collect, format_table
+    from .results import collect, find_experiment, format_table, newest_experiment, open_store
 
-    check_tracking_store()
-    print(format_table(collect(args.experiment)))
+    tracker = open_store()
+    if args.experiment is None:
+        name = newest_experiment(tracker)
+        print(f"experiment {name!r}: the one whose finished run ended last (--experiment NAME for another)")
+    else:
+        name = find_experiment(tracker, args.experiment).name
+    print(format_table(collect(name, tracker)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="diffinject", description=__doc__)
+    from .data.registry import DATASETS
+    from .methods import METHODS
+
+    parser = ArgumentParser(prog="diffinject", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="build or check datasets").add_subparsers(dest="data_command", required=True)
@@ -285,13 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=cmd_data_build)
     check = data.add_parser("check", help="validate a dataset and print per-split counts")
-    check.add_argument("name")
+    check.add_argument("name", help=f"the dataset: {' | '.join(DATASETS)}")
     check.add_argument("--data-root", default="data")
     check.add_argument("--ratio", help="one ratio (default: all the dataset ships)")
     check.set_defaults(func=cmd_data_check)
 
     train = sub.add_parser("train", help="train a registered method on a dataset and ratio")
-    train.add_argument("method")
+    train.add_argument("method", help=f"the method: {' | '.join(METHODS)}")
     train.add_argument("--synthetic", action="append", metavar="DIR",
                        help="a synthetic set (from `diffinject inject`) added to the training data (repeatable)")
     _add_run_args(train)
@@ -311,13 +327,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--format", choices=("diffinject", "guided-diffusion"), default="diffinject",
                         help="diffinject (stage 2's diffusion.pt) or a released guided-diffusion / P2 state dict")
     sample.add_argument("--preset", help="U-Net preset (required for guided-diffusion; checked for diffinject)")
-    sample.add_argument("--num", type=int, default=64)
-    sample.add_argument("--steps", type=int, default=50, help="DDIM steps")
-    sample.add_argument("--eta", type=float, default=0.0)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--columns", type=int, default=8)
-    sample.add_argument("--scale", type=int, default=1, help="enlarge the grid (nearest neighbour)")
-    sample.add_argument("--out", type=Path, default=Path("samples.png"))
+    sample.add_argument("--num", type=int, default=64,
+                        help=f"images in the grid, at most {SAMPLE_COUNT.high:,} (default: %(default)s)")
+    sample.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    sample.add_argument("--eta", type=float, default=0.0,
+                        help="DDIM noise: 0 is deterministic, 1 is DDPM-like (default: %(default)s)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    sample.add_argument("--columns", type=int, default=8, help="images per grid row (default: %(default)s)")
+    sample.add_argument("--scale", type=int, default=1,
+                        help=f"enlarge the grid 1 to {SAMPLE_SCALE.high} times, nearest neighbour "
+                             f"(default: %(default)s)")
+    sample.add_argument("--out", type=Path, default=Path("samples.png"), help="the PNG grid (default: %(default)s)")
     sample.set_defaults(func=cmd_diffusion_sample)
     export = diffusion.add_parser("export", help="rewrite a checkpoint with its weights in another dtype")
     export.add_argument("--checkpoint", type=Path, required=True, help="a diffinject diffusion.pt")
@@ -342,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     inject.set_defaults(func=cmd_inject)
 
     results = sub.add_parser("results", help="print the results table from MLflow")
-    results.add_argument("--experiment", default="diffinject")
+    results.add_argument("--experiment", help="MLflow experiment (default: the one whose finished run ended last)")
     results.set_defaults(func=cmd_results)
     return parser
 

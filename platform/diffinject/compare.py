@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import ConfigError
-from .results import mean_std
+from .results import find_experiment, mean_std
 from .tracking import Tracker
 
 
@@ -46,9 +46,7 @@ def load_cell_runs(tracker: Tracker, experiments: list[str], datasets=None, rati
     of an ablation experiment, else from its cell runs. `methods` filters by method."""
     latest: dict[tuple, CellRun] = {}
     for name in experiments:
-        found = tracker.client.get_experiment_by_name(name)
-        if found is None:
-            raise ConfigError(f"no MLflow experiment {name!r} at {tracker.uri}")
+        found = find_experiment(tracker, name)
         cells = []
         for role in ("trial", "cell"):
             runs = tracker.client.search_runs([found.experiment_id], "attributes.status = 'FINISHED' and "

@@ -5,6 +5,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import ConfigError
+
+# PIL's Image.MAX_IMAGE_PIXELS: a larger PNG opens only with a DecompressionBombWarning (and with
+# an error from twice that), and each such grid holds over 250 MB of pixels in memory
+MAX_PNG_PIXELS = 89_478_485
+
 
 def pyplot():
     """matplotlib.pyplot on the file-only Agg backend."""
@@ -45,16 +51,30 @@ def image_grid(path: Path, images: np.ndarray, captions: list[str], title: str, 
     return save_figure(fig, path)
 
 
+def grid_shape(n: int, height: int, width: int, columns: int = 10, gap: int = 2) -> tuple[int, int]:
+    """(height, width) in pixels of `n` height x width images tiled by tile_images."""
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    return rows * (height + gap) + gap, cols * (width + gap) + gap
+
+
 def tile_images(images: np.ndarray, columns: int = 10, gap: int = 2) -> np.ndarray:
     """uint8 N x H x W x 3 images tiled row by row into one uint8 image (white gaps)."""
     n, h, w, c = images.shape
     cols = min(columns, n)
-    rows = -(-n // cols)
-    out = np.full((rows * (h + gap) + gap, cols * (w + gap) + gap, c), 255, dtype=np.uint8)
+    out = np.full((*grid_shape(n, h, w, columns, gap), c), 255, dtype=np.uint8)
     for i, image in enumerate(images):
         r, col = divmod(i, cols)
         out[gap + r * (h + gap):gap + r * (h + gap) + h, gap + col * (w + gap):gap + col * (w + gap) + w] = image
     return out
+
+
+def check_png_pixels(height: int, width: int, what: str) -> None:
+    """ConfigError when a height x width picture (`what`) is over MAX_PNG_PIXELS, before any
+    memory is taken for it."""
+    if height * width > MAX_PNG_PIXELS:
+        raise ConfigError(f"{what} would be {width} x {height} = {width * height:,} pixels, over the limit of "
+                          f"{MAX_PNG_PIXELS:,} (PIL's decompression-bomb bound)")
 
 
 def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
@@ -63,6 +83,7 @@ def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
 
     from PIL import Image
 
+    check_png_pixels(image.shape[0] * scale, image.shape[1] * scale, f"the picture enlarged {scale} times")
     picture = Image.fromarray(image)
     if scale > 1:
         picture = picture.resize((image.shape[1] * scale, image.shape[0] * scale), Image.NEAREST)

@@ -4,11 +4,15 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 
 from .config import PATH_FIELDS
-from .tracking import Tracker
+from .errors import ConfigError
+from .preflight import check_tracking_store
+from .tracking import Tracker, tracking_uri
 
 # "unbiased": the reported test accuracy of the selected weights (BFFHQ: its bias-conflicting images)
 COLUMNS = (("reported_acc", "unbiased"), ("test_aligned_acc", "aligned"), ("test_conflicting_acc", "conflicting"))
@@ -33,6 +37,56 @@ class Cell:
 
 
 STAGE1_ROW = "stage-1 bias classifier (GCE)"
+ROLES = ("cell", "stage1")  # the runs a results table shows
+
+
+def local_store(uri: str) -> Path | None:
+    """The file (SQLite) or folder (file store) of a local MLflow store; None for a server,
+    a remote database or SQLite in memory."""
+    if uri.startswith("sqlite:"):
+        path = uri.split("?", 1)[0][len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        return Path(path) if path not in ("", ":memory:") else None
+    scheme = urlparse(uri).scheme
+    return Path(urlparse(uri).path if scheme else uri) if scheme in ("", "file") else None
+
+
+def open_store(uri: str | None = None) -> Tracker:
+    """A Tracker on the MLflow store at `uri` (default: tracking_uri()) that exists already:
+    MlflowClient creates a missing SQLite database or file store, and reading results must
+    leave none behind."""
+    uri = uri or tracking_uri()
+    path = local_store(uri)
+    if path is not None and not path.exists():
+        raise ConfigError(f"no MLflow store at {uri} (run a table first, or set MLFLOW_TRACKING_URI)")
+    return Tracker(check_tracking_store(uri))
+
+
+def _experiments(tracker: Tracker) -> list:
+    return tracker.client.search_experiments(max_results=50_000)  # MLflow's largest page
+
+
+def _experiment_names(tracker: Tracker) -> str:
+    return ", ".join(sorted(e.name for e in _experiments(tracker))) or "none"
+
+
+def find_experiment(tracker: Tracker, name: str):
+    """The experiment `name`; ConfigError naming the store's experiments when there is none."""
+    found = tracker.client.get_experiment_by_name(name)
+    if found is None:
+        raise ConfigError(f"no experiment {name!r} in {tracker.uri}; experiments: {_experiment_names(tracker)}")
+    return found
+
+
+def newest_experiment(tracker: Tracker) -> str:
+    """The name of the experiment whose finished cell or stage-1 run ended last."""
+    ids = [e.experiment_id for e in _experiments(tracker)]
+    runs = [run for role in ROLES for run in tracker.client.search_runs(
+        ids, f"attributes.status = 'FINISHED' and tags.`diffinject.role` = '{role}'", max_results=1,
+        order_by=["attributes.end_time DESC"])] if ids else []
+    if not runs:
+        raise ConfigError(f"no finished runs in {tracker.uri}; experiments: {_experiment_names(tracker)}")
+    newest = max(runs, key=lambda run: run.info.end_time or 0)
+    return tracker.client.get_experiment(newest.info.experiment_id).name
 
 
 def config_of(role: str, params: dict[str, str]) -> dict[str, str]:
