@@ -43,7 +43,7 @@ from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray
-from diffinject.preflight import check_output_dir, check_tracking_store
+from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.tracking import Tracker
 
@@ -161,6 +161,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                              (base.run.storage_path, "run.storage_path")):
             check_output_dir(folder, what)
         check_tracking_store()
+        check_data_paths(base.data)
         dataset_folder(base)
         if get_method(args.method).needs_synthetic:
             check_settings_against_data(base, axes, settings, args.method)

@@ -30,7 +30,7 @@ from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray, with_seed
-from diffinject.preflight import check_output_dir, check_tracking_store
+from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.report import Table1
 from diffinject.tracking import Tracker
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         check_tracking_store()
         for cfg in configs:  # every dataset is found and valid (and fits stages 1 and 3), every output writable,
             check_output_dir(cfg.run.storage_path, "run.storage_path")  # before anything starts
+            check_data_paths(cfg.data)
             if on_synthetic:
                 check_against_data(cfg, methods)
             else:

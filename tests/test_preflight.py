@@ -210,6 +210,32 @@ def test_storage_path_that_is_a_file(in_tmp, capsys):
         f"error: run.storage_path {in_tmp / 'ray_results'} is a file, not a folder"
 
 
+@pytest.mark.parametrize("script,argv,option", [
+    (None, ["train", "vanilla", "--quick"], "--data-root"),
+    (None, ["topk", "--quick"], "--data-root"),
+    (None, ["data", "check", "colored_digits"], "--data-root"),
+    (None, ["data", "build", "colored_digits"], "--data-root"),
+    (None, ["train", "vanilla", "--quick"], "--cache-root"),
+    ("table1", ["--quick", "--methods", "vanilla"], "--data-root"),
+    ("table1", ["--quick", "--methods", "vanilla"], "--cache-root"),
+    ("ablations", ["--quick"], "--data-root"),
+])
+def test_data_and_cache_roots_that_are_files(script, argv, option, in_tmp, capsys):
+    taken = in_tmp / "taken"
+    taken.write_text("mine")
+    entry = _script(script).main if script else main
+    assert _fails(argv + [option, str(taken)], capsys, entry) == f"error: {option} {taken} is a file, not a folder"
+
+
+def test_a_lock_whose_folder_is_a_file_names_it(tmp_path):
+    from diffinject.artifacts import file_lock
+
+    (tmp_path / "data").write_text("mine")
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'data'} is not a folder"):
+        with file_lock(tmp_path / "data" / ".colored_digits.lock"):
+            pass
+
+
 def test_inject_outputs_and_inputs_are_checked_first(in_tmp, tiny_checkpoint, capsys):
     argv = ["inject", "--quick", "--checkpoint", str(tiny_checkpoint), "--set", "diffusion.preset=tiny_32"]
     (in_tmp / "out").write_text("mine")

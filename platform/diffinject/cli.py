@@ -8,7 +8,8 @@ from pathlib import Path
 
 from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
-from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
+from .preflight import (check_data_paths, check_data_root, check_input_dir, check_output_dir, check_output_file,
+                        check_tracking_store)
 
 
 def _config(args: argparse.Namespace):
@@ -25,6 +26,7 @@ def _training_config(args: argparse.Namespace):
     cfg = _config(args)
     check_tracking_store()
     check_output_dir(cfg.run.storage_path, "run.storage_path")
+    check_data_paths(cfg.data)
     return cfg
 
 
@@ -92,6 +94,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
     spec = get_dataset_spec(args.name)
     ratios = [normalize_ratio(spec, args.ratio)] if args.ratio else list(spec.ratios)
+    check_data_root(args.data_root)
     for ratio in ratios:
         index = read_layout(Path(args.data_root), spec, ratio)
         size = None
@@ -248,6 +251,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     cfg.injection.calibrate_t_edit = True
     check_tracking_store()
     check_output_dir(args.out or ".", "--out")
+    check_data_paths(cfg.data)
     check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
     images = load_split(dataset_folder(cfg), "train").images[:cfg.injection.calibration_images]
     if args.random_lpips_backbone:
