@@ -38,6 +38,7 @@ from diffinject.ablations import (Axis, SettingResult, ablation_plot, apply_sett
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, flatten, preset
+from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
@@ -154,6 +155,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         axes = [parse_axis(text, base) for text in sweeps]
         if len({a.name for a in axes}) != len(axes):
             raise ConfigError("an axis is swept twice; give each --sweep NAME once")
+        check_given_checkpoints(checkpoints, [base])
         checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, [base],
                                             swept=[f for a in axes for f in a.fields])
         settings = grid_settings(axes, base, args.cross) if args.search == "grid" else None

@@ -25,6 +25,7 @@ from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
 from diffinject.data.registry import get_dataset_spec, normalize_ratio
+from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import DiffInjectError
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
+        check_given_checkpoints(checkpoints, configs)
         checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, configs)
         check_output_dir(args.out, "--out")
         check_output_dir(args.artifact_root, "--artifact-root")

@@ -211,7 +211,7 @@ def cmd_diffusion_export(args: argparse.Namespace) -> None:
 
 
 def cmd_inject(args: argparse.Namespace) -> None:
-    from .diffusion.checkpoint import checkpoint_meta
+    from .diffusion.checkpoint import load_unet_checkpoint
     from .inject.synthetic import check_output_folder
     from .pipeline import check_checkpoint_resolution, run_stage1, run_stage3
 
@@ -221,7 +221,8 @@ def cmd_inject(args: argparse.Namespace) -> None:
     if args.out is not None:
         check_output_dir(args.out, "--out")
         check_output_folder(args.out)  # before stage 1: finalizing would replace the whole folder
-    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
+    # the weights load strictly now, not after stage 1
+    check_checkpoint_resolution(cfg, load_unet_checkpoint(args.checkpoint)[1]["preset"], args.checkpoint)
     _start_ray(cfg)
     topk_dir = args.topk_dir
     if topk_dir is None:
@@ -243,7 +244,7 @@ def cmd_inject(args: argparse.Namespace) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .data.parquet import load_split
-    from .diffusion.checkpoint import checkpoint_meta
+    from .diffusion.checkpoint import load_unet_checkpoint
     from .pipeline import dataset_folder, check_checkpoint_resolution, resolve_t_edit
     from .tracking import Tracker
 
@@ -252,7 +253,7 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     check_tracking_store()
     check_output_dir(args.out or ".", "--out")
     check_data_paths(cfg.data)
-    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
+    check_checkpoint_resolution(cfg, load_unet_checkpoint(args.checkpoint)[1]["preset"], args.checkpoint)
     images = load_split(dataset_folder(cfg), "train").images[:cfg.injection.calibration_images]
     if args.random_lpips_backbone:
         print("warning: LPIPS with a randomly initialised AlexNet: the curve and t_edit are not meaningful")
