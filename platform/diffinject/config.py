@@ -839,7 +839,8 @@ GRID_STEPS = Range(2, NUM_TIMESTEPS)  # a timestep grid from 0 to 999 has both e
 
 # N_syn = round(conflict_ratio x |train|) synthetic pairs (docs/design.md 2.3, item 9); the paper uses 0.1
 # (CMNIST, Corrupted CIFAR-10) and 0.6 (BFFHQ, Dogs & Cats). Above 1 a set is larger than the
-# training split it debiases (a warning); above MAX_CONFLICT_RATIO it is refused as a slip (50 for 0.50).
+# training split it debiases (a warning); above MAX_CONFLICT_RATIO it is taken for a slip (50 meant as 0.5)
+# and refused.
 MAX_CONFLICT_RATIO = 10
 CONFLICT_RATIO = Range(0, MAX_CONFLICT_RATIO, low_open=True,
                        why="it queues N_syn = round(conflict_ratio x |train|) synthetic pairs; the paper uses 0.1 "
