@@ -39,12 +39,13 @@ from diffinject.arguments import ArgumentParser
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, flatten, preset
+from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray
-from diffinject.preflight import check_output_dir, check_tracking_store
+from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.tracking import Tracker
 
@@ -155,6 +156,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         axes = [parse_axis(text, base) for text in sweeps]
         if len({a.name for a in axes}) != len(axes):
             raise ConfigError("an axis is swept twice; give each --sweep NAME once")
+        check_given_checkpoints(checkpoints, [base])
         checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, [base],
                                             swept=[f for a in axes for f in a.fields])
         settings = grid_settings(axes, base, args.cross) if args.search == "grid" else None
@@ -162,6 +164,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
                              (base.run.storage_path, "run.storage_path")):
             check_output_dir(folder, what)
         check_tracking_store()
+        check_data_paths(base.data)
         dataset_folder(base)
         if get_method(args.method).needs_synthetic:
             check_settings_against_data(base, axes, settings, args.method)

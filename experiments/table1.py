@@ -26,12 +26,13 @@ from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
 from diffinject.data.registry import get_dataset_spec, normalize_ratio
+from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray, with_seed
-from diffinject.preflight import check_output_dir, check_tracking_store
+from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.report import Table1
 from diffinject.tracking import Tracker
@@ -137,12 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 configs.append(apply_overrides(cfg, args.set))
+        check_given_checkpoints(checkpoints, configs)
         checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, configs)
         check_output_dir(args.out, "--out")
         check_output_dir(args.artifact_root, "--artifact-root")
         check_tracking_store()
         for cfg in configs:  # every dataset is found and valid (and fits stages 1 and 3), every output writable,
             check_output_dir(cfg.run.storage_path, "run.storage_path")  # before anything starts
+            check_data_paths(cfg.data)
             if on_synthetic:
                 check_against_data(cfg, methods)
             else:

@@ -196,6 +196,8 @@ def test_checkpoint_for_an_unknown_file_or_dataset_is_an_error(tmp_path):
 
     with pytest.raises(CheckpointError, match="no such file"):
         CellRunner(ArtifactCache(tmp_path), Tracker(f"sqlite:///{tmp_path / 'm.db'}"), {"bffhq": str(tmp_path / "x.pt")})
+    with pytest.raises(CheckpointError, match="is a folder; expected a checkpoint file"):
+        CellRunner(ArtifactCache(tmp_path), Tracker(f"sqlite:///{tmp_path / 'm.db'}"), {"bffhq": str(tmp_path)})
     with pytest.raises(ConfigError, match="bffhq.*not among the datasets"):
         check_checkpoint_datasets({"bffhq": "x.pt"}, ["colored_digits"])
 

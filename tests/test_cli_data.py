@@ -113,6 +113,17 @@ def test_check_wrong_size_and_bad_layout(tmp_path, capsys):
                    "in class folder 3\n")
 
 
+def test_check_grayscale_image_in_a_colour_biased_dataset(tmp_path, capsys):
+    from PIL import Image
+
+    spec = tiny_digits(tmp_path)
+    bad = next((split_dirs(tmp_path, spec, "1")["align"] / "2").iterdir())
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(bad, format="PNG")  # mode L
+    assert main(["data", "check", "colored_digits", "--data-root", str(tmp_path), "--ratio", "1"]) == 2
+    assert capsys.readouterr().err == (f"error: {bad}: a grayscale image (mode L), but the bias of colored_digits is "
+                                       f"the colour; expected a colour (RGB) image\n")
+
+
 def test_check_missing_dataset(tmp_path, capsys):
     assert main(["data", "check", "cmnist", "--data-root", str(tmp_path), "--ratio", "5"]) == 2
     err = capsys.readouterr().err

@@ -244,10 +244,25 @@ def test_overrides_are_typed():
     ("injection.inversion_steps=1001", r"injection.inversion_steps must be in \[2, 1000\], got 1001"),
     ("diffusion.train_data=cmnist@3", "diffusion.train_data=cmnist@3: invalid conflict ratio '3' for cmnist"),
     ("run.experiment=", "run.experiment must not be empty"),
+    ("injection.conflict_ratio=50", r"injection.conflict_ratio must be in \(0, 10\], got 50.0 \(it queues "
+                                    r"N_syn = round\(conflict_ratio x \|train\|\) synthetic pairs"),
 ])
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
         apply_overrides(preset("cmnist"), [override])
+
+
+def test_a_conflict_ratio_above_1_is_accepted_with_one_warning(monkeypatch, capsys):
+    import diffinject.config
+
+    monkeypatch.setattr(diffinject.config, "_warned", set(), raising=False)
+    for _ in range(2):
+        assert apply_overrides(preset("cmnist"), ["injection.conflict_ratio=5"]).injection.conflict_ratio == 5
+    err = capsys.readouterr().err
+    assert err.startswith("warning: injection.conflict_ratio=5 queues N_syn = round(conflict_ratio x |train|) = 5 x "
+                          "the training split") and err.count("\n") == 1
+    apply_overrides(preset("cmnist"), ["injection.conflict_ratio=1"])
+    assert capsys.readouterr().err == ""
 
 
 def test_flatten_and_round_trip():

@@ -271,12 +271,19 @@ def test_sigterm_ends_a_sweep_like_ctrl_c(ray_session, digits_root, tmp_path, ml
 
 
 @pytest.mark.slow
-def test_an_error_inside_a_trial_is_one_line(ray_session, digits_root, tmp_path, mlflow_uri, capfd):
-    """A DiffInjectError in a trial's cell (here: the --checkpoint file is gone) reaches the
-    user as its message, without the tracebacks of the Ray tasks it crossed."""
-    argv = _ablations_argv(digits_root, tmp_path, "--sweep", "gamma=0", "--checkpoint",
-                           f"colored_digits={tmp_path / 'gone.pt'}")
-    assert _script("ablations").main(argv) == 2
+def test_an_error_inside_a_trial_is_one_line(ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capfd):
+    """A DiffInjectError in a trial's cell (here: the --checkpoint file is gone, removed after
+    the driver checked it) reaches the user as its message, without the tracebacks of the Ray
+    tasks it crossed."""
+    from diffinject.diffusion.shipped import quick_checkpoint
+
+    gone = tmp_path / "gone.pt"
+    shutil.copyfile(quick_checkpoint(), gone)
+    ablations = _script("ablations")
+    start_ray = ablations.ensure_ray
+    monkeypatch.setattr(ablations, "ensure_ray", lambda: (gone.unlink(), start_ray()))
+    argv = _ablations_argv(digits_root, tmp_path, "--sweep", "gamma=0", "--checkpoint", f"colored_digits={gone}")
+    assert ablations.main(argv) == 2
     err = capfd.readouterr().err
     assert f"error: trial gamma=0 failed: --checkpoint colored_digits={tmp_path / 'gone.pt'}: no such file\n" in err
     assert "Traceback" not in err and len([line for line in err.splitlines() if "error" in line.lower()]) == 1

@@ -405,3 +405,13 @@ def test_non_ascii_digit_class_folder(tiny):
     root, spec, dirs = tiny
     (dirs["test"] / "\u00b2").mkdir()
     raises_naming(lambda: read_layout(root, spec, "1"), dirs["test"] / "\u00b2", "unexpected folder")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "1", "I;16"])
+def test_a_grayscale_image_is_refused_where_the_bias_is_colour(tmp_path, mode):
+    path = tmp_path / "0_3_3.png"
+    Image.new(mode, (28, 28)).save(path)
+    raises_naming(lambda: load_image(path, get_dataset_spec("cmnist")), path, f"a grayscale image (mode {mode})",
+                  "the bias of cmnist is the colour")
+    raises_naming(lambda: load_image(path, get_dataset_spec("colored_digits")), path, "colored_digits")
+    assert load_image(path, get_dataset_spec("bffhq")).shape == (28, 28, 3)  # its bias (age) is not colour

@@ -210,6 +210,32 @@ def test_storage_path_that_is_a_file(in_tmp, capsys):
         f"error: run.storage_path {in_tmp / 'ray_results'} is a file, not a folder"
 
 
+@pytest.mark.parametrize("script,argv,option", [
+    (None, ["train", "vanilla", "--quick"], "--data-root"),
+    (None, ["topk", "--quick"], "--data-root"),
+    (None, ["data", "check", "colored_digits"], "--data-root"),
+    (None, ["data", "build", "colored_digits"], "--data-root"),
+    (None, ["train", "vanilla", "--quick"], "--cache-root"),
+    ("table1", ["--quick", "--methods", "vanilla"], "--data-root"),
+    ("table1", ["--quick", "--methods", "vanilla"], "--cache-root"),
+    ("ablations", ["--quick"], "--data-root"),
+])
+def test_data_and_cache_roots_that_are_files(script, argv, option, in_tmp, capsys):
+    taken = in_tmp / "taken"
+    taken.write_text("mine")
+    entry = _script(script).main if script else main
+    assert _fails(argv + [option, str(taken)], capsys, entry) == f"error: {option} {taken} is a file, not a folder"
+
+
+def test_a_lock_whose_folder_is_a_file_names_it(tmp_path):
+    from diffinject.artifacts import file_lock
+
+    (tmp_path / "data").write_text("mine")
+    with pytest.raises(ConfigError, match=f"^{tmp_path / 'data'} is not a folder"):
+        with file_lock(tmp_path / "data" / ".colored_digits.lock"):
+            pass
+
+
 def test_inject_outputs_and_inputs_are_checked_first(in_tmp, tiny_checkpoint, capsys):
     argv = ["inject", "--quick", "--checkpoint", str(tiny_checkpoint), "--set", "diffusion.preset=tiny_32"]
     (in_tmp / "out").write_text("mine")
@@ -266,3 +292,69 @@ def test_compare_checks_its_plot_path_first(in_tmp, capsys):
     compare = _script("compare")
     assert _fails(["--experiments", "x", "--plot", str(in_tmp)], capsys, compare.main) == \
         f"error: --plot {in_tmp} is a folder; expected a file name"
+
+
+# --- given diffusion checkpoints ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_checkpoints(tmp_path_factory, tiny_checkpoint):
+    """Checkpoint files that cannot be the Colored Digits model (the quick preset's small_32), and
+    the start of the message each must give."""
+    folder = tmp_path_factory.mktemp("bad-ckpt")
+    import torch
+
+    tiny = tiny_checkpoint.read_bytes()
+    relabelled = torch.load(tiny_checkpoint, weights_only=True) | {"preset": "small_32"}
+    files = {"text.pt": "not a torch.save archive", "empty.pt": b"", "truncated.pt": tiny[:len(tiny) // 2],
+             "tiny_32.pt": tiny, "relabelled.pt": relabelled, "state_dict.pt": {"conv.weight": torch.zeros(3)}}
+    for name, content in files.items():
+        path = folder / name
+        if isinstance(content, str):
+            path.write_text(content)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            torch.save(content, path)
+    (folder / "folder.pt").mkdir()
+    return {name: folder / name for name in [*files, "folder.pt"]}
+
+
+BAD_CHECKPOINT_MESSAGES = {
+    "text.pt": "checkpoint {} is unreadable", "empty.pt": "checkpoint {} is truncated or corrupted",
+    "truncated.pt": "checkpoint {} is truncated or corrupted",
+    "tiny_32.pt": "{} holds a tiny_32 model, but colored_digits uses diffusion.preset=small_32",
+    "relabelled.pt": "{} (small_32): the weights are for another architecture: ",
+    "state_dict.pt": "checkpoint {}: guided-diffusion state dict does not fit preset 'small_32'",
+    "folder.pt": "checkpoint {} is a folder; expected a checkpoint file",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_CHECKPOINT_MESSAGES))
+@pytest.mark.parametrize("script", ["table1", "ablations"])
+def test_a_bad_checkpoint_stops_a_driver_before_any_work(script, name, bad_checkpoints, in_tmp, monkeypatch, capsys):
+    driver = _script(script)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("Ray started: the checkpoint was not checked before the work")
+
+    monkeypatch.setattr(driver, "ensure_ray", no_work)
+    path = bad_checkpoints[name]
+    argv = ["--quick", "--checkpoint", f"colored_digits={path}", "--data-root", str(in_tmp / "data")]
+    argv += ["--methods", "diffinject"] if script == "table1" else ["--method", "diffinject"]
+    assert _fails(argv, capsys, driver.main).startswith("error: " + BAD_CHECKPOINT_MESSAGES[name].format(path))
+    assert not (in_tmp / "data").exists() and not (in_tmp / "artifacts").exists()
+
+
+@pytest.mark.parametrize("command", ["inject", "calibrate"])
+def test_a_checkpoint_of_another_model_stops_inject_and_calibrate_at_once(command, bad_checkpoints, in_tmp,
+                                                                           monkeypatch, capsys):
+    import diffinject.cli
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started: the checkpoint was not checked first")
+
+    monkeypatch.setattr(diffinject.cli, "_start_ray", no_work)
+    monkeypatch.setattr("diffinject.pipeline.dataset_folder", no_work)
+    path = bad_checkpoints["relabelled.pt"]
+    assert _fails([command, "--quick", "--checkpoint", str(path)], capsys).startswith(
+        f"error: {path} (small_32): the weights are for another architecture: ")

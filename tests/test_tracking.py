@@ -1,6 +1,8 @@
 """How runs end: finished, failed on an error, killed when the process is being stopped."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from diffinject.tracking import Tracker
@@ -98,3 +100,32 @@ def test_runs_name_their_source_commit_and_user(tracker):
     named = Tracker(tracker.uri, source="experiments/table1.py")
     (run,) = _runs(named, 1)
     assert named.client.get_run(run).data.tags["mlflow.source.name"] == "experiments/table1.py"
+
+
+def _open_stores(folders: list[str], barrier, results) -> None:
+    """Open a Tracker on a fresh SQLite store in each folder, in step with the other process."""
+    failures = []
+    for folder in folders:
+        barrier.wait()
+        try:
+            Tracker(f"sqlite:///{folder}/mlflow.db").experiment("t")
+        except Exception as exc:  # the race: sqlalchemy "table ... already exists", "duplicate column"
+            failures.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    results.put(failures)
+
+
+def test_two_processes_creating_a_new_store_at_once_both_succeed(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    folders = [str(tmp_path / f"store{i}") for i in range(4)]
+    for folder in folders:
+        Path(folder).mkdir()
+    barrier, results = context.Barrier(2), context.Queue()
+    processes = [context.Process(target=_open_stores, args=(folders, barrier, results)) for _ in range(2)]
+    for process in processes:
+        process.start()
+    failures = [results.get(timeout=300) for _ in processes]
+    for process in processes:
+        process.join()
+    assert failures == [[], []]

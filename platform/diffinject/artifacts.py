@@ -76,7 +76,11 @@ class Artifact:
 @contextlib.contextmanager
 def file_lock(path: Path):
     """An exclusive fcntl lock on `path` (held per open file, so threads exclude each other too)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{path.parent} is not a folder (a file is in the way); expected a folder "
+                          f"to hold the lock {path.name}") from None
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

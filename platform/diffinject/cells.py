@@ -115,6 +115,8 @@ class CellRunner:
         self.random_lpips_backbone = random_lpips_backbone
         self._cluster_gpus: dict[str, bool] = {}  # run.use_gpu -> resolved, once per runner
         for dataset, path in self.checkpoints.items():
+            if Path(path).is_dir():
+                raise CheckpointError(f"--checkpoint {dataset}={path} is a folder; expected a checkpoint file")
             if not Path(path).is_file():
                 raise CheckpointError(f"--checkpoint {dataset}={path}: no such file")
 
@@ -244,24 +246,16 @@ class CellRunner:
                            tags: dict) -> dict:
         """A given checkpoint, loaded strictly (keys and shapes) and converted once into the
         project's format, so that one that does not fit its preset is never cached."""
-        from .diffusion.checkpoint import FORMAT, load_unet_checkpoint, read_checkpoint_file, unet_checkpoint_bytes
-        from .diffusion.guided_diffusion import load_guided_diffusion_checkpoint
+        from .diffusion.checkpoint import load_given_checkpoint, unet_checkpoint_bytes
         from .diffusion.models import get_preset
 
         preset = get_preset(cfg.diffusion.preset)
-        payload = read_checkpoint_file(path)
-        if isinstance(payload, dict) and payload.get("format") == FORMAT:
-            if payload["preset"] != preset.name:
-                raise CheckpointError(f"{path} holds a {payload['preset']} model, but {cfg.data.dataset} uses "
-                                      f"diffusion.preset={preset.name}")
-            load_unet_checkpoint(path, preset.name)  # weights that do not fit the preset: an error now, not in stage 3
+        unet, source = load_given_checkpoint(path, preset.name, cfg.data.dataset)
+        if source == "diffinject":
             shutil.copyfile(path, work / DIFFUSION_FILE)
-            source = "diffinject"
         else:
-            unet = load_guided_diffusion_checkpoint(path, preset)
             (work / DIFFUSION_FILE).write_bytes(unet_checkpoint_bytes(
                 unet.state_dict(), preset, step=0, config={"source": str(path), "format": "guided-diffusion"}))
-            source = "guided-diffusion"
         exp = self.tracker.experiment(cfg.run.experiment)
         run_id = self.tracker.start_run(exp, f"stage2 {preset.name} imported {cfg.data.dataset}",
                                         {"dataset": cfg.data.dataset, "diffinject.role": "stage2",

@@ -9,7 +9,8 @@ from pathlib import Path
 from .arguments import ArgumentParser
 from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, Range, absolute_args, apply_overrides, check_options, preset
 from .errors import ConfigError, DiffInjectError
-from .preflight import check_input_dir, check_output_dir, check_output_file, check_tracking_store
+from .preflight import (check_data_paths, check_data_root, check_input_dir, check_output_dir, check_output_file,
+                        check_tracking_store)
 
 SAMPLE_COUNT = Range(1, 10_000)  # `diffusion sample --num`: a grid, not a data set (inject makes those)
 SAMPLE_SCALE = Range(1, 16)      # `diffusion sample --scale`: 16 x 32 px is 512 px per image
@@ -29,6 +30,7 @@ def _training_config(args: argparse.Namespace):
     cfg = _config(args)
     check_tracking_store()
     check_output_dir(cfg.run.storage_path, "run.storage_path")
+    check_data_paths(cfg.data)
     return cfg
 
 
@@ -96,6 +98,7 @@ def cmd_data_check(args: argparse.Namespace) -> None:
 
     spec = get_dataset_spec(args.name)
     ratios = [normalize_ratio(spec, args.ratio)] if args.ratio else list(spec.ratios)
+    check_data_root(args.data_root)
     for ratio in ratios:
         index = read_layout(Path(args.data_root), spec, ratio)
         size = None
@@ -216,7 +219,7 @@ def cmd_diffusion_export(args: argparse.Namespace) -> None:
 
 
 def cmd_inject(args: argparse.Namespace) -> None:
-    from .diffusion.checkpoint import checkpoint_meta
+    from .diffusion.checkpoint import load_unet_checkpoint
     from .inject.synthetic import check_output_folder
     from .pipeline import check_checkpoint_resolution, run_stage1, run_stage3
 
@@ -226,7 +229,8 @@ def cmd_inject(args: argparse.Namespace) -> None:
     if args.out is not None:
         check_output_dir(args.out, "--out")
         check_output_folder(args.out)  # before stage 1: finalizing would replace the whole folder
-    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
+    # the weights load strictly now, not after stage 1
+    check_checkpoint_resolution(cfg, load_unet_checkpoint(args.checkpoint)[1]["preset"], args.checkpoint)
     _start_ray(cfg)
     topk_dir = args.topk_dir
     if topk_dir is None:
@@ -248,7 +252,7 @@ def cmd_inject(args: argparse.Namespace) -> None:
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from .data.parquet import load_split
-    from .diffusion.checkpoint import checkpoint_meta
+    from .diffusion.checkpoint import load_unet_checkpoint
     from .pipeline import dataset_folder, check_checkpoint_resolution, resolve_t_edit
     from .tracking import Tracker
 
@@ -256,7 +260,8 @@ def cmd_calibrate(args: argparse.Namespace) -> None:
     cfg.injection.calibrate_t_edit = True
     check_tracking_store()
     check_output_dir(args.out or ".", "--out")
-    check_checkpoint_resolution(cfg, checkpoint_meta(args.checkpoint)["preset"], args.checkpoint)
+    check_data_paths(cfg.data)
+    check_checkpoint_resolution(cfg, load_unet_checkpoint(args.checkpoint)[1]["preset"], args.checkpoint)
     images = load_split(dataset_folder(cfg), "train").images[:cfg.injection.calibration_images]
     if args.random_lpips_backbone:
         print("warning: LPIPS with a randomly initialised AlexNet: the curve and t_edit are not meaningful")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, get_type_hints
 
@@ -652,6 +653,10 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"baselines.agreement must be in [1, num_bias_models={b.num_bias_models}], got {b.agreement}")
     inj = cfg.injection
     check_inject_grid(inj, 0 if inj.calibrate_t_edit else inj.t_edit)
+    if inj.conflict_ratio > 1:
+        _warn_once(f"injection.conflict_ratio={inj.conflict_ratio:g} queues N_syn = round(conflict_ratio x |train|) "
+                   f"= {inj.conflict_ratio:g} x the training split in synthetic pairs, more than the original "
+                   f"samples (the paper uses 0.1 to 0.6; at most {MAX_CONFLICT_RATIO} is accepted)")
 
 
 def check_inject_grid(cfg: InjectionConfig, t_edit: int) -> None:
@@ -701,7 +706,8 @@ _KIND_NAMES = {bool: "true or false", int: "an integer", float: "a number", str:
 @dataclass(frozen=True)
 class Range:
     """low <= value <= high (an open end excludes the bound); `also` lists values allowed
-    outside the range (e.g. -1 for "off"), `noun` names what is counted."""
+    outside the range (e.g. -1 for "off"), `noun` names what is counted, `why` says what the
+    bounds protect."""
 
     low: float | None = None
     high: float | None = None
@@ -709,6 +715,7 @@ class Range:
     high_open: bool = False
     also: tuple = ()
     noun: str = ""
+    why: str = ""     # what the bounds protect, added to the error
 
     def contains(self, value: float) -> bool:
         if value in self.also:
@@ -732,7 +739,7 @@ class Range:
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value}")
         if not self.contains(value):
-            raise ConfigError(f"{key} must be {self.describe()}, got {value}")
+            raise ConfigError(f"{key} must be {self.describe()}, got {value}" + (f" ({self.why})" if self.why else ""))
 
 
 @dataclass(frozen=True)
@@ -830,6 +837,25 @@ TIMESTEP = Range(0, NUM_TIMESTEPS - 1)
 DDIM_STEPS = Range(1, NUM_TIMESTEPS)
 GRID_STEPS = Range(2, NUM_TIMESTEPS)  # a timestep grid from 0 to 999 has both ends
 
+# N_syn = round(conflict_ratio x |train|) synthetic pairs (docs/design.md 2.3, item 9); the paper uses 0.1
+# (CMNIST, Corrupted CIFAR-10) and 0.6 (BFFHQ, Dogs & Cats). Above 1 a set is larger than the
+# training split it debiases (a warning); above MAX_CONFLICT_RATIO it is taken for a slip (50 meant as 0.5)
+# and refused.
+MAX_CONFLICT_RATIO = 10
+CONFLICT_RATIO = Range(0, MAX_CONFLICT_RATIO, low_open=True,
+                       why="it queues N_syn = round(conflict_ratio x |train|) synthetic pairs; the paper uses 0.1 "
+                           "to 0.6")
+_warned: set[str] = set()
+
+
+def _warn_once(text: str) -> None:
+    """One `warning:` line on stderr per process for each distinct text (a config is validated
+    more than once)."""
+    if text not in _warned:
+        _warned.add(text)
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
 # What every config field may hold, in one table: validate() looks every field up here (a new
 # field without an entry fails the test that walks all fields).
 FIELD_RULES: dict[type, dict[str, Any]] = {
@@ -865,7 +891,7 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "calibration_images": COUNT, "t_boost": Range(0, NUM_TIMESTEPS - 1, also=(-1,)),
         "inversion_steps": GRID_STEPS, "generation_steps": GRID_STEPS, "inject_grid": Range(2, NUM_TIMESTEPS, also=(0,)),
         "boost_grid": Range(2, NUM_TIMESTEPS, also=(0,)), "dt_lambda": POSITIVE, "omega": NON_NEGATIVE,
-        "conflict_ratio": POSITIVE, "originals": OneOf(("non_topk", "aligned")), "batch_size": NON_NEGATIVE,
+        "conflict_ratio": CONFLICT_RATIO, "originals": OneOf(("non_topk", "aligned")), "batch_size": NON_NEGATIVE,
         "memory_fraction": Range(0, 1, low_open=True), "precision": OneOf(PRECISIONS),
         "compile": OneOf(COMPILE_MODES), "channels_last": Flag(), "attention": OneOf(ATTENTION),
         "noise": OneOf(NOISE),

@@ -71,6 +71,19 @@ def check_output_file(path: str | os.PathLike, what: str) -> None:
         raise ConfigError(f"{what} {path}: its folder {path.parent} is {problem}")
 
 
+def check_data_root(path: str | os.PathLike) -> None:
+    """--data-root is a folder or absent: a dataset that can be built is built there, and a
+    released one may be read-only, so it is not probed for writing."""
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"--data-root {path} is a file, not a folder")
+
+
+def check_data_paths(data) -> None:
+    """A DataConfig's folders: data_root (check_data_root), and cache_root, which is written."""
+    check_data_root(data.data_root)
+    check_output_dir(data.cache_root, "--cache-root")
+
+
 def check_input_dir(path: str | os.PathLike, what: str, files: tuple[str, ...], made_by: str) -> None:
     """`path` is a folder holding `files` (the output of `made_by`)."""
     path = Path(path)

@@ -2,7 +2,9 @@
 
 The default tracking URI is a SQLite file in the working directory (MLflow's own default
 since 3.7); MLFLOW_TRACKING_URI overrides it. Experiments and runs are created on the
-driver before workers log, so SQLite never sees two processes creating the schema.
+driver before workers log. Two drivers started at once in a fresh folder would both create
+and migrate a new SQLite database (and one would fail): the Tracker opens a SQLite store under
+an fcntl lock beside it (`.mlflow.db.lock`), so the first creates it and the others wait.
 
 Artifacts of a SQLite store live beside the database in `mlartifacts/<experiment>/`, and
 the experiment records them as `mlflow-artifacts:/<experiment>`, a location relative to the
@@ -90,12 +92,29 @@ def source_tags(source: str) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
+@contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """For a SQLite file store: an exclusive lock beside the database, held while it is opened
+    (MLflow creates and migrates a missing database then, which two processes must not do at
+    once). Other stores need none."""
+    from .artifacts import file_lock
+
+    database = uri.split("?", 1)[0].removeprefix("sqlite:///")
+    if not uri.startswith("sqlite:///") or database in ("", ":memory:"):
+        yield
+        return
+    path = Path(database)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        yield
+
+
 class Tracker:
     """Thin wrapper over MlflowClient that always addresses runs by id (no global state)."""
 
     def __init__(self, uri: str | None = None, source: str | None = None):
         self.uri = uri or tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.uri)
+        with store_creation_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)  # opens the store: creates and migrates a new one
         self.source = source or run_source()
 
     def experiment(self, name: str) -> str:

@@ -185,13 +185,18 @@ def read_layout(data_root: Path, spec: DatasetSpec, ratio: str) -> LayoutIndex:
 
 
 def load_image(path: Path, spec: DatasetSpec, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode one image to uint8 H x W x 3, checking that it is readable and of the right size."""
+    """Decode one image to uint8 H x W x 3, checking that it is readable, of the right size and,
+    where the bias is colour, not grayscale."""
     try:
         with Image.open(path) as img:
             img.load()
+            mode = img.mode
             rgb = img.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from None
+    if spec.color_bias and Image.getmodebase(mode) == "L":
+        raise DataError(f"{path}: a grayscale image (mode {mode}), but the bias of {spec.name} is the colour; "
+                        f"expected a colour (RGB) image")
     size = rgb.size
     if spec.image_size is not None and size != (spec.image_size, spec.image_size):
         raise DataError(f"{path}: image is {size[0]}x{size[1]}; expected "

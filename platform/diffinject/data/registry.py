@@ -16,6 +16,7 @@ class DatasetSpec:
     `valid_per_class` / `test_per_class` say whether those splits have class subfolders.
     `reported_test` is the test accuracy the benchmark reports (an accuracy_metrics key): the
     whole test split's, or only its bias-conflicting images' where the references score so.
+    `color_bias`: the bias attribute is the digit's colour, so a grayscale image cannot carry it.
     """
 
     name: str
@@ -28,6 +29,7 @@ class DatasetSpec:
     test_per_class: bool
     source: str
     reported_test: str = "acc"
+    color_bias: bool = False
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -41,6 +43,7 @@ def register_dataset(spec: DatasetSpec) -> DatasetSpec:
 register_dataset(DatasetSpec(
     name="cmnist", num_classes=10, num_biases=10, image_size=28,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
+    color_bias=True,
     source="build it with `diffinject data build cmnist --source DIR` (MNIST IDX files, or --download), "
            "or download the DisEnt release",
 ))
@@ -66,6 +69,7 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     name="colored_digits", num_classes=10, num_biases=10, image_size=28,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
+    color_bias=True,
     source="built offline from scikit-learn's bundled digits by `diffinject data build colored_digits`",
 ))
 

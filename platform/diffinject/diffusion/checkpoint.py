@@ -64,7 +64,11 @@ def _load_failure(exc: Exception) -> str:
 
 
 def _read_payload(path: Path) -> dict:
-    payload = read_checkpoint_file(path)
+    return _checked_payload(read_checkpoint_file(path), path)
+
+
+def _checked_payload(payload: object, path: Path) -> dict:
+    """`payload` is a diffinject checkpoint with a preset name and a weights dict."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a diffinject diffusion checkpoint (no format {FORMAT!r}); "
                               f"a released guided-diffusion / P2 file is loaded with "
@@ -85,7 +89,10 @@ def checkpoint_meta(path: Path) -> dict:
 
 def load_unet_checkpoint(path: Path, expect_preset: str | None = None) -> tuple[nn.Module, dict]:
     """The U-Net of a diffinject checkpoint (eval mode) and its metadata (preset, step, config)."""
-    payload = _read_payload(path)
+    return _unet_from_payload(_read_payload(path), path, expect_preset)
+
+
+def _unet_from_payload(payload: dict, path: Path, expect_preset: str | None) -> tuple[nn.Module, dict]:
     preset = get_preset(payload["preset"])
     if expect_preset and expect_preset != preset.name:
         raise CheckpointError(f"{path} holds a {preset.name} model, but {expect_preset} was asked for")
@@ -93,6 +100,29 @@ def load_unet_checkpoint(path: Path, expect_preset: str | None = None) -> tuple[
     load_strict(unet, payload["weights"], f"{path} ({preset.name})")
     meta = {k: v for k, v in payload.items() if k != "weights"}
     return unet.eval(), meta
+
+
+def load_given_checkpoint(path: Path, preset: str, dataset: str) -> tuple[nn.Module, str]:
+    """A diffusion checkpoint given for `dataset` (--checkpoint DATASET=PATH) as the U-Net of
+    `preset`, loaded strictly (every key and shape), and its format: the project's own
+    ("diffinject", whose preset must be `preset`) or a released guided-diffusion / P2 state dict."""
+    from .guided_diffusion import guided_diffusion_unet
+
+    payload = read_checkpoint_file(path)
+    if not (isinstance(payload, dict) and payload.get("format") == FORMAT):
+        return guided_diffusion_unet(payload, preset, path), "guided-diffusion"
+    payload = _checked_payload(payload, path)
+    if payload["preset"] != preset:
+        raise CheckpointError(f"{path} holds a {payload['preset']} model, but {dataset} uses diffusion.preset={preset}")
+    return _unet_from_payload(payload, path, preset)[0], "diffinject"
+
+
+def check_given_checkpoints(checkpoints: dict[str, str], configs) -> None:
+    """Every --checkpoint DATASET=PATH loads strictly into the U-Net its dataset's configs use,
+    checked before any stage runs (a bad file would otherwise stop the run after stage 1)."""
+    for dataset, preset in sorted({(cfg.data.dataset, cfg.diffusion.preset) for cfg in configs
+                                   if cfg.data.dataset in checkpoints}):
+        load_given_checkpoint(Path(checkpoints[dataset]), preset, dataset)
 
 
 def load_strict(unet: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:

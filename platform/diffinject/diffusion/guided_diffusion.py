@@ -207,8 +207,13 @@ def load_guided_diffusion_checkpoint(path: str | os.PathLike, preset: UNetPreset
 
     Accepts a plain state dict, or one nested under a "state_dict" or "model" key.
     """
+    return guided_diffusion_unet(read_checkpoint_file(path), preset, path)
+
+
+def guided_diffusion_unet(obj: object, preset: UNetPreset | str, path: str | os.PathLike):
+    """``build_unet(preset)`` (eval mode) with the weights of `obj`, what torch.load read from the
+    guided-diffusion / P2 checkpoint file `path`."""
     p = _resolve(preset)
-    obj = read_checkpoint_file(path)
     if isinstance(obj, dict) and not _tensor_dict(obj):
         for wrapper in ("state_dict", "model"):
             if _tensor_dict(obj.get(wrapper)):
