@@ -696,18 +696,21 @@ def build_plan(scale: Scale, device: torch.device, peaks: dict, sections=SECTION
 def plan_table(plan: list[Planned], peaks: dict, fraction: float, budget: float) -> str:
     """The plan as text: each row's FLOPs and estimated seconds, cumulative, and whether it fits."""
     lines = [f"{'section':<20} {'row':<78} {'prec':<5} {'useful TF':>10} {'run TF':>10} {'est s':>7} {'cum s':>7}"]
-    total = 0.0
+    total, kept = 0.0, []
     for row in plan:
         seconds = row.estimate_s(peaks, fraction)
         fits = total + seconds <= budget
-        total += seconds if fits else 0.0
+        if fits:
+            total += seconds
+            kept.append(row)
         lines.append(f"{row.section:<20} {row.name[:78]:<78} {row.precision:<5} {row.useful / 1e12:10.1f} "
                      f"{row.total / 1e12:10.1f} {seconds:7.1f} {total:7.1f}" + ("" if fits else "  SKIPPED: over budget"))
-    flop_s = sum(r.total / (fraction * peaks[r.precision]) for r in plan)
-    overhead = sum(r.overhead_s for r in plan)
-    lines.append(f"total: {sum(r.total for r in plan) / 1e15:.2f} PFLOP run ({sum(r.useful for r in plan) / 1e15:.2f} "
+    flop_s = sum(r.total / (fraction * peaks[r.precision]) for r in kept)
+    overhead = sum(r.overhead_s for r in kept)
+    skipped = f"; {len(plan) - len(kept)} of {len(plan)} rows skipped" if len(kept) < len(plan) else ""
+    lines.append(f"total: {sum(r.total for r in kept) / 1e15:.2f} PFLOP run ({sum(r.useful for r in kept) / 1e15:.2f} "
                  f"useful): {flop_s:.0f} s at {100 * fraction:.0f} % of the peaks + {overhead:.0f} s fixed overheads "
-                 f"(estimates) = {flop_s + overhead:.0f} s of a {budget:.0f} s budget")
+                 f"(estimates) = {flop_s + overhead:.0f} s of a {budget:.0f} s budget{skipped}")
     return "\n".join(lines)
 
 
