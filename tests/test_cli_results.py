@@ -73,3 +73,19 @@ def test_a_store_without_finished_runs_names_its_experiments(tmp_path, monkeypat
     capsys.readouterr()  # MLflow's log lines of creating the store
     assert main(["results"]) == 2
     assert f"no finished runs in {tracker.uri}; experiments: Default, empty" in _one_error_line(capsys)
+
+
+def test_the_seeds_of_one_config_are_one_row(tmp_path, monkeypatch, capsys):
+    """A cell run logs its seed twice (`seed`, `run.seed`); neither splits a method's row."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = tracker.experiment("table1-quick")
+    for seed, acc in ((0, 0.2), (1, 0.4)):
+        run = tracker.start_run(experiment, "vanilla", {
+            "dataset": "colored_digits", "ratio": "1", "method": "vanilla", "seed": seed, "diffinject.role": "cell"},
+            params={"seed": seed, "run.seed": seed, "classifier.lr": 0.01})
+        tracker.log_metrics(run, {"reported_acc": acc})
+        tracker.finish(run)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
+    assert main(["results"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("vanilla")]
+    assert len(rows) == 1 and "30.00 ± 14.14 (n=2)" in rows[0], rows

@@ -96,7 +96,7 @@ def config_of(role: str, params: dict[str, str]) -> dict[str, str]:
     if role == "stage1":
         return {k: v for k, v in params.items() if k.startswith("bias.")}
     return {k: v for k, v in params.items()
-            if not k.startswith("run.") and k not in PATH_FIELDS and k != "diffusion.seed"}
+            if not k.startswith("run.") and k not in PATH_FIELDS and k not in ("seed", "diffusion.seed")}
 
 
 def collect(experiment: str, tracker: Tracker | None = None, run_ids: set[str] | None = None) -> dict:
