@@ -529,16 +529,23 @@ def diffusion_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Plan
     return plan
 
 
+def training_row(section: str, figure: str, rate: float, bf16: bool, has_levers: bool, peaks: dict, flops: float,
+                 measured: dict, note: str, start: float) -> Row:
+    """A training loop's row: images/s against the peak of its precision, and against the section's
+    first (float32) row when it turns a lever on."""
+    reference = measured.get("fp32") if has_levers else None
+    measured.setdefault("fp32", rate)
+    return Row(section, figure, rate, "images/s", peaks["bf16" if bf16 else "fp32"] / flops, reference,
+               "fp32" if reference else "", note=note, seconds=time.perf_counter() - start)
+
+
 def training_run(scale: Scale, device: torch.device, peaks: dict, preset: str, batch: int, figure: str, bf16: bool,
                  levers: dict, warmup: int, flops: float, measured: dict) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
         start = time.perf_counter()
         rate = loop_images_per_s(preset, batch, scale.train_steps, device, bf16, warmup=warmup, **levers)
-        reference = measured.get("fp32") if levers or bf16 else None
-        measured.setdefault("fp32", rate)
-        return [Row("diffusion training", figure, rate, "images/s", peaks["bf16" if bf16 else "fp32"] / flops,
-                    reference, "fp32" if reference else "", note=f"{flops / 1e9:.1f} GFLOP/image (fwd + bwd)",
-                    seconds=time.perf_counter() - start)]
+        return [training_row("diffusion training", figure, rate, bf16, bool(levers or bf16), peaks, flops, measured,
+                             f"{flops / 1e9:.1f} GFLOP/image (fwd + bwd)", start)]
     return run
 
 
@@ -591,11 +598,8 @@ def classifier_run(scale: Scale, device: torch.device, peaks: dict, figure: str,
         rate = scale.classifier_steps * batch / (stamps[warmup + scale.classifier_steps] - stamps[warmup])
         bf16 = bool(levers) and device.type == "cuda"
         bf16_note = "" if device.type == "cuda" or not levers else "bf16 is a GPU lever: float32 here; "
-        reference = measured.get("fp32") if levers else None
-        measured.setdefault("fp32", rate)
-        return [Row("classifier training", figure, rate, "images/s", peaks["bf16" if bf16 else "fp32"] / flops,
-                    reference, "fp32" if reference else "", note=f"{bf16_note}{flops / 1e9:.2f} GFLOP/image (fwd + bwd)",
-                    seconds=time.perf_counter() - start)]
+        return [training_row("classifier training", figure, rate, bf16, bool(levers), peaks, flops, measured,
+                             f"{bf16_note}{flops / 1e9:.2f} GFLOP/image (fwd + bwd)", start)]
     return run
 
 
