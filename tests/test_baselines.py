@@ -243,17 +243,6 @@ def test_ema_state_is_identical_on_every_rank(tmp_path):
     assert a["seen"].all()
 
 
-def test_lff_weights_flow_into_the_debiased_loss():
-    data = _tiny_data()
-    method, _ = _method("lff", data)
-    method.prepare(data, TrainContext(), 0)
-    x = torch.rand(4, 3, 4, 4)
-    stats = method.update(x, torch.tensor([0, 1, 0, 1]), torch.arange(4))
-    assert 0.0 <= stats["weight_mean"] <= 1.0 and np.isfinite(stats["loss"])
-    assert F.cross_entropy  # the harness evaluates the debiased model, "model"
-    assert set(method.nets) == {"biased", "model"}
-
-
 @pytest.mark.parametrize("name", ["lff_be", "disent_be"])
 def test_be_mask_travels_with_the_checkpoint(name):
     data = _tiny_data()
@@ -265,3 +254,101 @@ def test_be_mask_travels_with_the_checkpoint(name):
     assert again.pseudo_aligned is None
     again.load_state_dict(state)
     assert torch.equal(again.pseudo_aligned, method.pseudo_aligned)
+
+
+def _fixed_emas(method, names_values, data):
+    """Every sample seen, with the given loss EMAs; with ema_alpha 1 an update keeps them."""
+    for name, values in names_values.items():
+        ema = getattr(method, name)
+        ema.values = torch.as_tensor(values, dtype=torch.float64).clone()
+        ema.seen = torch.ones(len(data.train), dtype=torch.bool)
+
+
+def _class_max_normalised(values: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return values / np.array([values[labels == labels[i]].max() for i in range(len(values))])
+
+
+def test_lff_weighs_each_debiased_loss_term_by_its_relative_difficulty():
+    """W = l_B / (l_B + l_D + 1e-8) on class-max normalised EMAs (LfF's train.py); a sample with
+    l_B = 0 contributes neither loss nor gradient to the debiased model."""
+    import copy
+
+    data = _tiny_data()
+    labels = data.train.labels
+    method, _ = _method("lff", data, ema_alpha=1.0)
+    method.prepare(data, TrainContext(), 0)
+    rng = np.random.default_rng(1)
+    ema_b = rng.uniform(0.5, 2.0, len(labels))
+    ema_b[[0, 2]] = 0.0  # rows 0 and 2: weight 0
+    ema_d = rng.uniform(0.5, 2.0, len(labels))
+    _fixed_emas(method, {"ema_b": ema_b, "ema_d": ema_d}, data)
+    lb, ld = _class_max_normalised(ema_b, labels), _class_max_normalised(ema_d, labels)
+    weight = torch.as_tensor(lb / (lb + ld + 1e-8), dtype=torch.float32)
+    assert weight[[0, 2]].eq(0).all() and weight[[1, 3]].gt(0.1).all()
+
+    torch.manual_seed(0)
+    x, index = torch.rand(4, 3, 4, 4), torch.arange(4)
+    y = torch.as_tensor(labels[:4])
+    debiased = copy.deepcopy(method.nets["model"])
+    expected = (F.cross_entropy(debiased(x), y, reduction="none") * weight[:4]).mean()
+    expected.backward()
+    stats = method.update(x, y, index)
+    assert stats["loss_d"] == pytest.approx(float(expected.detach()), rel=1e-6)
+    assert stats["weight_mean"] == pytest.approx(float(weight[:4].mean()), rel=1e-6)
+    for got, want in zip(method.nets["model"].parameters(), debiased.parameters()):
+        assert torch.allclose(got.grad, want.grad, rtol=1e-5, atol=1e-8)
+
+    zero_weight = torch.tensor([0, 2])
+    stats = method.update(x[zero_weight], y[zero_weight], zero_weight)
+    assert stats["loss_d"] == 0.0 and stats["loss_b"] > 0.0
+    assert all(not p.grad.any() for p in method.nets["model"].parameters())
+    assert any(p.grad.any() for p in method.nets["biased"].parameters())  # the biased model still learns
+
+
+def test_disent_loss_of_one_swapping_update_by_hand(monkeypatch):
+    """DisEnt's learner.py, one update after the curriculum step, with fixed EMAs and a fixed
+    permutation: W CE(C_i(z), y) + lambda_dis_align GCE(C_b(z), y) + lambda_swap (W CE(C_i(z_swap), y)
+    + lambda_swap_align GCE(C_b(z_swap), y[perm])), W = l_align / (l_align + l_conflict + 1e-8).
+    The three lambdas differ, so one in the wrong place shows."""
+    import copy
+
+    data = _tiny_data()
+    labels = data.train.labels
+    q = 0.7
+    method, _ = _method("disent", data, ema_alpha=1.0, curr_step=0, lambda_dis_align=2.0, lambda_swap_align=3.0,
+                        lambda_swap=0.5, q=q)
+    method.prepare(data, TrainContext(), 0)
+    method.steps = 1  # past curr_step 0: this update swaps
+    rng = np.random.default_rng(2)
+    ema_align, ema_conflict = rng.uniform(0.5, 2.0, len(labels)), rng.uniform(0.5, 2.0, len(labels))
+    _fixed_emas(method, {"ema_align": ema_align, "ema_conflict": ema_conflict}, data)
+    la, lc = _class_max_normalised(ema_align, labels), _class_max_normalised(ema_conflict, labels)
+
+    index = torch.tensor(np.concatenate([np.flatnonzero(labels == 0)[:2], np.flatnonzero(labels == 1)[:2]]))
+    y = torch.as_tensor(labels[index.numpy()])
+    perm = torch.tensor([2, 3, 0, 1])  # every sample gets the bias features of one of the other class
+    assert (y[perm] != y).all()
+    monkeypatch.setattr(torch, "randperm", lambda n, **kwargs: perm.clone())
+    weight = torch.as_tensor(la / (la + lc + 1e-8), dtype=torch.float32)[index]
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 4, 4)
+
+    net = copy.deepcopy(method.nets["model"])
+    with torch.no_grad():
+        z_i, z_b = net.enc_i(x), net.enc_b(x)
+
+        def ce(logits, target):
+            return F.cross_entropy(logits, target, reduction="none")
+
+        def gce(logits, target):  # Zhang & Sabuncu's GCE as the reference computes it
+            return ce(logits, target) * q * torch.softmax(logits, 1).gather(1, target[:, None]).squeeze(1) ** q
+
+        conflict, align = net.head_i(torch.cat([z_i, z_b], 1)), net.head_b(torch.cat([z_i, z_b], 1))
+        swap_conflict, swap_align = net.head_i(torch.cat([z_i, z_b[perm]], 1)), net.head_b(torch.cat([z_i, z_b[perm]], 1))
+        expected = (ce(conflict, y) * weight).mean() + 2.0 * gce(align, y).mean() \
+            + 0.5 * ((ce(swap_conflict, y) * weight).mean() + 3.0 * gce(swap_align, y[perm]).mean())
+
+    stats = method.update(x, y, index)
+    assert stats["swapping"] == 1.0
+    assert stats["weight_mean"] == pytest.approx(float(weight.mean()), rel=1e-6)
+    assert stats["loss"] == pytest.approx(float(expected), rel=1e-6)

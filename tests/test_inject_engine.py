@@ -96,6 +96,77 @@ def _pairs(n=8, k=3, seed=0):
     return originals, contents, np.arange(n) % k, np.arange(n) + 100
 
 
+def _slerp_by_hand(a: torch.Tensor, b: torch.Tensor, gamma: float) -> torch.Tensor:
+    """sin((1 - gamma) theta) / sin(theta) a + sin(gamma theta) / sin(theta) b, theta the angle of a and b."""
+    out = []
+    for u, v in zip(a, b):
+        theta = torch.arccos((u * v).sum() / (u.norm() * v.norm()))
+        out.append((torch.sin((1 - gamma) * theta) * u + torch.sin(gamma * theta) * v) / torch.sin(theta))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_one_injected_step_is_eq_7_with_the_h_space_replaced(tiny64, mode):
+    """The paper's Eq. 7, x_{t-1} = sqrt(abar_{t-1}) P_t(eps(x_t | h~_t)) + D_t(eps(x_t)), computed
+    here without the package's DDIM step, h-space access or slerp: two generation steps
+    (t = 999 -> 0), the one step injected. h~ replaces what the U-Net's middle block returns
+    (a forward hook): slerp(h, c |h| / |c|, gamma) globally, slerp(h m, c m, gamma) + (1 - m) h
+    locally, c the content's h at t = 999 after its own inversion. x0 comes from the injected
+    eps and the direction from the plain one; both engines must take exactly that step."""
+    originals, contents, content_index, seeds = _pairs(n=3, k=2)
+    gamma = 0.6
+    cfg = InjectionConfig(inversion_steps=3, generation_steps=2, t_edit=0, t_boost=-1, gamma=gamma, mode=mode,
+                          batch_size=3)
+    abar = linear_alphas_cumprod().double()
+
+    def step(x, eps_x0, eps_dir, t, t_next):
+        x0 = (x - (1 - abar[t]).sqrt() * eps_x0) / abar[t].sqrt()
+        return abar[t_next].sqrt() * x0 + (1 - abar[t_next]).sqrt() * eps_dir
+
+    def unet(x, t, replace=None):  # eps and the middle block's output (replaced by `replace`, if given)
+        seen = {}
+
+        def hook(module, inputs, output):
+            seen["h"] = output
+            return replace
+
+        handle = tiny64.mid_block.register_forward_hook(hook)
+        try:
+            with torch.no_grad():
+                eps = tiny64(x, torch.full((len(x),), t)).sample[:, :3]
+        finally:
+            handle.remove()
+        return eps, seen["h"]
+
+    def inverted(images):  # DDIM inversion along the 3-step grid t = 0, 499, 999
+        x = to_model_pixels(images, 32, "cpu", torch.float64)
+        for t, t_next in ((0, 499), (499, 999)):
+            eps, _ = unet(x, t)
+            x = step(x, eps, eps, t, t_next)
+        return x
+
+    assert timestep_grid(3) == [0, 499, 999]
+    _, content_h = unet(inverted(contents), 999)
+    x_T = inverted(originals)
+    eps, h = unet(x_T, 999)
+    c = content_h[content_index]
+    if mode == "global":
+        injected_h = _slerp_by_hand(h, c * (h.flatten(1).norm(dim=1) / c.flatten(1).norm(dim=1)).view(-1, 1, 1, 1), gamma)
+    else:
+        m = region_mask(h.shape[-2], h.shape[-1], (0.5, 0.375, 0.875, 0.625)).double()  # the released 8x8 box
+        injected_h = _slerp_by_hand(h * m, c * m, gamma) + (1 - m) * h
+    eps_injected, _ = unet(x_T, 999, replace=injected_h)
+    expected = step(x_T, eps_injected, eps, 999, 0)
+    swapped = step(x_T, eps, eps_injected, 999, 0)  # x0 from the plain eps, the direction from the injected one
+    assert (expected - swapped).abs().max() > 1e-3, "the check could not tell the two steps apart"
+
+    batched = InjectionEngine(tiny64, cfg, contents).generate_tensor(originals, content_index, seeds)
+    assert torch.allclose(batched, expected, rtol=1e-9, atol=1e-9)
+    reference = torch.cat([reference_inject_tensor(tiny64, cfg, originals[i], contents[content_index[i]], seeds[i])
+                           for i in range(len(originals))])
+    assert torch.allclose(reference, expected, rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("mode,omega,dt_lambda", [("local", 0.0, 1.0), ("global", 0.0, 1.0), ("global", 0.3, 0.9985)])
 def test_batched_engine_equals_the_reference_path(tiny64, mode, omega, dt_lambda):
     originals, contents, content_index, seeds = _pairs()

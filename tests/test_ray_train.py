@@ -1,16 +1,52 @@
 """Trainings through Ray Train's TorchTrainer: local mode, DDP workers, failure and resume, errors."""
 
 import dataclasses
+import json
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
 
 import pytest
+import torch
 
-from diffinject.config import to_dict
+from diffinject.config import from_dict, to_dict
 from diffinject.errors import TrainingError
 from diffinject.ray_train import FaultInjection, TrainJob, load_model_state, load_topk, run_train_job
+
+
+_UNINTERRUPTED: dict[str, object] = {}
+
+
+def _uninterrupted(job: TrainJob):
+    """The same job run without a fault, as the resumed one should have ended (under its own
+    name and storage; one run per training config in this module). Not in-process: the loop
+    there runs on the test process's torch threads, and a Ray worker's different thread count
+    changes float rounding."""
+    cfg = from_dict(job.config)
+    cfg.run.storage_path, cfg.run.max_failures = "", 0
+    key = json.dumps(to_dict(cfg), sort_keys=True)
+    if key not in _UNINTERRUPTED:
+        cfg.run.storage_path = tempfile.mkdtemp(prefix="uninterrupted-")
+        _UNINTERRUPTED[key] = run_train_job(dataclasses.replace(job, config=to_dict(cfg), fault=None))
+    return _UNINTERRUPTED[key]
+
+
+def _assert_resumed_exactly(out, reference) -> None:
+    """A resumed job took its checkpoint's state: it ran only the steps after the checkpoint, and
+    ended with the uninterrupted job's weights (bit for bit) and final metrics. A worker that
+    restarted from scratch ends with the same weights, but runs every step again."""
+    assert out.metrics["steps_run"] == out.metrics["step"] - out.metrics["resumed_from"]
+    assert reference.metrics["steps_run"] == reference.metrics["step"]
+    mine, theirs = load_model_state(out.checkpoint_dir)["nets"], load_model_state(reference.checkpoint_dir)["nets"]
+    assert mine.keys() == theirs.keys()
+    for net in mine:
+        assert mine[net].keys() == theirs[net].keys()
+        different = [name for name in mine[net] if not torch.equal(mine[net][name], theirs[net][name])]
+        assert not different, f"{net}: {different} differ from the uninterrupted run's"
+    ignored = {"resumed_from", "steps_run", "images_per_s"}
+    assert ({k: v for k, v in out.metrics.items() if k not in ignored}
+            == {k: v for k, v in reference.metrics.items() if k not in ignored})
 
 
 def test_only_bffhq_reports_its_bias_conflicting_test_images():
@@ -113,9 +149,11 @@ def test_nan_loss_in_a_worker_is_a_clear_error(ray_session, quick_cfg, digits_pa
 def test_killed_ddp_worker_resumes_from_its_checkpoint(ray_session, quick_cfg, digits_parquet, tmp_path):
     """Two gloo DDP workers; rank 0 is SIGKILLed at step 25, between the checkpoints of steps
     20 and 30; the run restarts the worker group, resumes from the last checkpoint Ray had
-    registered (20, or 10 if the step-20 report was still in flight) and ends at step 40."""
+    registered (20, or 10 if the step-20 report was still in flight) and ends at step 40 with
+    the weights of a run that was never interrupted."""
     quick_cfg.run.num_workers = 2
     quick_cfg.run.max_failures = 1
+    quick_cfg.classifier.select = "last"  # the saved weights are the last step's, not a selection's
     marker = tmp_path / "fault-happened"
     job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet),
                    fault=FaultInjection(step=25, marker=str(marker), mode="kill"))
@@ -123,6 +161,7 @@ def test_killed_ddp_worker_resumes_from_its_checkpoint(ray_session, quick_cfg, d
     assert marker.exists()
     assert out.metrics["resumed_from"] in (10, 20)
     assert out.metrics["step"] == 40
+    _assert_resumed_exactly(out, _uninterrupted(job))
 
 
 def test_storage_uri_holds_the_checkpoints_until_the_job_ends_and_the_final_copy_is_local(
@@ -132,6 +171,7 @@ def test_storage_uri_holds_the_checkpoints_until_the_job_ends_and_the_final_copy
     job ends its folder there is emptied, so a rerun under the same name starts afresh."""
     quick_cfg.run.storage_path = (tmp_path / "bucket").as_uri()
     quick_cfg.run.num_workers, quick_cfg.run.max_failures = 1, 1
+    quick_cfg.classifier.select = "last"
     marker = tmp_path / "fault-happened"
     job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet),
                    fault=FaultInjection(step=25, marker=str(marker)))
@@ -141,6 +181,7 @@ def test_storage_uri_holds_the_checkpoints_until_the_job_ends_and_the_final_copy
     assert marker.exists() and out.metrics["resumed_from"] in (10, 20)
     assert out.metrics["step"] == quick_cfg.classifier.num_steps
     assert out.checkpoint_dir == local / "final" and (out.checkpoint_dir / "model.pt").is_file()
+    _assert_resumed_exactly(out, _uninterrupted(job))
     assert [p.name for p in local.iterdir()] == ["final"], "the staged checkpoints were left behind"
     shutil.rmtree(local)
     assert not list((tmp_path / "bucket" / name).iterdir()), "a finished job left its checkpoints behind"
@@ -154,6 +195,7 @@ def test_a_job_ray_gave_up_on_resumes_when_rerun_under_its_name(ray_session, qui
     checkpoints; the same job rerun under the same name (as stage 2 is, named by its artifact
     key) resumes from them instead of starting over."""
     quick_cfg.run.num_workers, quick_cfg.run.max_failures = 1, 0
+    quick_cfg.classifier.select = "last"
     marker = tmp_path / "fault-happened"
     job = TrainJob(kind="classifier", method="vanilla", config=to_dict(quick_cfg), parquet=str(digits_parquet),
                    fault=FaultInjection(step=25, marker=str(marker)))
@@ -161,6 +203,7 @@ def test_a_job_ray_gave_up_on_resumes_when_rerun_under_its_name(ray_session, qui
         run_train_job(job, name="given-up")
     out = run_train_job(job, name="given-up")
     assert out.metrics["resumed_from"] in (10, 20) and out.metrics["step"] == quick_cfg.classifier.num_steps
+    _assert_resumed_exactly(out, _uninterrupted(job))
 
 
 def test_a_rerun_under_the_name_of_a_job_that_failed_meets_its_error_again(ray_session, quick_cfg, digits_parquet):

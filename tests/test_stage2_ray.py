@@ -1,5 +1,6 @@
 """Stage 2 through Ray Train and MLflow: the stage2 run, DDP across two workers, kill and resume."""
 import pytest
+import torch
 from mlflow.tracking import MlflowClient
 
 from diffinject.diffusion.checkpoint import load_unet_checkpoint
@@ -31,14 +32,15 @@ def test_stage2_run_logs_loss_curve_sample_grids_and_checkpoint(ray_session, qui
     assert "loss_curve.png" in [a.path for a in Tracker(mlflow_uri).list_artifacts(out.run_id)]
     unet, meta = load_unet_checkpoint(diffusion_checkpoint(out), expect_preset="tiny_32")
     assert meta["step"] == 6 and out.metrics == {"final_loss": pytest.approx(out.metrics["final_loss"]),
-                                                 "final_step": 6, "resumed_from": -1}
+                                                 "final_step": 6, "resumed_from": -1, "steps_run": 6}
 
 
 @pytest.mark.slow
 def test_ddp_keeps_ranks_identical_and_a_killed_worker_resumes(ray_session, quick_cfg, mlflow_uri, tmp_path):
     """Two gloo DDP workers compare their parameters after every step; rank 0 is SIGKILLed at
     step 10, the group restarts from the last registered checkpoint (8, or 4 if the step-8
-    report was in flight) and the run ends at the requested step 12."""
+    report was in flight), runs only the steps after it, and ends at the requested step 12 with
+    the EMA weights and loss of a run that was never interrupted."""
     cfg = _tiny(quick_cfg, num_steps=12, checkpoint_every=4, check_sync_every=1, sample_every=0)
     cfg.run.num_workers, cfg.run.max_failures = 2, 1
     marker = tmp_path / "fault-happened"
@@ -48,8 +50,15 @@ def test_ddp_keeps_ranks_identical_and_a_killed_worker_resumes(ray_session, quic
     spread = MlflowClient(mlflow_uri).get_metric_history(out.run_id, "param_rank_spread")
     assert {m.step for m in spread} == set(range(1, 13))
     assert all(m.value == 0.0 for m in spread)
-    _, meta = load_unet_checkpoint(diffusion_checkpoint(out))
+    resumed, meta = load_unet_checkpoint(diffusion_checkpoint(out))
     assert meta["step"] == 12
+    assert out.metrics["steps_run"] == 12 - out.metrics["resumed_from"]
+    reference = run_stage2(cfg, output_dir=tmp_path / "uninterrupted")
+    assert reference.metrics["steps_run"] == 12 and reference.metrics["final_loss"] == out.metrics["final_loss"]
+    uninterrupted, _ = load_unet_checkpoint(diffusion_checkpoint(reference))
+    different = [name for name, value in resumed.state_dict().items()
+                 if not torch.equal(value, uninterrupted.state_dict()[name])]
+    assert not different, f"EMA weights {different[:3]}... differ from the uninterrupted run's"
 
 
 def test_progress_lines_report_what_rank_zero_logged(mlflow_uri, capsys):

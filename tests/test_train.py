@@ -75,6 +75,7 @@ def test_checkpoint_every_saves_the_resume_state_at_its_multiples_and_the_end_an
     assert sorted(reports) == [10, 20, 30, 40, 50]
     assert [step for step, state in sorted(reports.items()) if state is not None] == [20, 40, 50]
     resumed = fit(make(c, data, seed=99), data, c, TrainContext(resume_state=reports[40]), seed=3)
+    assert (straight.metrics.pop("steps_run"), resumed.metrics.pop("steps_run")) == (50, 10)
     assert resumed.metrics == straight.metrics
     for name, tensor in straight.method.nets["model"].state_dict().items():
         assert torch.equal(tensor, resumed.method.nets["model"].state_dict()[name]), name
@@ -100,6 +101,7 @@ def test_a_resumed_fit_remembers_the_step_it_selected(data):
         report=lambda metrics, state: states.__setitem__(metrics["step"], copy.deepcopy(state))), seed=0)
     resumed = fit(make(c, data, seed=99), data, c, TrainContext(resume_state=states[30]), seed=0)
     assert resumed.metrics["selected_step"] == straight.metrics["selected_step"]
+    assert (straight.metrics["steps_run"], resumed.metrics["steps_run"]) == (60, 30)
 
 
 def test_a_fit_resumed_from_its_final_checkpoint_keeps_every_selection(data):

@@ -35,7 +35,7 @@ RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"  # the 
 # logical CPUs: one DDP worker and one 2-CPU injection actor per node; the head alone fits
 # the restarted DDP group
 HEAD_CPUS, NODE2_CPUS = 2, 2
-STARTUP_S, JOB_S = 60, 150
+STARTUP_S, JOB_S = 60, 210
 # GCS declares a raylet dead after 4 failed health checks 0.5 s apart (default: 5 x 3 s)
 HEALTH_CHECKS = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "1000",
                  "RAY_health_check_failure_threshold": "4"}
@@ -131,9 +131,11 @@ def _check_node_loss(summary: dict, worker_name: str) -> None:
 @pytest.mark.slow
 def test_ddp_training_survives_losing_a_node(cluster, quick_cfg, digits_parquet, tmp_path):
     """One gloo DDP worker per node; node 2 dies once Ray Train registered a checkpoint; the
-    restarted group (both workers on the head) resumes from that checkpoint and ends at the last step."""
+    restarted group (both workers on the head) resumes from that checkpoint, runs only the steps
+    after it and ends at the last step with the weights of the same job run uninterrupted."""
     node2 = cluster.start_node2()
     quick_cfg.run.num_workers, quick_cfg.run.max_failures = 2, 1
+    quick_cfg.classifier.select = "last"  # the saved weights are the last step's
     # a checkpoint every 10 steps, each report answered at the controller's next 0.2 s poll:
     # after the first checkpoint, the run still has seconds to go when node 2 is killed
     quick_cfg.classifier.num_steps = 100
@@ -143,6 +145,9 @@ def test_ddp_training_survives_losing_a_node(cluster, quick_cfg, digits_parquet,
     metrics = summary["metrics"]
     assert metrics["step"] == quick_cfg.classifier.num_steps
     assert 0 < metrics["resumed_from"] < quick_cfg.classifier.num_steps  # resumed, not restarted from 0
+    assert metrics["steps_run"] == metrics["step"] - metrics["resumed_from"]
+    assert summary["uninterrupted"] == {"steps_run": metrics["step"], "test_acc": metrics["test_acc"]}
+    assert summary["weights_unlike_uninterrupted"] == []
 
 
 @pytest.mark.slow

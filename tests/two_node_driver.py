@@ -120,12 +120,21 @@ def train_trigger(spec: dict):
 
 
 def run_train(spec: dict) -> dict:
-    """DDP with one worker per node (SPREAD)."""
-    from diffinject.ray_train import TrainJob, run_train_job
+    """DDP with one worker per node (SPREAD); then, node 2 gone, the same job uninterrupted on the
+    head, whose weights the resumed job must end with."""
+    import torch
+
+    from diffinject.ray_train import TrainJob, load_model_state, run_train_job
 
     job = TrainJob(kind="classifier", method="vanilla", config=spec["config"], parquet=spec["parquet"])
     out = run_train_job(job, name=TRAIN_NAME, placement_strategy="SPREAD")
-    return {"metrics": {k: out.metrics[k] for k in ("step", "resumed_from")}}
+    reference = run_train_job(job, name=f"{TRAIN_NAME}-uninterrupted")
+    mine, theirs = load_model_state(out.checkpoint_dir)["nets"], load_model_state(reference.checkpoint_dir)["nets"]
+    different = sorted(f"{net}.{name}" for net in theirs for name in theirs[net]
+                       if not torch.equal(mine.get(net, {}).get(name, torch.empty(0)), theirs[net][name]))
+    return {"metrics": {k: out.metrics[k] for k in ("step", "resumed_from", "steps_run", "test_acc")},
+            "uninterrupted": {k: reference.metrics[k] for k in ("steps_run", "test_acc")},
+            "weights_unlike_uninterrupted": different}
 
 
 def busy_injector(title: str) -> bool:

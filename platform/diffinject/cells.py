@@ -61,8 +61,8 @@ from .errors import CheckpointError, ConfigError
 from .methods import get_method
 from .notes import cell_note, linked_run
 from .numerics import injection_numerics, synthesis_numerics, training_numerics, training_on_gpu
-from .pipeline import (cell_name, cell_params, cell_tags, dataset_folder, diffusion_training_data, run_cell,
-                       run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
+from .pipeline import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_folder, diffusion_training_data,
+                       run_cell, run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
 from .quality.oracles import QualityConfig
 from .quality.report import PREFIX as QUALITY_PREFIX
 from .ray_train import DIFFUSION_FILE, GENERATOR_FILE, resolve_use_gpu
@@ -238,7 +238,7 @@ class CellRunner:
             if given:
                 return self._import_checkpoint(cfg, Path(given), work, parent, tags)
             out = run_stage2(cfg, self.tracker, parent=parent, output_dir=work, name=f"stage2-{key}", tags=tags)
-            return {"run_id": out.run_id, "metrics": {k: v for k, v in out.metrics.items() if k != "resumed_from"}}
+            return {"run_id": out.run_id, "metrics": {k: v for k, v in out.metrics.items() if k not in RESUME_KEYS}}
 
         return self.cache.get_or_build("stage2", material, build)
 

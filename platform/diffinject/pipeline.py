@@ -38,6 +38,9 @@ FINAL_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell
               "valid_acc", "step")
 # a cell's reported test accuracy under each model selection (train.SELECTIONS), from the same run
 SELECTION_KEYS = (*SELECTIONS.values(), "best_test_step", "valid_conflict_share")
+# how a training job went, not what it made: left out of an artifact's metrics, which a resumed job
+# must leave as an uninterrupted one does
+RESUME_KEYS = ("resumed_from", "steps_run")
 SELECTED_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc", "valid_acc")
 
 
@@ -252,7 +255,7 @@ def run_stage2(cfg: ExperimentConfig, tracker: Tracker | None = None, fault=None
                                                   f"s{cfg.diffusion.seed}-{run_id[:8]}", output_dir=output_dir)
         metrics = {f"final_{k}": out.metrics[k] for k in ("loss", "step") if k in out.metrics}
         tracker.log_metrics(run_id, metrics)
-        metrics["resumed_from"] = out.metrics["resumed_from"]
+        metrics.update({k: out.metrics[k] for k in RESUME_KEYS})
         history = tracker.client.get_metric_history(run_id, "loss")
         if history:
             curve = curve_plot(out.checkpoint_dir / "loss_curve.png",

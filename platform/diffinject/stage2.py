@@ -178,4 +178,5 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
 
     ema_unet = ema_copy(unet, ema)
     checkpoint = unet_checkpoint_bytes(ema_unet.state_dict(), preset, step, asdict(cfg))
-    return DiffusionResult(ema_unet=ema_unet, step=step, metrics={**metrics, "step": step}, checkpoint=checkpoint)
+    return DiffusionResult(ema_unet=ema_unet, step=step, metrics={**metrics, "step": step, "steps_run": step - start_step},
+                           checkpoint=checkpoint)

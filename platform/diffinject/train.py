@@ -58,8 +58,9 @@ class TrainContext:
 class FitResult:
     method: Method
     step: int
-    # final: test and valid metrics of the selected weights, selected_step, and the reported test
-    # accuracy under each selection (SELECTIONS)
+    # final: test and valid metrics of the selected weights, selected_step, the reported test
+    # accuracy under each selection (SELECTIONS), and steps_run: the updates this call made
+    # (num_steps less the step it resumed from), which shows whether a resume took its state
     metrics: dict[str, float]
 
 
@@ -233,7 +234,7 @@ def fit(method: Method, data: TrainData, cfg: ClassifierConfig, ctx: TrainContex
         best_step, best_nets = step, method.net_states()
     method.load_net_states(best_nets)
     final = scores()
-    final.update(step=step, selected_score=float(best_score), selected_step=best_step,
+    final.update(step=step, steps_run=step - start_step, selected_score=float(best_score), selected_step=best_step,
                  reported_acc=final[reported], reported_acc_best_test=float(best_test), best_test_step=best_test_step,
                  valid_conflict_share=float(1.0 - data.valid.aligned.mean()))
     if latest_step == step:  # the last weights were evaluated (always, unless eval_offset)
