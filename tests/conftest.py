@@ -21,10 +21,10 @@ def ray_session():
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory):
     """Colored Digits at every ratio, built once, plus its Parquet cache root."""
-    from diffinject.data.colored_digits import build_colored_digits
+    from diffinject.data.embedded import build_embedded
 
     root = tmp_path_factory.mktemp("digits")
-    build_colored_digits(root / "data")
+    build_embedded("colored_digits", root / "data")
     return root
 
 

@@ -6,7 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from diffinject.data.colored_digits import build_colored_digits, upscaled_digits
+from diffinject.data.colored_digits import upscaled_digits
+from diffinject.data.embedded import build_embedded
 from diffinject.data.layout import load_image, read_layout
 from diffinject.data.protocol import CMNIST_COLOR_STD, CMNIST_COLORS, conflict_counts
 from diffinject.data.registry import get_dataset_spec
@@ -18,7 +19,7 @@ CONFLICTING = {"0.5": 6, "1": 12, "2": 24, "5": 60}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("digits")
-    assert build_colored_digits(root) == root / "colored_digits"
+    assert build_embedded("colored_digits", root) == root / "colored_digits"
     return root, {ratio: read_layout(root, SPEC, ratio) for ratio in SPEC.ratios}
 
 
@@ -108,7 +109,7 @@ def test_images_are_28x28_rgb_in_their_bias_colour(built):
 
 def test_build_is_deterministic(built, tmp_path):
     root, indexes = built
-    build_colored_digits(tmp_path, ratios=("1",))
+    build_embedded("colored_digits", tmp_path, ratios=("1",))
     index = read_layout(tmp_path, SPEC, "1")
     for split in ("train", "valid", "test"):
         ours = {r.path.relative_to(tmp_path): r.path.read_bytes() for r in index.splits[split]}

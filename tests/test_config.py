@@ -344,3 +344,14 @@ def test_the_quick_preset_validates():
     cfg = preset("colored_digits", "1", quick=True)
     validate(cfg)
     assert cfg.data.ratio == "1"
+
+
+@pytest.mark.parametrize("stand_in", ["colored_digits", "colored_mnist_5k"])
+@pytest.mark.parametrize("protocol,baselines", [("release", "reference"), ("paper", "uniform")])
+def test_an_embedded_dataset_trains_with_colored_mnist_s_presets(stand_in, protocol, baselines):
+    from diffinject.config import to_dict
+
+    ours, theirs = (to_dict(preset(d, "1", protocol=protocol, baselines=baselines)) for d in (stand_in, "cmnist"))
+    assert ours["data"]["dataset"] == stand_in
+    ours["data"]["dataset"] = "cmnist"
+    assert ours == theirs

@@ -124,19 +124,21 @@ def test_inject_refuses_a_non_empty_out_folder_before_any_work(digits_root, tmp_
 @pytest.fixture
 def small_digits(monkeypatch):
     """Colored Digits from 30 digits per class (test 4, valid 20 per build): a build in ~1 s."""
-    from diffinject.data import colored_digits
+    import dataclasses
 
-    gray, labels = colored_digits.upscaled_digits()
+    from diffinject.data import embedded
+
+    source = embedded.EMBEDDED["colored_digits"]
+    gray, labels = source.digits()
     keep = np.concatenate([np.flatnonzero(labels == c)[:30] for c in range(10)])
-    monkeypatch.setattr(colored_digits, "upscaled_digits", lambda: (gray[keep], labels[keep]))
-    monkeypatch.setattr(colored_digits, "TEST_PER_CLASS", 4)
-    monkeypatch.setattr(colored_digits, "VALID_SIZE", 20)
-    return colored_digits
+    monkeypatch.setitem(embedded.EMBEDDED, "colored_digits", dataclasses.replace(
+        source, digits=lambda: (gray[keep], labels[keep]), test_per_class=4, valid_size=20))
+    return embedded
 
 
 def test_a_missing_ratio_is_built_alone_with_the_seed_of_the_build(small_digits, tmp_path, capsys):
     data_root = tmp_path / "data"
-    base = small_digits.build_colored_digits(data_root, ratios=("1", "2"), seed=7)
+    base = small_digits.build_embedded("colored_digits", data_root, ratios=("1", "2"), seed=7)
     kept = {name: _inodes(base / name) for name in ("1pct", "2pct", "test")}
     prepare_dataset(data_root, tmp_path / "cache", DIGITS, "5")
     assert {name: _inodes(base / name) for name in kept} == kept  # the others' files untouched
@@ -152,19 +154,19 @@ def test_a_missing_ratio_is_built_alone_with_the_seed_of_the_build(small_digits,
 
 
 def test_the_missing_ratio_line_names_the_seed(small_digits, tmp_path, capsys):
-    small_digits.build_colored_digits(tmp_path, ratios=("1",), seed=3)
+    small_digits.build_embedded("colored_digits", tmp_path, ratios=("1",), seed=3)
     shutil.rmtree(tmp_path / "colored_digits" / "test")
-    small_digits.build_missing_colored_digits(tmp_path, "1")
+    small_digits.build_missing_embedded("colored_digits", tmp_path, "1")
     (line,) = capsys.readouterr().out.splitlines()
     assert "building the missing test in" in line and "seed 3" in line
     assert (tmp_path / "colored_digits" / "test").is_dir()
 
 
 def test_a_missing_ratio_without_a_recorded_seed_is_an_error(small_digits, tmp_path):
-    small_digits.build_colored_digits(tmp_path, ratios=("1",), seed=3)
+    small_digits.build_embedded("colored_digits", tmp_path, ratios=("1",), seed=3)
     (tmp_path / "colored_digits" / "build.json").unlink()
     with pytest.raises(DataError, match="2pct missing, and no build.json says which seed"):
-        small_digits.build_missing_colored_digits(tmp_path, "2")
+        small_digits.build_missing_embedded("colored_digits", tmp_path, "2")
     assert not (tmp_path / "colored_digits" / "2pct").exists()
 
 

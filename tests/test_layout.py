@@ -14,7 +14,7 @@ from diffinject.data.layout import (LabeledImages, load_image, parse_sample_file
 from diffinject.data.registry import DATASETS, get_dataset_spec
 from diffinject.errors import DataError
 
-SIZES = {"cmnist": (28, 28), "cifar10c": (32, 32), "colored_digits": (28, 28),
+SIZES = {"cmnist": (28, 28), "cifar10c": (32, 32), "colored_digits": (28, 28), "colored_mnist_5k": (28, 28),
          "bffhq": (12, 10), "dogs_and_cats": (9, 7)}  # (height, width) for image_size=None specs
 
 

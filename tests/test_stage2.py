@@ -114,6 +114,25 @@ def test_sample_grids_are_logged_every_n_steps_and_at_the_end():
     assert rec.artifacts["samples/step_0000002.png"].startswith(b"\x89PNG")
 
 
+def test_kept_checkpoints_are_the_models_a_shorter_run_ends_with(tmp_path):
+    """keep_checkpoints logs every checkpoint's EMA weights under its step; training does not
+    depend on num_steps, so the step-3 file is the model a 3-step run ends with."""
+    rec = Recorder()
+    train_diffusion(_cfg(num_steps=6, checkpoint_every=3, keep_checkpoints=True), _images(), rec.ctx, seed=0)
+    assert sorted(k for k in rec.artifacts if k.startswith("checkpoints/")) == [
+        "checkpoints/step_0000003.pt", "checkpoints/step_0000006.pt"]
+    assert rec.artifacts["checkpoints/step_0000006.pt"] == rec.artifacts["checkpoint/diffusion.pt"]
+    path = tmp_path / "step3.pt"
+    path.write_bytes(rec.artifacts["checkpoints/step_0000003.pt"])
+    kept, meta = load_unet_checkpoint(path)
+    short = train_diffusion(_cfg(num_steps=3, checkpoint_every=3), _images(), Recorder().ctx, seed=0).ema_unet
+    assert meta["step"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), short.state_dict().values()))
+    plain = Recorder()
+    train_diffusion(_cfg(num_steps=3, checkpoint_every=3), _images(), plain.ctx, seed=0)
+    assert not any(k.startswith("checkpoints/") for k in plain.artifacts)
+
+
 def test_non_finite_loss_names_the_step_and_the_last_checkpoint(monkeypatch):
     calls = {"n": 0}
     real = stage2.diffusion_loss

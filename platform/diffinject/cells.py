@@ -70,7 +70,7 @@ from .tracking import Tracker
 
 # DiffusionConfig fields that change what is logged, never the weights
 DIFFUSION_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images", "sample_steps",
-                     "sample_eta", "check_sync_every")
+                     "sample_eta", "check_sync_every", "keep_checkpoints")
 # the GAN sections' fields that change what is logged, never the weights
 GAN_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images")
 # StyleGAN2Config fields by the A² stage that reads them (the rest train the source generator)

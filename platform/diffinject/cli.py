@@ -61,20 +61,21 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_data_build(args: argparse.Namespace) -> None:
+    from .data.embedded import EMBEDDED
     from .data.registry import get_dataset_spec, normalize_ratio
 
     check_options(args, {"seed": SEED})
     spec = get_dataset_spec(args.name)
-    if spec.name not in ("colored_digits", "cmnist", "cifar10c"):
+    if spec.name not in (*EMBEDDED, "cmnist", "cifar10c"):
         raise DiffInjectError(f"{spec.name} cannot be built here: {spec.source}")
     for ratio in args.ratios:
         normalize_ratio(spec, ratio)
     root = Path(args.data_root)
     check_output_dir(root, "--data-root")
-    if args.name == "colored_digits":
-        from .data.colored_digits import build_colored_digits
+    if args.name in EMBEDDED:
+        from .data.embedded import build_embedded
 
-        out = build_colored_digits(root, ratios=args.ratios, seed=args.seed)
+        out = build_embedded(args.name, root, ratios=args.ratios, seed=args.seed)
     elif args.name == "cmnist":
         from .data.colored_mnist import build_colored_mnist, download_mnist
 
@@ -298,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="build or check datasets").add_subparsers(dest="data_command", required=True)
     build = data.add_parser("build", help="write a dataset in the released layout")
-    build.add_argument("name", help="colored_digits | cmnist | cifar10c")
+    build.add_argument("name", help="colored_mnist_5k | colored_digits (offline, from installed packages) | "
+                                    "cmnist | cifar10c (from --source or --download)")
     build.add_argument("--data-root", default="data")
     build.add_argument("--source", type=Path, help="MNIST IDX folder (cmnist) or cifar-10-batches-py (cifar10c)")
     build.add_argument("--download", action="store_true", help="download the source data (needs the network)")

@@ -120,6 +120,8 @@ class DiffusionConfig:
     sample_steps: int = 50            # DDIM steps of the sample grids
     sample_eta: float = 0.0           # DDIM eta of the sample grids (1.0: DDPM-like, stochastic)
     check_sync_every: int = 0         # DDP: compare parameters across ranks every N steps (0: never)
+    keep_checkpoints: bool = False    # also log each checkpoint's EMA weights as checkpoints/step_NNNNNNN.pt
+                                      # (the model at every saved length, e.g. for a quality curve)
     seed: int = 0                     # one diffusion model per dataset serves every seed of a table
 
 
@@ -249,12 +251,21 @@ class ExperimentConfig:
     quick_preset = False
 
 
+def _recipe(dataset: str) -> str:
+    """The dataset whose presets `dataset` takes: an embedded stand-in's paper dataset (Colored
+    Digits and Colored MNIST 5k train as Colored MNIST), else itself. Unknown: the registry's error."""
+    from .data.registry import get_dataset_spec
+
+    return get_dataset_spec(dataset).recipe
+
+
 def _classifier_preset(dataset: str) -> ClassifierConfig:
     """The dataset's classifier as the DiffInject paper's appendix trains it (DisEnt's
     preprocessing; Adam 1e-3 for CMNIST and CCIFAR-10, 1e-4 for BFFHQ and Dogs & Cats; crop +
     flip for CCIFAR-10 and BFFHQ only): stage 1's, and the `uniform` baseline protocol's.
     The `reference` protocol changes the stage-4 / baseline copy (BASELINE_PROTOCOLS)."""
-    if dataset in ("cmnist", "colored_digits"):
+    dataset = _recipe(dataset)
+    if dataset == "cmnist":
         return ClassifierConfig(arch="mlp", lr=1e-3, batch_size=256, augment="none", normalize=False,
                                 num_steps=20_000)
     if dataset == "cifar10c":
@@ -266,9 +277,6 @@ def _classifier_preset(dataset: str) -> ClassifierConfig:
     if dataset == "dogs_and_cats":
         return ClassifierConfig(arch="resnet18", lr=1e-4, batch_size=64, augment="none",
                                 normalize=True, resize=224, num_steps=50_000)
-    from .data.registry import get_dataset_spec
-
-    get_dataset_spec(dataset)  # raises the unknown-dataset error
     raise ConfigError(f"no classifier preset for dataset {dataset!r}")
 
 
@@ -306,7 +314,8 @@ QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=
 def _diffusion_preset(dataset: str) -> DiffusionConfig:
     """32x32 models for the small datasets (CMNIST resized 28 -> 32, as in the paper); the
     256x256 ones normally use released P2 checkpoints, whose architecture p2_256 is."""
-    if dataset in ("cmnist", "colored_digits"):
+    dataset = _recipe(dataset)
+    if dataset == "cmnist":
         return DiffusionConfig(preset="adm_32", hflip=False, lr=1e-4)
     if dataset == "cifar10c":
         return DiffusionConfig(preset="adm_32", hflip=True, lr=1e-4)
@@ -316,7 +325,8 @@ def _diffusion_preset(dataset: str) -> DiffusionConfig:
 def _stylegan2_preset(dataset: str) -> StyleGAN2Config:
     """A²'s generators at the diffusion models' resolutions: 32 px for the small datasets (digits
     resized 28 -> 32, no flips, as stage 2), 256 px for BFFHQ and Dogs & Cats."""
-    if dataset in ("cmnist", "colored_digits"):
+    dataset = _recipe(dataset)
+    if dataset == "cmnist":
         return StyleGAN2Config(preset="paper_32", hflip=False)
     if dataset == "cifar10c":
         return StyleGAN2Config(preset="paper_32", hflip=True)
@@ -333,8 +343,9 @@ def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
     """The comparison methods' own hyperparameters, as their reference scripts pass them (both
     baseline protocols keep them): DisEnt's lambdas dis / swap_b / swap and its lr decay factor;
     every script passes --curr_step=10000 --lr_decay_step=10000, the BaselinesConfig defaults."""
+    dataset = _recipe(dataset)
     # Learning-Debiased-Disentangled scripts/run_cmnist_ours.sh; BiasEnsemble train_cmnist.sh (DisEnt + BE)
-    if dataset in ("cmnist", "colored_digits"):
+    if dataset == "cmnist":
         return BaselinesConfig(lambda_dis_align=10, lambda_swap_align=10, lambda_swap=1, lr_gamma=0.5)
     if dataset == "cifar10c":
         # Learning-Debiased-Disentangled scripts/run_cifar10c_ours.sh: 1/1/1 at 0.5 % and 5 %, 5/5/1 at 1 % and 2 %
@@ -358,24 +369,19 @@ def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
 BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
     "reference": {
         # LfF, DisEnt and BE module/mlp.py: forward() divides the ToTensor() input by 255 again
-        "classifier.mlp_divide_by_255": {"cmnist": True, "colored_digits": True, "cifar10c": False, "bffhq": False,
-                                         "dogs_and_cats": False},
+        "classifier.mlp_divide_by_255": {"cmnist": True, "cifar10c": False, "bffhq": False, "dogs_and_cats": False},
         # DisEnt scripts/run_{cmnist,cifar10c,bffhq}_vanilla.sh --lr; BE train_dnc.sh --lr
-        "classifier.lr": {"cmnist": 0.01, "colored_digits": 0.01, "cifar10c": 1e-3, "bffhq": 1e-4,
-                          "dogs_and_cats": 1e-4},
+        "classifier.lr": {"cmnist": 0.01, "cifar10c": 1e-3, "bffhq": 1e-4, "dogs_and_cats": 1e-4},
         "classifier.num_steps": 50_000,          # DisEnt and BE train.py --num_steps default 500 * 100
         # BE data/util.py transforms_preprcs["dogs_and_cats"]["train"]: RandomCrop(224, padding=4) + flip
-        "classifier.augment": {"cmnist": "none", "colored_digits": "none", "cifar10c": "crop_flip",
-                               "bffhq": "crop_flip", "dogs_and_cats": "crop_flip"},
+        "classifier.augment": {"cmnist": "none", "cifar10c": "crop_flip", "bffhq": "crop_flip",
+                               "dogs_and_cats": "crop_flip"},
         # LfF config.py: Adam 1e-3 and main_num_steps 235 * 100 (ColoredMNIST), 196 * 200 (CorruptedCIFAR10);
         # LfF has no BFFHQ / Dogs & Cats setting: those train as BE's LfF + BE does (classifier.*)
-        "baselines.lff_lr": {"cmnist": 1e-3, "colored_digits": 1e-3, "cifar10c": 1e-3, "bffhq": 0.0,
-                             "dogs_and_cats": 0.0},
-        "baselines.lff_num_steps": {"cmnist": 23_500, "colored_digits": 23_500, "cifar10c": 39_200, "bffhq": 0,
-                                    "dogs_and_cats": 0},
+        "baselines.lff_lr": {"cmnist": 1e-3, "cifar10c": 1e-3, "bffhq": 0.0, "dogs_and_cats": 0.0},
+        "baselines.lff_num_steps": {"cmnist": 23_500, "cifar10c": 39_200, "bffhq": 0, "dogs_and_cats": 0},
         # DisEnt scripts/run_*_ours.sh --lr (Corrupted CIFAR-10: 5e-4 at 0.5 %, 1e-3 above); BE train_dnc.sh
-        "baselines.disent_lr": {"cmnist": 0.01, "colored_digits": 0.01,
-                                "cifar10c": {"0.5": 5e-4, "1": 1e-3, "2": 1e-3, "5": 1e-3},
+        "baselines.disent_lr": {"cmnist": 0.01, "cifar10c": {"0.5": 5e-4, "1": 1e-3, "2": 1e-3, "5": 1e-3},
                                 "bffhq": 1e-4, "dogs_and_cats": 1e-4},
         "baselines.committee_steps": 1_000,      # BE train.py --biased_model_train_iter
         # BE learner.py pretrain_b_ensemble_best: board_pretrain_best_acc at step % valid_freq == 0 (0-based
@@ -399,14 +405,14 @@ BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
 
 def _injection_preset(dataset: str) -> InjectionConfig:
     """The paper's per-dataset gamma and conflict ratio (docs/design.md 2.3, item 8); both protocols keep them."""
-    gamma, ratio = {"cmnist": (0.9, 0.1), "colored_digits": (0.9, 0.1), "cifar10c": (0.3, 0.1), "bffhq": (0.7, 0.6),
-                    "dogs_and_cats": (0.2, 0.6)}[dataset]
+    gamma, ratio = {"cmnist": (0.9, 0.1), "cifar10c": (0.3, 0.1), "bffhq": (0.7, 0.6),
+                    "dogs_and_cats": (0.2, 0.6)}[_recipe(dataset)]
     return InjectionConfig(gamma=gamma, conflict_ratio=ratio)
 
 
 def _by_dataset(small: Any, large: Any) -> dict[str, Any]:
-    """One value for the 32x32 datasets (cmnist, colored_digits, cifar10c), another for bffhq and dogs_and_cats."""
-    return {"cmnist": small, "colored_digits": small, "cifar10c": small, "bffhq": large, "dogs_and_cats": large}
+    """One value for the 32x32 datasets (cmnist and its stand-ins, cifar10c), another for bffhq and dogs_and_cats."""
+    return {"cmnist": small, "cifar10c": small, "bffhq": large, "dogs_and_cats": large}
 
 
 # The two DiffInject protocols (docs/design.md 2.3): the fields each sets, one value or one per
@@ -434,8 +440,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "bias.scope": "global",                  # paper Sec. 3, Eq. 3-4: top-K over the whole training set
         "bias.k": 10,
         "bias.classifier.select": "last",        # the paper names no model selection for f_B
-        "injection.mode": {"cmnist": "local", "colored_digits": "local", "cifar10c": "global", "bffhq": "local",
-                           "dogs_and_cats": "local"},  # paper App. B
+        "injection.mode": {"cmnist": "local", "cifar10c": "global", "bffhq": "local", "dogs_and_cats": "local"},  # paper App. B
         "injection.calibrate_t_edit": True,      # paper App. B: t_edit where LPIPS reaches 0.33
         "injection.t_edit": 500,                 # (used only with calibrate_t_edit=false)
         "injection.lpips_threshold": 0.33,       # paper App. B
@@ -457,8 +462,8 @@ def _set_field(cfg: Any, dotted: str, value: Any) -> None:
 
 
 def _protocol_value(table: str, protocol: str, dotted: str, value: Any, dataset: str, ratio: str) -> Any:
-    """A protocol table's value for `dataset` (and `ratio`, where it has one per ratio)."""
-    for key, kind in ((dataset, "dataset"), (ratio, "ratio")):
+    """A protocol table's value for `dataset`'s recipe (and `ratio`, where it has one per ratio)."""
+    for key, kind in ((_recipe(dataset), "dataset"), (ratio, "ratio")):
         if not isinstance(value, dict):
             break
         if key not in value:
@@ -883,7 +888,7 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "num_steps": COUNT, "ema_decay": Range(0, 1, high_open=True), "grad_clip": NON_NEGATIVE, "bf16": Flag(),
         "log_every": COUNT, "checkpoint_every": COUNT, "sample_every": NON_NEGATIVE, "sample_images": COUNT,
         "sample_steps": DDIM_STEPS, "sample_eta": NON_NEGATIVE, "check_sync_every": NON_NEGATIVE, "seed": SEED,
-        "channels_last": Flag(), "compile": OneOf(COMPILE_MODES), "fused_adam": Flag(),
+        "channels_last": Flag(), "compile": OneOf(COMPILE_MODES), "fused_adam": Flag(), "keep_checkpoints": Flag(),
     },
     InjectionConfig: {
         "protocol": OneOf(tuple(PROTOCOLS)), "label_from": OneOf(("content", "original")), "gamma": FRACTION, "mode": OneOf(("local", "global")), "mask": Checked(lambda key, text: parse_mask(text)),

@@ -39,12 +39,10 @@ PAPER_TABLE1 = {
                    "dogs_and_cats": (82.35, 93.60)},
 }
 PAPER_RATIOS = ("1", "5")
-# the paper column a dataset is compared with (Colored Digits stands in for Colored MNIST)
-PAPER_DATASET = {"colored_digits": "cmnist"}
 DISPLAY = {"vanilla": "Vanilla", "lff": "LfF", "disent": "DisEnt", "lff_be": "LfF + BE", "disent_be": "DisEnt + BE",
            "a2": "A²", "amplibias": "AmpliBias", "diffinject": "DiffInject", "cmnist": "Colored MNIST",
            "cifar10c": "Corrupted CIFAR-10", "bffhq": "BFFHQ", "dogs_and_cats": "Dogs & Cats",
-           "colored_digits": "Colored Digits"}
+           "colored_digits": "Colored Digits", "colored_mnist_5k": "Colored MNIST 5k"}
 # the reported test accuracy under each selection, then the whole test split's, its aligned and conflicting parts
 METRICS = ("reported_acc", "reported_acc_best_test", "reported_acc_last", "test_acc", "test_aligned_acc",
            "test_conflicting_acc")
@@ -71,8 +69,15 @@ def column_title(dataset: str, ratio: str) -> str:
     return f"{DISPLAY.get(dataset, dataset)} {ratio}%" + (" (conflicting)" if conflicting else "")
 
 
+def stood_in_for(dataset: str) -> str | None:
+    """The paper's dataset an embedded one is compared with (DatasetSpec.paper_dataset), else None."""
+    from .data.registry import DATASETS
+
+    return DATASETS[dataset].paper_dataset if dataset in DATASETS else None
+
+
 def paper_number(method: str, dataset: str, ratio: str) -> float | None:
-    row = PAPER_TABLE1.get(method, {}).get(PAPER_DATASET.get(dataset, dataset))
+    row = PAPER_TABLE1.get(method, {}).get(stood_in_for(dataset) or dataset)
     if row is None or ratio not in PAPER_RATIOS:
         return None
     return row[PAPER_RATIOS.index(ratio)]
@@ -252,11 +257,14 @@ class Table1:
         return f"{name} ({self.protocol})" if method == "diffinject" and self.protocol and method in self.methods else name
 
     def notes(self, seeds: int) -> str:
-        compared = sorted({PAPER_DATASET[d] for d, _ in self.columns if d in PAPER_DATASET})
+        stand_ins = list(dict.fromkeys(d for d, _ in self.columns if stood_in_for(d)))
+        compared = sorted({stood_in_for(d) for d in stand_ins})
         text = (f"Unbiased test accuracy (%), mean ± std over {seeds} seed(s), of the weights with the best "
                 f"validation accuracy; best of ours in bold; the paper's Table 1 number in parentheses.")
-        if compared:
-            text += (" Colored Digits (the embedded stand-in) is compared with the paper's "
+        if stand_ins:
+            names = " and ".join(DISPLAY.get(d, d) for d in stand_ins)
+            text += (f" {names} (the embedded stand-in{'s' if len(stand_ins) > 1 else ''}) "
+                     f"{'are' if len(stand_ins) > 1 else 'is'} compared with the paper's "
                      f"{', '.join(DISPLAY[c] for c in compared)} column.")
         if self.baselines:
             text += BASELINES_NOTES[self.baselines]

@@ -173,8 +173,10 @@ def train_diffusion(cfg: DiffusionConfig, images: np.ndarray, ctx: TrainContext,
             ctx.report({**metrics, "step": step}, state)
             if ctx.rank == 0:
                 ema_weights = ema_copy(unet, ema).state_dict()
-                ctx.log_artifact("diffusion.pt", unet_checkpoint_bytes(ema_weights, preset, step, asdict(cfg)),
-                                 "checkpoint")
+                payload = unet_checkpoint_bytes(ema_weights, preset, step, asdict(cfg))
+                ctx.log_artifact("diffusion.pt", payload, "checkpoint")
+                if cfg.keep_checkpoints:
+                    ctx.log_artifact(f"step_{step:07d}.pt", payload, "checkpoints")
 
     ema_unet = ema_copy(unet, ema)
     checkpoint = unet_checkpoint_bytes(ema_unet.state_dict(), preset, step, asdict(cfg))

@@ -220,11 +220,11 @@ def load_split(folder: Path, split: str) -> ArraySplit:
 
 
 def prepare_dataset(data_root: Path, cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
-    """The Parquet folder of a dataset/ratio, building what is missing of Colored Digits first."""
-    if spec.name == "colored_digits":
-        from .colored_digits import build_missing_colored_digits
+    """The Parquet folder of a dataset/ratio, building what is missing of an embedded dataset first."""
+    from .embedded import EMBEDDED, build_missing_embedded
 
-        build_missing_colored_digits(data_root, ratio)
+    if spec.name in EMBEDDED:
+        build_missing_embedded(spec.name, data_root, ratio)
     return convert_to_parquet(data_root, cache_root, spec, ratio)
 
 

