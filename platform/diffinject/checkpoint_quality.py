@@ -1,0 +1,100 @@
+"""The quality of DiffInject's synthetic set against the diffusion model's training length.
+
+For each checkpoint (e.g. the `checkpoints/step_NNNNNNN.pt` that `diffusion.keep_checkpoints`
+logs) and seed, build the set as a table cell would (stages 1 and 3 through the artifact cache,
+the checkpoint given as the dataset's stage 2) and read its quality report: label fidelity,
+conflict rate and useful share. No classifier is trained on the sets, so a length (or an
+injection setting) chosen from this curve is chosen before any stage-4 accuracy is seen.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .artifacts import ArtifactCache
+from .cells import CellRunner
+from .config import ExperimentConfig, stage1_config
+from .diffusion.checkpoint import load_unet_checkpoint
+from .pipeline import with_seed
+from .quality.report import PREFIX
+from .tracking import Tracker
+
+SHARES = ("label_fidelity", "conflict_rate", "useful_rate")
+
+
+@dataclass(frozen=True)
+class QualityPoint:
+    checkpoint: str
+    step: int
+    seed: int
+    shares: dict[str, float]  # SHARES
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step a project checkpoint records (strict load: a damaged file is an error)."""
+    return int(load_unet_checkpoint(path)[1]["step"])
+
+
+def measure(cfg: ExperimentConfig, checkpoints: list[Path], seeds: list[int], cache_root: Path,
+            tracker: Tracker | None = None, done: Callable[[QualityPoint], None] = lambda point: None,
+            ) -> list[QualityPoint]:
+    """One QualityPoint per (checkpoint, seed), in that order; `done` sees each as it comes."""
+    tracker = tracker or Tracker()
+    cache, points = ArtifactCache(cache_root), []
+    steps = {path: checkpoint_step(path) for path in checkpoints}  # every file checked before any work
+    for path in checkpoints:
+        runner = CellRunner(cache, tracker, {cfg.data.dataset: str(path)})
+        for seed in seeds:
+            seeded = with_seed(cfg, seed)
+            stage1 = runner.stage1(stage1_config(seeded, "diffinject"))
+            synthetic = runner.stage3(seeded, stage1, runner.stage2(seeded))
+            metrics = synthetic.meta["metrics"]
+            point = QualityPoint(str(path), steps[path], seed, {k: float(metrics[PREFIX + k]) for k in SHARES})
+            points.append(point)
+            done(point)
+    return points
+
+
+def summary(points: list[QualityPoint]) -> list[dict]:
+    """Per checkpoint (ascending step): mean and std over seeds of each share."""
+    rows = []
+    for step in sorted({p.step for p in points}):
+        at = [p for p in points if p.step == step]
+        row = {"step": step, "seeds": len(at)}
+        for share in SHARES:
+            values = np.array([p.shares[share] for p in at])
+            row[share], row[f"{share}_std"] = float(values.mean()), float(values.std(ddof=1)) if len(at) > 1 else 0.0
+        rows.append(row)
+    return rows
+
+
+def write_csv(points: list[QualityPoint], path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "seed", *SHARES, "checkpoint"])
+        for p in sorted(points, key=lambda p: (p.step, p.seed)):
+            writer.writerow([p.step, p.seed, *(f"{p.shares[s]:.4f}" for s in SHARES), p.checkpoint])
+    return path
+
+
+def curve_figure(rows: list[dict], path: Path, title: str) -> Path:
+    """The three shares against the training step, mean ± std over seeds."""
+    from .plots import pyplot
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    steps = [r["step"] for r in rows]
+    for share, label in zip(SHARES, ("label fidelity", "conflict rate", "useful share")):
+        mean, std = np.array([r[share] for r in rows]), np.array([r[f"{share}_std"] for r in rows])
+        ax.errorbar(steps, mean, yerr=std, marker="o", capsize=3, label=label)
+    ax.set(title=title, xlabel="diffusion training step", ylabel="share of the synthetic set", ylim=(0, 1))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
