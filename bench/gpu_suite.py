@@ -59,7 +59,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffinject.config import ExperimentConfig, InjectionConfig, apply_protocol
+from diffinject.config import QUICK_DATASET, ExperimentConfig, InjectionConfig, apply_protocol
 from diffinject.diffusion.checkpoint import load_unet_checkpoint, unet_checkpoint_bytes
 from diffinject.diffusion.hspace import decode, encode
 from diffinject.diffusion.models import build_unet, get_preset
@@ -199,7 +199,7 @@ def preset_of(name: str) -> str:
 
 def load_model(name: str, device: torch.device):
     if name == "shipped":
-        unet, _ = load_unet_checkpoint(quick_checkpoint())
+        unet, _ = load_unet_checkpoint(quick_checkpoint(QUICK_DATASET))
     else:
         torch.manual_seed(0)
         unet = build_unet(name)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffinject.config import QUICK_DIFFUSION, QUICK_INJECTION, DiffusionConfig, InjectionConfig
+from diffinject.config import QUICK_INJECTION, DiffusionConfig, InjectionConfig, quick_diffusion
 from diffinject.data.parquet import load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
 from diffinject.inject.engine import InjectionEngine
@@ -54,6 +54,9 @@ def pairs(labels: np.ndarray, n: int, contents_per_class: int, seed: int):
     originals = rng.choice(np.setdiff1d(np.arange(len(labels)), content_idx), n, replace=False)
     choice = np.array([rng.choice(np.flatnonzero(labels[content_idx] != labels[o])) for o in originals])
     return originals, content_idx, choice
+
+
+QUICK_DIFFUSION = quick_diffusion("colored_digits")
 
 
 def main() -> None:

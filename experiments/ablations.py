@@ -38,7 +38,9 @@ from diffinject.ablations import (Axis, SettingResult, ablation_plot, apply_sett
 from diffinject.arguments import ArgumentParser
 from diffinject.atomic import atomic_file
 from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, flatten, preset
+from diffinject.config import (COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides, check_options,
+                               flatten, preset)
+from diffinject.data.embedded import EMBEDDED
 from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
 from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
@@ -54,13 +56,13 @@ QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help=f"Colored Digits 1%% on CPU, sweeps {' '.join(QUICK_SWEEPS)}")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK_DATASET} 1%% on CPU, sweeps {' '.join(QUICK_SWEEPS)}")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")
     p.add_argument("--baselines", choices=("reference", "uniform"), default="reference",
                    help="how the comparison methods and the stage-4 classifier train: as their reference "
                         "repositories do, or all alike (docs/design.md 2.4)")
-    p.add_argument("--dataset", default="colored_digits")
+    p.add_argument("--dataset", default=QUICK_DATASET)
     p.add_argument("--ratio", default="1", help="percent of bias-conflicting training samples of the data set")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME=V1,V2,...|NAME=LOW:HIGH")
     p.add_argument("--cross", action="store_true", help="every combination of the swept values (default: one axis "
@@ -77,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", action="append", default=[], metavar="DATASET=PATH",
                    help="a diffusion checkpoint for DATASET instead of training one")
     p.add_argument("--retrain-diffusion", action="store_true",
-                   help="--quick: train the Colored Digits diffusion model instead of starting from the checkpoint "
+                   help="--quick: train the diffusion model instead of starting from the checkpoint "
                         "the project ships")
     p.add_argument("--experiment", help="MLflow experiment and Tune experiment name (default ablations[-quick])")
     p.add_argument("--out", default="results", help="folder for the table, CSV and plot")
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
-    if args.quick and args.dataset != "colored_digits":
-        print("error: --quick runs on colored_digits", file=sys.stderr)
+    if args.quick and args.dataset not in EMBEDDED:
+        print(f"error: --dataset {args.dataset}: --quick runs on an embedded dataset ({' or '.join(EMBEDDED)})",
+              file=sys.stderr)
         return 2
     experiment = args.experiment or ("ablations-quick" if args.quick else "ablations")
     out = Path(args.out)

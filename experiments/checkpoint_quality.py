@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from diffinject.arguments import ArgumentParser
-from diffinject.checkpoint_quality import SHARES, curve_figure, measure, summary, write_csv
+from diffinject.checkpoint_quality import (LABELLINGS, SHARES, STOP_TOLERANCE, curve_figure, measure, stops_rising,
+                                          summary, write_csv)
 from diffinject.config import SEED, absolute_args, apply_overrides, check_options, preset
 from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
@@ -95,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\nmean ± std over seeds:")
     for r in rows:
         print(f"{r['step']:>7}  " + "  ".join(f"{s} {r[s]:.3f} ± {r[s + '_std']:.3f}" for s in SHARES))
+    for label_from, share in LABELLINGS.items():
+        step = stops_rising(rows, share)
+        at = next(r for r in rows if r["step"] == step)
+        print(f"labelled with the {label_from}'s: the useful share stops rising at step {step} "
+              f"({at[share]:.3f}; never more than {STOP_TOLERANCE:.2f} higher after it)")
     print(f"\nwrote {csv_path} and {png}")
     return 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from diffinject.arguments import ArgumentParser
 from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import COUNT, NON_NEGATIVE, SEED, absolute_args, apply_overrides, check_options, preset
+from diffinject.config import COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides, check_options, preset
 from diffinject.data.registry import get_dataset_spec, normalize_ratio
 from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
@@ -33,6 +32,7 @@ from diffinject.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray, with_seed
 from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
+from diffinject.progress import Progress
 from diffinject.ray_train import resolve_use_gpu
 from diffinject.report import Table1
 from diffinject.tracking import Tracker
@@ -42,13 +42,13 @@ PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="embedded Colored Digits on CPU")
+    p.add_argument("--quick", action="store_true", help=f"the embedded {QUICK_DATASET} on CPU")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject's presets: the authors' released code or the paper's text (docs/design.md 2.3)")
     p.add_argument("--baselines", choices=("reference", "uniform"), default="reference",
                    help="how the comparison methods and the stage-4 classifier train: as their reference "
                         "repositories do, or all alike (docs/design.md 2.4)")
-    p.add_argument("--datasets", nargs="+", help=f"default: {' '.join(PAPER_DATASETS)} (--quick: colored_digits)")
+    p.add_argument("--datasets", nargs="+", help=f"default: {' '.join(PAPER_DATASETS)} (--quick: {QUICK_DATASET})")
     p.add_argument("--ratios", nargs="+", help="default: 1 5 (--quick: 1, where the quick DiffInject row is measured)")
     p.add_argument("--methods", nargs="+", help="default: every registered method")
     p.add_argument("--seeds", nargs="+", type=int, default=list(range(5)),
@@ -61,13 +61,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a diffusion checkpoint for DATASET (released guided-diffusion / P2 file, or ours) "
                         "instead of training one")
     p.add_argument("--retrain-diffusion", action="store_true",
-                   help="--quick: train the Colored Digits diffusion model instead of starting from the checkpoint "
+                   help="--quick: train the diffusion model instead of starting from the checkpoint "
                         "the project ships")
     p.add_argument("--experiment", help="MLflow experiment (default table1 or table1-quick)")
     p.add_argument("--out", default="results", help="folder for the finished table")
     p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 per GPU job on "
                                                    "a GPU cluster, 0 = in-process on CPU)")
-    p.add_argument("--parallel", type=int, help="cells in flight at once (default: the cluster's GPUs, or 1)")
+    p.add_argument("--parallel", type=int, help="cells in flight at once (default: the cluster's GPUs; on CPUs, --quick: one per CPU, "
+                        "each with one torch thread; else 1)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     return p.parse_args(argv)
 
@@ -79,42 +80,6 @@ def cell_jobs(configs, seeds, methods) -> list:
     return [(with_seed(cfg, seed), method) for cfg in configs for seed in seeds for method in ordered]
 
 
-class Progress:
-    """One line per finished cell (or stage built for the table alone); a heartbeat with the overall
-    count while long ones run."""
-
-    def __init__(self, total: int, every_s: float = 60.0):
-        self.total, self.done, self.started = total, 0, time.perf_counter()
-        self.last_line = self.started
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._heartbeat, args=(every_s,), daemon=True)
-        self.thread.start()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.started
-
-    def cell_done(self, r: CellResult) -> None:
-        how = "cached" if r.cached else ", ".join(f"{s} {v}" for s, v in sorted(r.stages.items()) if s != "cell")
-        self.step_done(f"{r.dataset} {r.ratio}% seed {r.seed} {r.method}: unbiased {100 * r.metrics['reported_acc']:.2f} "
-                       f"(best on test {100 * r.metrics['reported_acc_best_test']:.2f})  "
-                       f"({how}; {r.seconds:.0f}s)")
-
-    def step_done(self, text: str) -> None:
-        self.done += 1
-        print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] {text}", flush=True)
-        self.last_line = time.perf_counter()
-
-    def _heartbeat(self, every_s: float) -> None:
-        while not self.stop.wait(every_s / 4):
-            if time.perf_counter() - self.last_line >= every_s:
-                print(f"[{self.done}/{self.total} {self.elapsed():6.0f}s] working...", flush=True)
-                self.last_line = time.perf_counter()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join()
-
-
 def main(argv: list[str] | None = None) -> int:
     args = absolute_args(parse_args(argv), "artifact_root", "out")
     sigterm_as_interrupt()
@@ -123,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     progress = None
     try:
         check_options(args, {"seeds": SEED, "num_workers": NON_NEGATIVE, "parallel": COUNT})
-        datasets = distinct(args.datasets or (["colored_digits"] if args.quick else list(PAPER_DATASETS)), "--datasets")
+        datasets = distinct(args.datasets or ([QUICK_DATASET] if args.quick else list(PAPER_DATASETS)), "--datasets")
         methods = distinct(args.methods or table_methods(), "--methods")
         on_synthetic = any([get_method(m).needs_synthetic for m in methods])  # (each checked) these run stages 1-3
         ratios = distinct(args.ratios or (["1"] if args.quick else ["1", "5"]), "--ratios",
@@ -158,22 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         for cfg in configs:  # one GPU worker per training on a GPU cluster, in-process on CPUs
             cfg.run.num_workers = args.num_workers if args.num_workers is not None else int(gpus > 0)
-        from diffinject.ray_cells import RunnerSpec, run_cells
+        from diffinject.ray_cells import RunnerSpec, default_parallel, in_job_order, run_cells
 
         tracker = Tracker()
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
         jobs = cell_jobs(configs, seeds, methods)
-        parallel = args.parallel or max(1, gpus)
+        parallel = args.parallel or default_parallel(gpus, args.quick)
         if parallel > 1 and not is_remote(args.artifact_root) and len([n for n in ray.nodes() if n["Alive"]]) > 1:
             print(f"warning: cells run on several nodes, but --artifact-root {args.artifact_root} is a local folder: "
                   f"give a shared one (s3://..., or a path every node mounts) so they find each other's stages",
                   flush=True)
         print(f"{len(jobs)} cells ({len(methods)} methods x {len(configs)} dataset/ratio x {len(seeds)} seeds), "
               f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
-        progress = Progress(len(jobs))
-        results = run_cells(spec, jobs, parallel, progress.cell_done)
+        progress = Progress(len(jobs), methods=[method for _, method in jobs], parallel=parallel)
+        results = in_job_order(run_cells(spec, jobs, parallel, progress.cell_done), jobs)
         table = Table1(methods, protocol=configs[0].injection.protocol,  # --protocol / --baselines, or a --set
-                       baselines=configs[0].baselines.protocol)
+                       baselines=configs[0].baselines.protocol, quick=args.quick)
         for r in results:
             table.add(r.dataset, r.ratio, r.method, r.metrics, r.seed)
         built = Counter((stage, how) for r in results for stage, how in r.stages.items() if stage != "cell")
@@ -233,8 +198,7 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
     with atomic_file(md) as handle:
         handle.write(f"# Table 1 ({experiment})\n\n{text}\n\n## Detail\n\n{table.detail_markdown()}\n")
     table.write_csv(csv_path)
-    table.bar_chart(png, f"{experiment}: unbiased accuracy, mean ± std over {seeds} seed(s); "
-                         f"black bars: the paper's numbers")
+    table.bar_chart(png, f"{experiment}: unbiased test accuracy (%), mean ± std over {seeds} seed(s)")
     runs = out / f"{experiment}-runs.json"
     with atomic_file(runs) as handle:
         json.dump([{"dataset": r.dataset, "ratio": r.ratio, "method": r.method, "seed": r.seed, "run_id": r.run_id,

@@ -233,7 +233,7 @@ def test_optuna_space_and_a_clear_error_without_optuna(base, monkeypatch):
 
 
 def _argv(digits_root, tmp_path, *extra):
-    return ["--quick", "--retrain-diffusion", "--seeds", "0", "--data-root", str(digits_root / "data"), "--cache-root",
+    return ["--quick", "--dataset", "colored_digits", "--retrain-diffusion", "--seeds", "0", "--data-root", str(digits_root / "data"), "--cache-root",
             str(digits_root / "cache"), "--artifact-root", str(tmp_path / "artifacts"), "--out", str(tmp_path / "results"),
             *[item for override in TINY for item in ("--set", override)], "--set", "injection.conflict_ratio=0.05",
             *extra]

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from diffinject.checkpoint_quality import SHARES, QualityPoint, curve_figure, measure, summary, write_csv
+from diffinject.checkpoint_quality import (SHARES, QualityPoint, curve_figure, measure, stops_rising, summary,
+                                          write_csv)
 from diffinject.config import DiffusionConfig, apply_overrides, preset
 from diffinject.data.parquet import load_split
 from diffinject.stage2 import train_diffusion
@@ -35,19 +36,32 @@ def test_each_checkpoint_and_seed_gets_its_set_s_quality_report(ray_session, dig
     points = measure(cfg, tiny_checkpoints, [0, 1], tmp_path / "artifacts", done=seen.append)
     assert [(p.step, p.seed) for p in points] == [(2, 0), (2, 1), (4, 0), (4, 1)] and seen == points
     assert all(0.0 <= p.shares[s] <= 1.0 for p in points for s in SHARES)
+    # the quick preset labels with the content's: its useful share is the content labelling's
+    assert all(p.shares["useful_rate"] == p.shares["useful_as_content"] for p in points)
     again = measure(cfg, tiny_checkpoints[:1], [1], tmp_path / "artifacts")  # from the cache: the same report
     assert again[0].shares == points[1].shares
 
 
 def test_the_summary_is_mean_and_std_over_seeds_per_step(tmp_path):
     points = [QualityPoint("a", 1000, seed, dict(zip(SHARES, values)))
-              for seed, values in enumerate([(0.2, 0.6, 0.1), (0.4, 0.8, 0.3)])]
-    points.append(QualityPoint("b", 500, 0, dict(zip(SHARES, (0.1, 0.5, 0.05)))))
+              for seed, values in enumerate([(0.2, 0.6, 0.1, 0.5, 0.1), (0.4, 0.8, 0.3, 0.7, 0.3)])]
+    points.append(QualityPoint("b", 500, 0, dict(zip(SHARES, (0.1, 0.5, 0.05, 0.4, 0.05)))))
     rows = summary(points)
     assert [r["step"] for r in rows] == [500, 1000] and rows[0]["label_fidelity_std"] == 0.0
     assert rows[1]["useful_rate"] == pytest.approx(0.2)
     assert rows[1]["useful_rate_std"] == pytest.approx(np.std([0.1, 0.3], ddof=1))
     lines = write_csv(points, tmp_path / "q.csv").read_text().splitlines()
-    assert lines[0] == "step,seed,label_fidelity,conflict_rate,useful_rate,checkpoint"
-    assert lines[1].startswith("500,0,0.1000,0.5000,0.0500")
+    assert lines[0] == ("step,seed,label_fidelity,conflict_rate,useful_rate,useful_as_original,useful_as_content,"
+                        "checkpoint")
+    assert lines[1].startswith("500,0,0.1000,0.5000,0.0500,0.4000,0.0500")
     assert curve_figure(rows, tmp_path / "q.png", "t").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_length_is_where_the_mean_useful_share_stops_rising_by_more_than_two_points():
+    def rows(values):
+        return [{"step": 1000 * (i + 1), "useful_as_original": v} for i, v in enumerate(values)]
+
+    assert stops_rising(rows([0.2, 0.4, 0.5, 0.51, 0.515]), "useful_as_original") == 3000  # +0.015 at most after
+    assert stops_rising(rows([0.2, 0.4, 0.5, 0.51, 0.525]), "useful_as_original") == 4000  # +0.025 after 3000
+    assert stops_rising(rows([0.6, 0.5, 0.4]), "useful_as_original") == 1000              # falling from the start
+    assert stops_rising(rows([0.1, 0.2, 0.3]), "useful_as_original") == 3000              # still rising: the last

@@ -141,7 +141,7 @@ def test_sample_output_is_checked_before_loading_or_sampling(tmp_path, capsys, m
 
 def test_train_command(ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["diffusion", "train", "--quick", "--data-root", str(digits_root / "data"), "--cache-root",
+    argv = ["diffusion", "train", "--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root",
             str(digits_root / "cache"), "--experiment", "t-diffusion-cli"]
     for item in ("preset=tiny_32", "num_steps=2", "batch_size=4", "sample_every=0", "log_every=1"):
         argv += ["--set", f"diffusion.{item}"]

@@ -18,7 +18,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _argv(digits_root, checkpoint, *extra):
-    argv = ["inject", "--quick", "--data-root", str(digits_root / "data"), "--cache-root", str(digits_root / "cache"),
+    argv = ["inject", "--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root", str(digits_root / "cache"),
             "--checkpoint", str(checkpoint), "--experiment", "t-inject"]
     for item in ("diffusion.preset=tiny_32", "injection.inversion_steps=3", "injection.generation_steps=3",
                  "injection.conflict_ratio=0.005", "injection.batch_size=4", "bias.classifier.num_steps=20",
@@ -59,7 +59,7 @@ def test_calibrate_prints_t_edit_and_writes_the_curve(digits_root, tiny_checkpoi
                                                       monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # proves nothing is downloaded
-    argv = ["calibrate", "--quick", "--data-root", str(digits_root / "data"), "--cache-root",
+    argv = ["calibrate", "--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root",
             str(digits_root / "cache"), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "figs"),
             "--set", "diffusion.preset=tiny_32", "--set", "injection.inversion_steps=6",
             "--set", "injection.calibration_images=4"]

@@ -36,7 +36,7 @@ def test_missing_dataset_folder_names_the_path_and_the_source(capsys, tmp_path, 
 
 def test_nan_loss_ends_the_command_with_the_step(ray_session, capsys, digits_root, tmp_path, mlflow_uri, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ["train", "vanilla", "--quick", "--data-root", str(digits_root / "data"), "--cache-root",
+    argv = ["train", "vanilla", "--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root",
             str(digits_root / "cache"), "--set", "classifier.lr=1e30", "--set", "classifier.num_steps=20"]
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # MLflow may log its database setup first
@@ -45,7 +45,7 @@ def test_nan_loss_ends_the_command_with_the_step(ray_session, capsys, digits_roo
 
 def test_train_and_results_commands(ray_session, capsys, digits_root, tmp_path, mlflow_uri, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = ["--quick", "--data-root", str(digits_root / "data"), "--cache-root", str(digits_root / "cache"),
+    common = ["--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root", str(digits_root / "cache"),
               "--experiment", "t-cli", "--set", "classifier.num_steps=20", "--set", "bias.classifier.num_steps=20"]
     assert main(["train", "vanilla"] + common) == 0
     assert "test_acc=" in capsys.readouterr().out

@@ -69,7 +69,7 @@ def test_relative_paths_reach_a_real_ray_train_worker(ray_session, digits_root, 
     shutil.copytree(digits_root / "data", "data", ignore=lambda folder, names: [
         n for n in names if n.endswith("pct") and n != "1pct"])
     table1, sigint = _script("table1"), signal.getsignal(signal.SIGINT)
-    assert table1.main(["--quick", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "--num-workers", "1",
+    assert table1.main(["--quick", "--datasets", "colored_digits", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "--num-workers", "1",
                         "--set", "classifier.num_steps=6", "--set", "classifier.eval_every=3"]) == 0, \
         capsys.readouterr().err
     assert "[1/1" in capsys.readouterr().out
@@ -95,7 +95,7 @@ def no_sigterm_handler():
 
 
 def _table1_argv(digits_root, tmp_path, *extra):
-    return ["--quick", "--data-root", str(digits_root / "data"), "--cache-root", str(digits_root / "cache"),
+    return ["--quick", "--datasets", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root", str(digits_root / "cache"),
             "--artifact-root", str(tmp_path / "artifacts"), "--out", str(tmp_path / "results"), *extra]
 
 
@@ -133,9 +133,9 @@ def test_the_quick_table_defaults_to_1_percent_over_5_seeds_from_the_shipped_mod
     monkeypatch.setattr("diffinject.ray_cells.RunnerSpec", lambda *a, **k: specs.append(a) or real_spec(*a, **k))
     assert table1.main(_table1_argv(digits_root, tmp_path, "--methods", "vanilla")) == 0
     assert [(cfg.data.ratio, cfg.run.seed) for cfg, _ in jobs] == [("1", s) for s in range(5)]
-    from diffinject.diffusion.shipped import QUICK_CHECKPOINT
+    from diffinject.diffusion.shipped import SHIPPED
 
-    assert specs[0][2] == {"colored_digits": str(QUICK_CHECKPOINT)}  # the checkpoint the cells start from
+    assert specs[0][2] == {"colored_digits": str(SHIPPED["colored_digits"].path)}  # the cells start from it
 
 
 def test_stage_1_left_to_build_for_precision_at_k_is_counted_in_the_progress(capsys):
@@ -200,7 +200,7 @@ def test_sigterm_is_a_keyboard_interrupt_whatever_handles_sigint(no_sigterm_hand
 
 
 def _ablations_argv(digits_root, tmp_path, *extra):
-    return ["--quick", "--seeds", "0", "--reference", "none", "--experiment", "abl", "--data-root",
+    return ["--quick", "--dataset", "colored_digits", "--seeds", "0", "--reference", "none", "--experiment", "abl", "--data-root",
             str(digits_root / "data"), "--cache-root", str(digits_root / "cache"), "--artifact-root",
             str(tmp_path / "artifacts"), "--out", str(tmp_path / "results"), *extra]
 
@@ -278,7 +278,7 @@ def test_an_error_inside_a_trial_is_one_line(ray_session, digits_root, tmp_path,
     from diffinject.diffusion.shipped import quick_checkpoint
 
     gone = tmp_path / "gone.pt"
-    shutil.copyfile(quick_checkpoint(), gone)
+    shutil.copyfile(quick_checkpoint("colored_digits"), gone)
     ablations = _script("ablations")
     start_ray = ablations.ensure_ray
     monkeypatch.setattr(ablations, "ensure_ray", lambda: (gone.unlink(), start_ray()))

@@ -36,8 +36,16 @@ def test_quality_metrics_by_hand():
     out = quality_metrics(read_class, read_bias, labels, original_labels=[0, 0, 2, 0, 1],
                           content_labels=[1, 1, 1, 3, 2])
     assert out == pytest.approx({"label_fidelity": 3 / 5, "conflict_rate": 4 / 5, "useful_rate": 2 / 5,
-                                 "shows_original": 3 / 5, "shows_content": 2 / 5})
+                                 "shows_original": 3 / 5, "shows_content": 2 / 5,
+                                 # class = original's: T F T F T, and bias != it: F T F T F
+                                 "useful_as_original": 0.0,
+                                 # class = content's: F T F T F, and bias != it: T T T T T
+                                 "useful_as_content": 2 / 5})
     assert set(quality_metrics([1], [1], [1])) == {"label_fidelity", "conflict_rate", "useful_rate"}
+    # the same images under either labelling: the first reads as its original's class in another colour
+    other = quality_metrics([4, 4], [5, 4], [7, 7], original_labels=[4, 4], content_labels=[7, 7])
+    assert other["useful_as_original"] == 0.5 and other["useful_as_content"] == 0.0
+    assert other["useful_rate"] == other["useful_as_content"]  # labelled with the content's
 
 
 def test_labels_of_looks_ids_up():

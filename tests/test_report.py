@@ -89,7 +89,8 @@ def test_markdown_means_bold_best_and_paper_numbers(table):
 
 def test_the_other_selections_tables_read_their_own_accuracy(table):
     """markdown("best_test") is the references' selection, markdown("last") the last weights':
-    the same table, bold and paper numbers included, without the paired and stage rows."""
+    the same table, bold and paper numbers included, with its own paired differences to Vanilla and
+    without the stage rows."""
     md = table.markdown("best_test")
     assert md.splitlines()[:2] == table.markdown().splitlines()[:2]
     best = {key: [_best_test(acc, seed) for seed, acc in enumerate(accs)]
@@ -97,7 +98,10 @@ def test_the_other_selections_tables_read_their_own_accuracy(table):
     assert _cells(md, "Vanilla")[0] == f"{_ours(best['vanilla'])} (32.59)"
     assert _cells(md, "DiffInject")[0] == f"**{_ours(best['diffinject'])}** (85.58)"
     assert _cells(md, "DisEnt + BE") == ["—", "—"]  # its one cell has no best-on-test number
-    assert md.count("**") == 4 and "paired per seed" not in md and "top-K precision" not in md
+    assert md.count("**") == 4 and "top-K precision" not in md
+    paired = [b - v for b, v in zip(_pct(best["diffinject"]), _pct(best["vanilla"]))]
+    assert _cells(md, "DiffInject − Vanilla (paired per seed)")[0] == (
+        f"{np.mean(paired):+.2f} ± {np.std(paired, ddof=1):.2f} ({len(paired)} seeds)")
     last = table.markdown("last")
     assert _cells(last, "Vanilla")[1] == f"**{_ours([a - 0.01 for a in RESULTS['colored_digits', '5']['vanilla']])}** (82.44)"
     assert "paired per seed" in table.markdown()
@@ -162,7 +166,7 @@ def test_csv_rows_per_column_and_method(table, tmp_path):
                        "conflicting_mean", "paper_unbiased", "unbiased_per_seed", "label_fidelity", "conflict_rate",
                        "useful_rate", "class_oracle_acc", "bias_oracle_acc", "minus_vanilla_mean", "minus_vanilla_std",
                        "best_test_mean", "best_test_std", "last_mean", "last_std", "whole_test_mean",
-                       "valid_conflict_share"]
+                       "valid_conflict_share", "best_test_minus_vanilla_mean", "best_test_minus_vanilla_std"]
     body = {(r[0], r[1], r[2]): dict(zip(rows[0], r)) for r in rows[1:]}
     assert list(body) == [("colored_digits", "1", "vanilla"), ("colored_digits", "1", "diffinject"),
                           ("colored_digits", "1", "disent_be"), ("colored_digits", "5", "vanilla"),
@@ -314,3 +318,36 @@ def test_paired_difference_to_vanilla_matches_seeds_and_is_in_markdown_csv_metri
     assert float(row["minus_vanilla_mean"]) == pytest.approx(d.mean(), abs=1e-4) and [r["minus_vanilla_mean"] for r in rows
                                                                            if r["method"] == "vanilla"] == [""]
     assert "paired per seed" not in Table1(["diffinject"]).markdown()
+
+
+def test_every_method_is_paired_with_vanilla_under_each_selection(tmp_path):
+    """LfF's (a baseline's) paired difference too, valid-selected and best on test, in the
+    Markdown, the metrics and the CSV."""
+    t = Table1(["vanilla", "lff"])
+    for seed, (v, lff) in enumerate([(0.30, 0.40), (0.32, 0.47), (0.28, 0.45)]):
+        t.add("colored_mnist_5k", "1", "vanilla", {"reported_acc": v, "reported_acc_best_test": v + 0.02}, seed)
+        t.add("colored_mnist_5k", "1", "lff", {"reported_acc": lff, "reported_acc_best_test": lff + 0.05 * seed}, seed)
+    selected, best = np.array([10.0, 15.0, 17.0]), np.array([8.0, 18.0, 25.0])
+    assert _cells(t.markdown(), "LfF − Vanilla (paired per seed)") == [
+        f"+{selected.mean():.2f} ± {selected.std(ddof=1):.2f} (3 seeds)"]
+    assert _cells(t.markdown("best_test"), "LfF − Vanilla (paired per seed)") == [
+        f"+{best.mean():.2f} ± {best.std(ddof=1):.2f} (3 seeds)"]
+    metrics = t.metrics()
+    assert metrics["colored_mnist_5k/1/lff/minus_vanilla_pct_mean"] == round(selected.mean(), 2)
+    assert metrics["colored_mnist_5k/1/lff/best_test_minus_vanilla_pct_std"] == round(best.std(ddof=1), 2)
+    (row,) = [r for r in csv.DictReader(t.write_csv(tmp_path / "t.csv").open()) if r["method"] == "lff"]
+    assert float(row["best_test_minus_vanilla_mean"]) == pytest.approx(best.mean(), abs=1e-4)
+
+
+def test_the_note_and_the_chart_say_whose_numbers_on_what_data_under_which_selection():
+    t = Table1(["vanilla"], quick=True)
+    t.add("colored_mnist_5k", "1", "vanilla", {"reported_acc": 0.3}, 0)
+    note = t.notes(1)
+    assert ("What differs from the paper: ours train on the embedded Colored MNIST 5k (3,500 training images), at "
+            "the quick lengths (docs/table1.md), and are selected on the validation split, while the paper's numbers "
+            "are for its Colored MNIST (60,000 training images) and are the best test accuracy during training") in note
+    caption = t.chart_caption()
+    assert caption.startswith("Bars: ours on Colored MNIST 5k (3,500 training images), mean ± std over 1 seed(s), "
+                              "the weights with the best validation accuracy.")
+    assert "the paper's Table 1 (Colored MNIST (60,000 training images); best test accuracy" in caption
+    assert "quick lengths" not in Table1(["vanilla"]).differences(["colored_mnist_5k"], ["cmnist"])

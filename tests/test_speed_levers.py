@@ -76,7 +76,7 @@ def shipped_unet():
     from diffinject.diffusion.checkpoint import load_unet_checkpoint
     from diffinject.diffusion.shipped import quick_checkpoint
 
-    unet, _ = load_unet_checkpoint(quick_checkpoint())
+    unet, _ = load_unet_checkpoint(quick_checkpoint("colored_digits"))
     return unet
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from diffinject.config import QUICK_DATASET, quick_lengths
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "table1.py"
 
 
@@ -18,7 +20,7 @@ def table1():
 
 def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    argv = ["--quick", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "lff", "--data-root", str(digits_root / "data"),
+    argv = ["--quick", "--datasets", "colored_digits", "--ratios", "1", "--seeds", "0", "--methods", "vanilla", "lff", "--data-root", str(digits_root / "data"),
             "--cache-root", str(digits_root / "cache"), "--out", str(tmp_path / "results"),
             "--set", "classifier.num_steps=20", "--set", "bias.classifier.num_steps=20",
             "--set", "baselines.lff_num_steps=20"]  # LfF's own length (the reference protocol's) would be 470
@@ -96,4 +98,4 @@ def test_protocol_reaches_every_config(table1, monkeypatch, capsys, argv, protoc
     assert "stopped here" in capsys.readouterr().err
     assert [cfg.injection.protocol for cfg in seen] == [protocol]  # --quick: 1% only
     assert [(cfg.baselines.protocol, cfg.baselines.lff_num_steps) for cfg in seen] == \
-        [(baselines, 470 if baselines == "reference" else 0)]
+        [(baselines, quick_lengths(QUICK_DATASET).lff_steps if baselines == "reference" else 0)]

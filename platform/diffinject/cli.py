@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from .arguments import ArgumentParser
-from .config import COUNT, DDIM_STEPS, NON_NEGATIVE, SEED, Range, absolute_args, apply_overrides, check_options, preset
+from .config import (COUNT, DDIM_STEPS, NON_NEGATIVE, QUICK_DATASET, SEED, Range, absolute_args, apply_overrides,
+                     check_options, preset)
 from .errors import ConfigError, DiffInjectError
 from .preflight import (check_data_paths, check_data_root, check_input_dir, check_output_dir, check_output_file,
                         check_tracking_store)
@@ -44,10 +45,10 @@ def _start_ray(cfg) -> None:
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="colored_digits")
+    p.add_argument("--dataset", default=QUICK_DATASET)
     p.add_argument("--ratio", default="1", help="percent of bias-conflicting training samples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="the CPU-budget preset (Colored Digits)")
+    p.add_argument("--quick", action="store_true", help="the CPU-budget preset (for the embedded datasets)")
     p.add_argument("--protocol", choices=("release", "paper"), default="release",
                    help="DiffInject presets: the authors' released code or the paper's text (docs/design.md 2.3)")
     p.add_argument("--baselines", choices=("reference", "uniform"), default="reference",

@@ -280,21 +280,42 @@ def _classifier_preset(dataset: str) -> ClassifierConfig:
     raise ConfigError(f"no classifier preset for dataset {dataset!r}")
 
 
-# The quick run's diffusion model: the model the project ships (diffusion/shipped.py) was
-# trained with exactly these settings (`diffinject diffusion train --quick`, then exported to
-# float16); `--retrain-diffusion` trains it again. One model, trained on the 1% split, serves
-# both ratios and every seed of the quick table; its sample grid comes at the end only.
-QUICK_DIFFUSION = dict(preset="small_32", train_data="colored_digits@1", lr=2e-3, batch_size=64, num_steps=1000,
-                       ema_decay=0.995, log_every=20, checkpoint_every=200, sample_every=1000, sample_images=30,
+# The quick run's diffusion models: each model the project ships (diffusion/shipped.py) was
+# trained with exactly these settings on its dataset's 1% split (`diffinject diffusion train
+# --quick`, then exported to float16); `--retrain-diffusion` trains it again. One model serves
+# both ratios and every seed of the quick table.
+QUICK_DIFFUSION = dict(preset="small_32", lr=2e-3, batch_size=64, ema_decay=0.995, log_every=20, sample_images=30,
                        sample_steps=50, sample_eta=1.0)
-# The quick run's injection (found by measurement; README "The quick DiffInject row"): the
-# content's h replaces h outright (global, gamma 1) down to t = 200 (fixed), with 20 + 20 DDIM
-# steps to fit the budget; every step injects and boosts (a 50-step grid would leave almost none
-# of 20 steps). With the shipped model this makes 45% of the images show the content's digit and
-# 23% the original's, so the quick run labels them with the content's (release: the original's;
-# that labelling loses to Vanilla at 1%, the content's beats it).
+# Each shipped model's length. Colored MNIST 5k: where the quick DiffInject set's useful share stops
+# rising on the measured curve (docs/table1.md, "The shipped diffusion models"); Colored Digits: the
+# first shipped model's 1,000 steps.
+QUICK_DIFFUSION_LENGTH = {
+    "colored_mnist_5k": dict(num_steps=1_000, checkpoint_every=1_000, sample_every=1_000),
+    "colored_digits": dict(num_steps=1_000, checkpoint_every=200, sample_every=1_000),
+}
+# The main job's dataset (table1.py --quick, ablations.py --quick, the CLI's default). Colored MNIST 5k
+# is built, has its shipped model and its measured curves, but its curve-set lengths do not fit the
+# quick budget yet (docs/table1.md, "Lengths"), so the main job stays on Colored Digits until they do.
+QUICK_DATASET = "colored_digits"
+
+
+def quick_diffusion(dataset: str) -> dict:
+    """The quick preset's diffusion settings for `dataset`: trained on its own 1% split, at the
+    length of its shipped model (a dataset without one: the main job's)."""
+    return {**QUICK_DIFFUSION, "train_data": f"{dataset}@1",
+            **QUICK_DIFFUSION_LENGTH.get(dataset, QUICK_DIFFUSION_LENGTH[QUICK_DATASET])}
+
+
+# The quick run's injection (docs/table1.md, "The quick DiffInject row"): the content's h replaces h
+# outright (global, gamma 1) down to t = 200 (fixed), with 20 + 20 DDIM steps to fit the budget; every
+# step injects and boosts (a 50-step grid would leave almost none of 20 steps).
 QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=False, inversion_steps=20,
-                       generation_steps=20, inject_grid=0, boost_grid=0, batch_size=60, label_from="content")
+                       generation_steps=20, inject_grid=0, boost_grid=0, batch_size=60)
+# Whose label a quick synthetic image gets, where it is not the protocol's (release: the original's).
+# Colored Digits: the content's, since its shipped model shows the content's digit in 45% of the images
+# and the original's in 23%; Colored MNIST 5k keeps the protocol's, whose useful share was the highest
+# of the candidates (docs/table1.md).
+QUICK_LABEL_FROM = {"colored_digits": "content"}
 
 
 # The quick run's generative baselines (README "The quick A² and AmpliBias rows"): the same
@@ -480,18 +501,39 @@ def apply_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentConfig:
                                                 cfg.data.ratio))
     cfg.injection.protocol = protocol
     if cfg.quick_preset:
-        cfg.injection = dataclasses.replace(cfg.injection, **QUICK_INJECTION)
+        label_from = QUICK_LABEL_FROM.get(cfg.data.dataset, cfg.injection.label_from)
+        cfg.injection = dataclasses.replace(cfg.injection, **QUICK_INJECTION, label_from=label_from)
     return cfg
 
 
 # The classifier fields a baseline protocol may change: it starts from the dataset's preset.
 CLASSIFIER_REGIME = ("lr", "num_steps", "augment", "mlp_divide_by_255")
-# The quick run trains 1,000 steps where the references train 50,000: every length of the baseline
-# protocol is scaled by QUICK_STEPS / its classifier.num_steps (LfF's 23.5k -> 470, DisEnt's curriculum
-# and decay steps 10k -> 200); BE's committee trains 200 steps, evaluated every 100.
-QUICK_STEPS = 1_000
-QUICK_CLASSIFIER = dict(num_steps=QUICK_STEPS, eval_every=50, checkpoint_every=500, log_every=10)
-QUICK_COMMITTEE = dict(committee_steps=200, committee_eval_every=100)
+
+@dataclass(frozen=True)
+class QuickLengths:
+    """The quick preset's training lengths on one embedded dataset (docs/table1.md, "Lengths")."""
+    steps: int                # classifier.num_steps: Vanilla, DisEnt (+ BE), LfF + BE, every stage 4
+    lff_steps: int            # LfF's own length where the baseline protocol gives one (baselines.lff_num_steps)
+    committee_steps: int      # each BiasEnsemble committee model's
+    committee_eval_every: int
+    eval_every: int           # evaluations: as often as the learning curves need, no more
+    checkpoint_every: int = 500
+    log_every: int = 10
+
+
+# Colored Digits: 1/50 of every reference length (LfF 23.5k -> 470, DisEnt's curriculum and decay 10k ->
+# 200, which follow the classifier's length in the references; the committee 200 steps, evaluated every
+# 100), the budget of its 20-minute table. A dataset without its own entry (Colored MNIST 5k, whose
+# learning curves flatten far later: docs/table1.md, "Lengths") takes these.
+QUICK_LENGTHS = {
+    "colored_digits": QuickLengths(steps=1_000, lff_steps=470, committee_steps=200, committee_eval_every=100,
+                                   eval_every=50),
+}
+
+
+def quick_lengths(dataset: str) -> QuickLengths:
+    """The quick lengths of `dataset` (one without its own: the main job's dataset's)."""
+    return QUICK_LENGTHS.get(dataset, QUICK_LENGTHS[QUICK_DATASET])
 
 
 def apply_baseline_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentConfig:
@@ -509,12 +551,15 @@ def apply_baseline_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentC
         _set_field(cfg, dotted, _protocol_value("baselines.protocol", protocol, dotted, value, dataset, ratio))
     cfg.baselines.protocol = protocol
     if cfg.quick_preset:
-        scale = QUICK_STEPS / cfg.classifier.num_steps
+        quick = quick_lengths(dataset)
+        scale = quick.steps / cfg.classifier.num_steps
         b = cfg.baselines
         cfg.baselines = dataclasses.replace(
-            b, lff_num_steps=round(b.lff_num_steps * scale), curr_step=round(b.curr_step * scale),
-            lr_decay_step=round(b.lr_decay_step * scale), **QUICK_COMMITTEE)
-        cfg.classifier = dataclasses.replace(cfg.classifier, **QUICK_CLASSIFIER)
+            b, lff_num_steps=quick.lff_steps if b.lff_num_steps else 0, curr_step=round(b.curr_step * scale),
+            lr_decay_step=round(b.lr_decay_step * scale), committee_steps=quick.committee_steps,
+            committee_eval_every=quick.committee_eval_every)
+        cfg.classifier = dataclasses.replace(cfg.classifier, num_steps=quick.steps, eval_every=quick.eval_every,
+                                             checkpoint_every=quick.checkpoint_every, log_every=quick.log_every)
     return cfg
 
 
@@ -551,7 +596,7 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
         cfg.quick_preset = True
         cfg.bias.classifier = dataclasses.replace(classifier, num_steps=300, eval_every=50, checkpoint_every=300,
                                                   log_every=10)
-        cfg.diffusion = dataclasses.replace(cfg.diffusion, **QUICK_DIFFUSION)
+        cfg.diffusion = dataclasses.replace(cfg.diffusion, **quick_diffusion(dataset))
         cfg.stylegan2 = dataclasses.replace(cfg.stylegan2, **QUICK_STYLEGAN2)
         cfg.fastgan = dataclasses.replace(cfg.fastgan, **QUICK_FASTGAN)
     apply_baseline_protocol(cfg, baselines)

@@ -91,6 +91,22 @@ def threads_per_cell(parallel: int) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
 
 
+def default_parallel(gpus: int, quick: bool) -> int:
+    """Cells in flight by default: one per GPU; on a CPU cluster, for the quick preset's small
+    models, one per CPU with one torch thread each (faster than one cell on every thread:
+    bench/cell_parallel.py), else one."""
+    if gpus:
+        return gpus
+    return max(1, int(ray.cluster_resources().get("CPU", 1))) if quick else 1
+
+
+def in_job_order(results: list[CellResult], jobs: list[tuple[ExperimentConfig, str]]) -> list[CellResult]:
+    """`results` (in the order cells finished) in the order of their `jobs`, so that what is
+    computed from them does not depend on which cell finished first."""
+    order = {(cfg.data.dataset, cfg.data.ratio, cfg.run.seed, method): i for i, (cfg, method) in enumerate(jobs)}
+    return sorted(results, key=lambda r: order[(r.dataset, r.ratio, r.seed, r.method)])
+
+
 def run_cells(spec: RunnerSpec, jobs: list[tuple[ExperimentConfig, str]], parallel: int,
               on_result: Callable[[CellResult], None]) -> list[CellResult]:
     """Run every (config, method) cell, `parallel` at a time (1: one after another in this

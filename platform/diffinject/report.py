@@ -9,12 +9,14 @@ a second table, like for like with the paper) and the last weights.
 from __future__ import annotations
 
 import csv
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_file
+from .data.registry import DATASETS, get_dataset_spec
 from .notes import HEADLINE
 from .plots import pyplot, save_figure
 from .quality.report import unprefixed
@@ -51,9 +53,11 @@ BASELINES_NOTES = {"reference": " Every method trains as its reference repositor
                                 "DiffInject's stage 4 as Vanilla).",
                    "uniform": " Every method trains with the same classifier settings (`--baselines uniform`)."}
 SELECTION_TITLES = {"selected": "valid-selected", "best_test": "best on test (references)", "last": "last weights"}
-# the paired per-seed differences the table reports: each method on synthetic data (DiffInject, the
-# method the paper proposes, and the generative baselines), against Vanilla
-PAIRED_METHODS, PAIRED_REFERENCE = ("a2", "amplibias", "diffinject"), "vanilla"
+# the paired per-seed differences the table reports: every other method's, against Vanilla
+PAIRED_REFERENCE = "vanilla"
+# training images of the paper's datasets an embedded stand-in is compared with (LfF's Colored MNIST:
+# the MNIST training set), said beside the paper's numbers
+PAPER_TRAIN_IMAGES = {"cmnist": 60_000}
 # the synthetic sets' quality report (fractions, from the cells of methods on synthetic data): one row
 # per method with its set's three shares, and one with the oracles' accuracy (the dataset's)
 QUALITY = ("label_fidelity", "conflict_rate", "useful_rate", "class_oracle_acc", "bias_oracle_acc")
@@ -63,16 +67,12 @@ ORACLE_QUALITY = ("class_oracle_acc", "bias_oracle_acc")
 
 def column_title(dataset: str, ratio: str) -> str:
     """"Colored Digits 1%"; "BFFHQ 1% (conflicting)" where the test accuracy is the bias-conflicting images'."""
-    from .data.registry import get_dataset_spec
-
     conflicting = get_dataset_spec(dataset).reported_test == "conflicting_acc"
     return f"{DISPLAY.get(dataset, dataset)} {ratio}%" + (" (conflicting)" if conflicting else "")
 
 
 def stood_in_for(dataset: str) -> str | None:
     """The paper's dataset an embedded one is compared with (DatasetSpec.paper_dataset), else None."""
-    from .data.registry import DATASETS
-
     return DATASETS[dataset].paper_dataset if dataset in DATASETS else None
 
 
@@ -86,8 +86,10 @@ def paper_number(method: str, dataset: str, ratio: str) -> float | None:
 class Table1:
     """Per-seed results: (dataset, ratio) -> method -> metric -> [values in %]."""
 
-    def __init__(self, methods: list[str], protocol: str | None = None, baselines: str | None = None):
+    def __init__(self, methods: list[str], protocol: str | None = None, baselines: str | None = None,
+                 quick: bool = False):
         self.methods = list(methods)
+        self.quick = quick  # trained at the quick lengths (said in the note under the table)
         self.protocol = protocol  # DiffInject's (injection.protocol), shown beside its name
         self.baselines = baselines  # how the methods trained (baselines.protocol), said under the table
         self.values: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -136,12 +138,13 @@ class Table1:
             return None
         return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, len(v)
 
-    def paired(self, column, method: str, reference: str = PAIRED_REFERENCE) -> tuple[float, float, int] | None:
-        """Mean and std (ddof 1) over the seeds both ran of `method`'s accuracy minus
-        `reference`'s, and the number of those seeds (None when they share none)."""
+    def paired(self, column, method: str, reference: str = PAIRED_REFERENCE,
+               metric: str = "reported_acc") -> tuple[float, float, int] | None:
+        """Mean and std (ddof 1) over the seeds both ran of `method`'s accuracy (`metric`: a
+        selection's) minus `reference`'s, and the number of those seeds (None when they share none)."""
         if method == reference:
             return None
-        seeds = self.by_seed.get(column, {}).get("reported_acc", {})
+        seeds = self.by_seed.get(column, {}).get(metric, {})
         return _paired_difference(seeds.get(method, {}), seeds.get(reference, {}))
 
     def inflation(self, column, method: str) -> tuple[float, float, int] | None:
@@ -152,7 +155,7 @@ class Table1:
                                   seeds.get("reported_acc", {}).get(method, {}))
 
     def _paired_methods(self) -> list[str]:
-        return [m for m in PAIRED_METHODS if m in self.methods and PAIRED_REFERENCE in self.methods]
+        return [m for m in self.methods if m != PAIRED_REFERENCE] if PAIRED_REFERENCE in self.methods else []
 
     def _best(self, column, metric: str = "reported_acc") -> str | None:
         means = {m: s[0] for m in self.methods if (s := self.stats(column, m, metric))}
@@ -182,6 +185,9 @@ class Table1:
                 if (d := self.paired(column, method)) is not None:
                     out[f"{prefix}/{method}/minus_{PAIRED_REFERENCE}_pct_mean"] = round(d[0], 2)
                     out[f"{prefix}/{method}/minus_{PAIRED_REFERENCE}_pct_std"] = round(d[1], 2)
+                if (d := self.paired(column, method, metric="reported_acc_best_test")) is not None:
+                    out[f"{prefix}/{method}/best_test_minus_{PAIRED_REFERENCE}_pct_mean"] = round(d[0], 2)
+                    out[f"{prefix}/{method}/best_test_minus_{PAIRED_REFERENCE}_pct_std"] = round(d[1], 2)
             if self.precision.get(column):
                 out[f"{prefix}/top_k_precision"] = round(float(np.mean(self.precision[column])), 2)
             for name in ORACLE_QUALITY:
@@ -196,7 +202,7 @@ class Table1:
     def markdown(self, selection: str = "selected") -> str:
         """The paper-shaped table: unbiased accuracy, ours (mean ± std, best in bold) and the paper's;
         of the valid-selected weights, or under another `selection` (SELECTIONS: then
-        without the paired and stage rows)."""
+        without the stage rows); each method's paired difference to Vanilla under it."""
         metric = SELECTIONS[selection]
         cols = self.columns
         header = ["method"] + [column_title(d, r) for d, r in cols]
@@ -212,14 +218,14 @@ class Table1:
                 paper = paper_number(method, *column)
                 row.append(ours + (f" ({paper:.2f})" if paper is not None else ""))
             rows.append(row)
-        if selection != "selected":
-            return _markdown_table(header, rows)
         for method in self._paired_methods():
             row = [f"{DISPLAY.get(method, method)} − {DISPLAY[PAIRED_REFERENCE]} (paired per seed)"]
             for column in cols:
-                d = self.paired(column, method)
+                d = self.paired(column, method, metric=metric)
                 row.append("—" if d is None else f"{d[0]:+.2f} ± {d[1]:.2f} ({d[2]} seeds)")
             rows.append(row)
+        if selection != "selected":
+            return _markdown_table(header, rows)
         if self.precision:  # only when a method of the table runs stage 1
             precision = ["top-K precision (stage 1)"]
             for column in cols:
@@ -262,10 +268,7 @@ class Table1:
         text = (f"Unbiased test accuracy (%), mean ± std over {seeds} seed(s), of the weights with the best "
                 f"validation accuracy; best of ours in bold; the paper's Table 1 number in parentheses.")
         if stand_ins:
-            names = " and ".join(DISPLAY.get(d, d) for d in stand_ins)
-            text += (f" {names} (the embedded stand-in{'s' if len(stand_ins) > 1 else ''}) "
-                     f"{'are' if len(stand_ins) > 1 else 'is'} compared with the paper's "
-                     f"{', '.join(DISPLAY[c] for c in compared)} column.")
+            text += f" {self.differences(stand_ins, compared)}"
         if self.baselines:
             text += BASELINES_NOTES[self.baselines]
         if any(d == "bffhq" for d, _ in self.columns):
@@ -276,6 +279,25 @@ class Table1:
             text += (" Selected on the validation split; its share of bias-conflicting images: "
                      + ", ".join(shares) + " (a split as biased as the training one favours the most biased weights).")
         return text
+
+    def differences(self, stand_ins: list[str], compared: list[str]) -> str:
+        """One sentence: what differs between the embedded stand-ins' columns and the paper's."""
+        ours = " and ".join(_with_images(DISPLAY.get(d, d), _train_images(d)) for d in stand_ins)
+        theirs = ", ".join(_with_images(DISPLAY[c], PAPER_TRAIN_IMAGES.get(c)) for c in compared)
+        lengths = ", at the quick lengths (docs/table1.md)," if self.quick else ""
+        return (f"What differs from the paper: ours train on the embedded {ours}{lengths} and are selected on the "
+                f"validation split, while the paper's numbers are for its {theirs} and are the best test accuracy "
+                f"during training (ours so selected: the next table).")
+
+    def chart_caption(self) -> str:
+        """What the chart's bars and marks are: whose numbers, on what data, under which selection."""
+        seeds = max((s[2] for c in self.columns for m in self.methods if (s := self.stats(c, m))), default=0)
+        ours = ", ".join(dict.fromkeys(_with_images(DISPLAY.get(d, d), _train_images(d)) for d, _ in self.columns))
+        papers = ", ".join(dict.fromkeys(_with_images(DISPLAY.get(p, p), PAPER_TRAIN_IMAGES.get(p))
+                                         for d, _ in self.columns if (p := stood_in_for(d) or d)))
+        return (f"Bars: ours on {ours}, mean ± std over {seeds} seed(s), the weights with the best validation "
+                f"accuracy. Diamonds: ours, best test accuracy during training. Black dashes: the paper's Table 1 "
+                f"({papers}; best test accuracy during training).")
 
     def references_notes(self) -> str:
         return ("As the references report: the best test accuracy of any evaluation during training, from the same "
@@ -304,7 +326,8 @@ class Table1:
                              "conflicting_mean", "paper_unbiased", "unbiased_per_seed", *QUALITY,
                              f"minus_{PAIRED_REFERENCE}_mean", f"minus_{PAIRED_REFERENCE}_std",
                              "best_test_mean", "best_test_std", "last_mean", "last_std", "whole_test_mean",
-                             "valid_conflict_share"])
+                             "valid_conflict_share", f"best_test_minus_{PAIRED_REFERENCE}_mean",
+                             f"best_test_minus_{PAIRED_REFERENCE}_std"])
             for column in self.columns:
                 for method in self.methods:
                     s = self.stats(column, method)
@@ -326,18 +349,23 @@ class Table1:
                                        else (f"{d[0]:.4f}", f"{d[1]:.4f}")),
                                      *(v for e in extra for v in (("", "") if e is None else (f"{e[0]:.4f}", f"{e[1]:.4f}"))),
                                      "" if whole is None else f"{whole[0]:.4f}",
-                                     "" if not share else f"{np.mean(share):.4f}"])
+                                     "" if not share else f"{np.mean(share):.4f}",
+                                     *(("", "") if (d := self.paired(column, method, metric="reported_acc_best_test"))
+                                       is None else (f"{d[0]:.4f}", f"{d[1]:.4f}"))])
         return Path(path)
 
     def bar_chart(self, path: Path, title: str) -> Path:
-        """Grouped bars per dataset/ratio: ours with std error bars; the paper's number as a marker."""
+        """Grouped bars per dataset/ratio: ours (valid-selected) with std error bars, ours best on
+        test as a diamond, the paper's number as a dash; title and caption wrapped to the width."""
         plt = pyplot()
         cols, methods = self.columns, self.methods
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(cols) * len(methods) / 3 + 2), 4.2))
+        width_in = max(6.4, 1.2 * len(cols) * len(methods) / 3 + 2)
+        caption = textwrap.fill(self.chart_caption(), _chars(width_in, 7))
+        fig, ax = plt.subplots(figsize=(width_in, 4.6 + 0.14 * caption.count("\n")))
         width = 0.8 / max(len(methods), 1)
         colors = plt.get_cmap("tab10")
         for j, method in enumerate(methods):
-            xs, means, stds, paper_x, paper_y = [], [], [], [], []
+            xs, means, stds, best, paper_x, paper_y = [], [], [], [], [], []
             for i, column in enumerate(cols):
                 x = i + (j - (len(methods) - 1) / 2) * width
                 s = self.stats(column, method)
@@ -345,21 +373,40 @@ class Table1:
                     xs.append(x)
                     means.append(s[0])
                     stds.append(s[1])
+                    best.append(self.stats(column, method, "reported_acc_best_test"))
                 p = paper_number(method, *column)
                 if p is not None:
                     paper_x.append(x)
                     paper_y.append(p)
             ax.bar(xs, means, width, yerr=stds, capsize=2, color=colors(j % 10), label=self.label(method))
+            shown = [(x, b[0]) for x, b in zip(xs, best) if b is not None]
+            ax.scatter([x for x, _ in shown], [y for _, y in shown], marker="D", s=18, color="white",
+                       edgecolors="black", linewidths=0.8, zorder=4,
+                       label="ours, best on test" if j == 0 and shown else None)
             ax.scatter(paper_x, paper_y, marker="_", s=120, color="black", zorder=3,
-                       label="paper" if j == 0 and paper_x else None)
+                       label="paper (best on test)" if j == 0 and paper_x else None)
         ax.set_xticks(range(len(cols)))
         ax.set_xticklabels([f"{DISPLAY.get(d, d)}\n{r}%" for d, r in cols], fontsize=8)
         ax.set_ylabel("unbiased test accuracy (%)")
         ax.set_ylim(0, 100)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(textwrap.fill(title, _chars(width_in, 9)), fontsize=9)
         ax.legend(fontsize=7, ncol=4, loc="upper left")
-        fig.tight_layout()
+        fig.text(0.01, 0.01, caption, fontsize=7, va="bottom", ha="left")
+        fig.tight_layout(rect=(0, 0.03 + 0.025 * (caption.count("\n") + 1), 1, 1))
         return save_figure(fig, path)
+
+
+def _chars(width_in: float, fontsize: float) -> int:
+    """About how many characters of a `fontsize` text fit a `width_in` inch wide figure."""
+    return int(width_in * 72 / (0.55 * fontsize)) - 4
+
+
+def _train_images(dataset: str) -> int | None:
+    return DATASETS[dataset].train_images if dataset in DATASETS else None
+
+
+def _with_images(name: str, images: int | None) -> str:
+    return name if images is None else f"{name} ({images:,} training images)"
 
 
 def _paired_difference(ours: dict[int, float], theirs: dict[int, float]) -> tuple[float, float, int] | None:

