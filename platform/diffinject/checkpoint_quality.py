@@ -54,15 +54,16 @@ def measure(cfg: ExperimentConfig, checkpoints: list[Path], seeds: list[int], ca
     cache, points = ArtifactCache(cache_root), []
     steps = {path: checkpoint_step(path) for path in checkpoints}  # every file checked before any work
     train = load_split(dataset_folder(cfg), "train")
+    # the dataset's scoring oracles (one pair for every checkpoint and seed), read once
+    oracles = load_oracles(CellRunner(cache, tracker, {}).oracles(cfg).path / ORACLE_FILE)
     for path in checkpoints:
         runner = CellRunner(cache, tracker, {cfg.data.dataset: str(path)})
         for seed in seeds:
             seeded = with_seed(cfg, seed)
             stage1 = runner.stage1(stage1_config(seeded, "diffinject"))
             synthetic = runner.stage3(seeded, stage1, runner.stage2(seeded))
-            # scored again with the cached oracles: a set built before a share existed has it too
-            report = score_folder(load_oracles(runner.oracles(seeded).path / ORACLE_FILE), train,
-                                  synthetic.path / "synthetic")
+            # scored again: a set built before a share existed has it too
+            report = score_folder(oracles, train, synthetic.path / "synthetic")
             point = QualityPoint(str(path), steps[path], seed, {k: float(report[k]) for k in SHARES})
             points.append(point)
             done(point)

@@ -1,5 +1,5 @@
 """The diffusion checkpoints the project ships for the quick run: one small_32 model per embedded
-dataset (Colored MNIST 5k, the main job's; Colored Digits, the fast tests').
+dataset (Colored Digits, the main job's and the fast tests'; Colored MNIST 5k).
 
 The paper's stage 2 starts from pretrained models; the quick run likewise starts from a small
 model the project trained with its own `diffinject diffusion train` and `diffusion export`
@@ -31,6 +31,7 @@ SHIPPED = {
     "colored_digits": ShippedModel(WEIGHTS / "colored_digits_small_32.pt",
                                    "eee56d0f419afe89bcab589a4b8f5aed21cbfccedc409fc398f905a401fe7035"),
 }
+
 
 def verified(path: Path, sha256: str) -> Path:
     """`path`, after checking that the file is there and has the hash `sha256`."""
