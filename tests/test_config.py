@@ -167,6 +167,20 @@ def test_the_quick_preset_scales_the_reference_lengths_to_its_steps():
     assert cfg.bias.classifier.num_steps == uniform.bias.classifier.num_steps == 300
 
 
+def test_the_quick_colored_mnist_5k_gives_disent_its_own_length_and_unscaled_decay():
+    from diffinject.config import method_classifier
+
+    cfg = preset("colored_mnist_5k", "1", quick=True)
+    b = cfg.baselines
+    lengths = {m: method_classifier(cfg, m).num_steps for m in ("vanilla", "lff", "lff_be", "disent", "disent_be")}
+    assert lengths == {"vanilla": 3_000, "lff": 6_000, "lff_be": 3_000, "disent": 10_000, "disent_be": 10_000}
+    assert (b.curr_step, b.lr_decay_step) == (2_000, 10_000)  # 10,000 x 10,000 / 50,000; the reference's decay
+    assert (b.committee_steps, b.committee_eval_every) == (500, 250)
+    uniform = preset("colored_mnist_5k", "1", quick=True, baselines="uniform")  # every method alike
+    assert uniform.baselines.disent_num_steps == 0
+    assert {method_classifier(uniform, m).num_steps for m in ("vanilla", "disent", "disent_be")} == {3_000}
+
+
 def test_method_classifier_gives_lff_its_own_lr_and_length():
     cfg = preset("colored_digits", "1")
     lff = method_classifier(cfg, "lff")
