@@ -1,10 +1,12 @@
 """Does a diffusion model's h carry the content? Content transfer of h-space injection, per
-U-Net preset and injection setting, on Colored Digits 1%.
+U-Net preset and injection setting, on an embedded dataset at 1% (Colored Digits by default).
 
     python bench/hspace_transfer.py                                   # small_32, 800 steps (the quick model)
     python bench/hspace_transfer.py --preset adm_32 --steps 5000 --batch 128 --lr 2e-4 --device cuda
+    python bench/hspace_transfer.py --dataset colored_mnist_5k --checkpoint MODEL.pt --steps-inject 50
 
-Trains the preset with stage 2's loop (the quick preset's settings unless overridden), then
+Trains the preset with stage 2's loop (the quick preset's settings unless overridden; --checkpoint
+reads a trained model instead, e.g. the shipped one or a kept step_NNNNNNN.pt), then
 injects contents into originals of another digit and reads the generated digit with a
 grey-level classifier (logistic regression on the luminance, which ignores the colour bias,
 fitted on the training split). Per setting it prints the fraction read as the content's
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffinject.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.config import QUICK_INJECTION, DiffusionConfig, InjectionConfig, quick_diffusion
 from diffinject.data.parquet import load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
@@ -59,29 +62,8 @@ def pairs(labels: np.ndarray, n: int, contents_per_class: int, seed: int):
 QUICK_DIFFUSION = quick_diffusion("colored_digits")
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=QUICK_DIFFUSION["preset"])
-    p.add_argument("--steps", type=int, default=QUICK_DIFFUSION["num_steps"])
-    p.add_argument("--batch", type=int, default=QUICK_DIFFUSION["batch_size"])
-    p.add_argument("--lr", type=float, default=QUICK_DIFFUSION["lr"])
-    p.add_argument("--ema", type=float, default=QUICK_DIFFUSION["ema_decay"])
-    p.add_argument("--pairs", type=int, default=100)
-    p.add_argument("--steps-inject", type=int, default=QUICK_INJECTION["generation_steps"], help="DDIM steps of "
-                                                                                               "both passes")
-    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="MODE:GAMMA:T_EDIT")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "diffinject-bench-digits"))
-    args = p.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
-
-    folder = prepare_dataset(Path(args.data) / "data", Path(args.data) / "cache", get_dataset_spec("colored_digits"),
-                             "1")
-    train, test = load_split(folder, "train"), load_split(folder, "test")
-    reader = digit_reader(train)
-    print(f"digit reader (grey levels) on the real test split: {100 * reader.score(grey(test.images), test.labels):.1f} %")
-
+def trained_unet(args, train, device: torch.device):
+    """The preset trained with stage 2's loop on the training split, timed."""
     cfg = dataclasses.replace(DiffusionConfig(hflip=False), **{**QUICK_DIFFUSION, "preset": args.preset,
                                                               "num_steps": args.steps, "batch_size": args.batch,
                                                               "lr": args.lr, "ema_decay": args.ema,
@@ -95,7 +77,38 @@ def main() -> None:
     params = sum(p.numel() for p in result.ema_unet.parameters()) / 1e6
     print(f"{args.preset} ({params:.1f} M parameters): {args.steps} steps x {args.batch} in {seconds:.0f} s "
           f"({args.steps * args.batch / seconds:.0f} img/s on {device}); final loss {seen[-1][2]:.4f}")
+    return result.ema_unet
 
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default=QUICK_DIFFUSION["preset"])
+    p.add_argument("--steps", type=int, default=QUICK_DIFFUSION["num_steps"])
+    p.add_argument("--batch", type=int, default=QUICK_DIFFUSION["batch_size"])
+    p.add_argument("--lr", type=float, default=QUICK_DIFFUSION["lr"])
+    p.add_argument("--ema", type=float, default=QUICK_DIFFUSION["ema_decay"])
+    p.add_argument("--pairs", type=int, default=100)
+    p.add_argument("--steps-inject", type=int, default=QUICK_INJECTION["generation_steps"], help="DDIM steps of "
+                                                                                               "both passes")
+    p.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, metavar="MODE:GAMMA:T_EDIT")
+    p.add_argument("--dataset", default="colored_digits", help="an embedded dataset (built offline)")
+    p.add_argument("--checkpoint", help="a trained U-Net checkpoint to read instead of training one")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "diffinject-bench-digits"))
+    args = p.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if args.device == "auto" else args.device)
+
+    folder = prepare_dataset(Path(args.data) / "data", Path(args.data) / "cache", get_dataset_spec(args.dataset), "1")
+    train, test = load_split(folder, "train"), load_split(folder, "test")
+    reader = digit_reader(train)
+    print(f"digit reader (grey levels) on the real test split: {100 * reader.score(grey(test.images), test.labels):.1f} %")
+
+    if args.checkpoint:
+        unet, meta = load_unet_checkpoint(Path(args.checkpoint))
+        print(f"{args.checkpoint}: {meta.get('preset')} at step {meta.get('step')}")
+    else:
+        unet = trained_unet(args, train, device)
     originals, content_idx, choice = pairs(train.labels, args.pairs, contents_per_class=2, seed=0)
     content_digit, original_digit = train.labels[content_idx][choice], train.labels[originals]
     seeds = np.arange(len(originals))
@@ -106,7 +119,7 @@ def main() -> None:
         inj = InjectionConfig(**{**QUICK_INJECTION, "mode": mode, "gamma": float(gamma), "t_edit": int(t_edit),
                                  "inversion_steps": args.steps_inject, "generation_steps": args.steps_inject})
         t0 = time.perf_counter()
-        engine = InjectionEngine(result.ema_unet, inj, train.images[content_idx], device)
+        engine = InjectionEngine(unet, inj, train.images[content_idx], device)
         generated = engine.generate(train.images[originals], choice, seeds)
         read = reader.predict(grey(generated))
         transfer, kept = np.mean(read == content_digit), np.mean(read == original_digit)

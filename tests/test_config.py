@@ -173,12 +173,12 @@ def test_the_quick_colored_mnist_5k_gives_disent_its_own_length_and_unscaled_dec
     cfg = preset("colored_mnist_5k", "1", quick=True)
     b = cfg.baselines
     lengths = {m: method_classifier(cfg, m).num_steps for m in ("vanilla", "lff", "lff_be", "disent", "disent_be")}
-    assert lengths == {"vanilla": 3_000, "lff": 6_000, "lff_be": 3_000, "disent": 10_000, "disent_be": 10_000}
+    assert lengths == {"vanilla": 2_500, "lff": 5_000, "lff_be": 2_500, "disent": 10_000, "disent_be": 10_000}
     assert (b.curr_step, b.lr_decay_step) == (2_000, 10_000)  # 10,000 x 10,000 / 50,000; the reference's decay
-    assert (b.committee_steps, b.committee_eval_every) == (500, 250)
+    assert (b.committee_steps, b.committee_eval_every) == (250, 125)
     uniform = preset("colored_mnist_5k", "1", quick=True, baselines="uniform")  # every method alike
     assert uniform.baselines.disent_num_steps == 0
-    assert {method_classifier(uniform, m).num_steps for m in ("vanilla", "disent", "disent_be")} == {3_000}
+    assert {method_classifier(uniform, m).num_steps for m in ("vanilla", "disent", "disent_be")} == {2_500}
 
 
 def test_method_classifier_gives_lff_its_own_lr_and_length():
