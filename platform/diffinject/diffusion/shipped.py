@@ -1,5 +1,5 @@
 """The diffusion checkpoints the project ships for the quick run: one small_32 model per embedded
-dataset (Colored Digits, the main job's and the fast tests'; Colored MNIST 5k).
+dataset (Colored MNIST 5k, the main job's; Colored Digits, the fast tests').
 
 The paper's stage 2 starts from pretrained models; the quick run likewise starts from a small
 model the project trained with its own `diffinject diffusion train` and `diffusion export`
