@@ -7,7 +7,7 @@ from diffinject.cli import main
 @pytest.mark.parametrize("argv,message", [
     (["train", "nomethod"], "error: unknown method 'nomethod'; expected one of"),
     (["train", "vanilla", "--dataset", "imagenet"], "error: unknown dataset 'imagenet'"),
-    (["train", "vanilla", "--ratio", "3"], "error: invalid conflict ratio '3' for colored_digits"),
+    (["train", "vanilla", "--dataset", "colored_digits", "--ratio", "3"], "error: invalid conflict ratio '3' for colored_digits"),
     (["topk", "--set", "bias.k=0"], "error: bias.k must be a positive number of samples, got 0"),
     (["topk", "--set", "bias.k=-3"], "error: bias.k must be a positive number of samples, got -3"),
     (["topk", "--set", "injection.generation_steps=20"],  # the release protocol's 50-step injection grid

@@ -342,7 +342,8 @@ def test_a_bad_checkpoint_stops_a_driver_before_any_work(script, name, bad_check
     monkeypatch.setattr(driver, "ensure_ray", no_work)
     path = bad_checkpoints[name]
     argv = ["--quick", "--checkpoint", f"colored_digits={path}", "--data-root", str(in_tmp / "data")]
-    argv += ["--methods", "diffinject"] if script == "table1" else ["--method", "diffinject"]
+    argv += (["--methods", "diffinject", "--datasets", "colored_digits"] if script == "table1"
+             else ["--method", "diffinject", "--dataset", "colored_digits"])
     assert _fails(argv, capsys, driver.main).startswith("error: " + BAD_CHECKPOINT_MESSAGES[name].format(path))
     assert not (in_tmp / "data").exists() and not (in_tmp / "artifacts").exists()
 

@@ -563,11 +563,11 @@ def apply_baseline_protocol(cfg: ExperimentConfig, protocol: str) -> ExperimentC
     cfg.baselines.protocol = protocol
     if cfg.quick_preset:
         quick = quick_lengths(dataset)
-        own = protocol == "reference" and quick.disent_steps  # uniform: every method at `steps`
+        own = quick.disent_steps if protocol == "reference" else 0  # uniform: every method at `steps`
         scale = (own or quick.steps) / cfg.classifier.num_steps
         b = cfg.baselines
         cfg.baselines = dataclasses.replace(
-            b, lff_num_steps=quick.lff_steps if b.lff_num_steps else 0, disent_num_steps=own or 0,
+            b, lff_num_steps=quick.lff_steps if b.lff_num_steps else 0, disent_num_steps=own,
             curr_step=round(b.curr_step * scale),
             lr_decay_step=round(b.lr_decay_step * scale) if quick.disent_decay_scaled else b.lr_decay_step,
             committee_steps=quick.committee_steps, committee_eval_every=quick.committee_eval_every)
@@ -599,7 +599,7 @@ def stage1_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
 def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = False,
            protocol: str = "release", baselines: str = "reference") -> ExperimentConfig:
     """The settings for `dataset` under a DiffInject `protocol` (PROTOCOLS) and a `baselines`
-    protocol (BASELINE_PROTOCOLS); `quick` is the CPU budget for Colored Digits, on top of both."""
+    protocol (BASELINE_PROTOCOLS); `quick` is the CPU budget for an embedded dataset, on top of both."""
     from .data.registry import get_dataset_spec, normalize_ratio
 
     classifier = _classifier_preset(dataset)
