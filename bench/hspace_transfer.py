@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffinject.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.config import QUICK_INJECTION, DiffusionConfig, InjectionConfig, quick_diffusion
 from diffinject.data.parquet import load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
+from diffinject.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.inject.engine import InjectionEngine
 from diffinject.stage2 import train_diffusion
 from diffinject.train import TrainContext
