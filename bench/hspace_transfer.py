@@ -77,12 +77,16 @@ def trained_unet(args, train, device: torch.device):
 
 def setting(text: str, default_steps: int) -> tuple[str, InjectionConfig]:
     fields = text.split(":")
-    if len(fields) not in (3, 4, 5):
-        raise SystemExit(f"error: setting {text!r}: expected MODE:GAMMA:T_EDIT[:STEPS[:T_BOOST]]")
-    mode, gamma, t_edit = fields[:3]
-    steps = int(fields[3]) if len(fields) > 3 else default_steps
-    boost = {"t_boost": int(fields[4])} if len(fields) > 4 else {}
-    inj = InjectionConfig(**{**QUICK_INJECTION, "mode": mode, "gamma": float(gamma), "t_edit": int(t_edit),
+    try:
+        mode, gamma, t_edit = fields[0], float(fields[1]), int(fields[2])
+        steps = int(fields[3]) if len(fields) > 3 else default_steps
+        boost = {"t_boost": int(fields[4])} if len(fields) > 4 else {}
+        if mode not in ("local", "global") or len(fields) > 5:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise ValueError(f"--settings {text!r}: expected MODE:GAMMA:T_EDIT[:STEPS[:T_BOOST]], MODE local or "
+                         f"global, numbers elsewhere") from None
+    inj = InjectionConfig(**{**QUICK_INJECTION, "mode": mode, "gamma": gamma, "t_edit": t_edit,
                              "inversion_steps": steps, "generation_steps": steps, **boost})
     return f"{mode} gamma {gamma} t_edit {t_edit}, {steps}+{steps}, boost {inj.t_boost}", inj
 
@@ -104,7 +108,10 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "diffinject-bench-digits"))
     args = p.parse_args()
-    settings = [setting(text, args.steps_inject) for text in args.settings]
+    try:
+        settings = [setting(text, args.steps_inject) for text in args.settings]
+    except ValueError as exc:
+        p.exit(2, f"error: {exc}\n")
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
 
