@@ -56,13 +56,10 @@ def pairs(train, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 def trained_unet(args, train, device: torch.device):
     """The preset trained with stage 2's loop on the training split, timed."""
-    base = quick_diffusion(args.dataset)
-    cfg = dataclasses.replace(DiffusionConfig(hflip=False), **{**base, "preset": args.preset or base["preset"],
-                                                              "num_steps": args.steps or base["num_steps"],
-                                                              "batch_size": args.batch or base["batch_size"],
-                                                              "lr": args.lr or base["lr"],
-                                                              "ema_decay": args.ema or base["ema_decay"],
-                                                              "sample_every": 0})
+    given = {"preset": args.preset, "num_steps": args.steps, "batch_size": args.batch, "lr": args.lr,
+             "ema_decay": args.ema}
+    cfg = dataclasses.replace(DiffusionConfig(hflip=False), **{**quick_diffusion(args.dataset), "sample_every": 0,
+                                                              **{k: v for k, v in given.items() if v is not None}})
     cfg = dataclasses.replace(cfg, log_every=max(1, cfg.num_steps // 10))
     seen = []
     ctx = TrainContext(device=device, log=lambda step, m: seen.append(m.get("loss")))

@@ -72,13 +72,14 @@ def test_quick_presets_keep_the_cpu_injection_on_top_of_the_protocol():
         t_edit=200, calibrate=False, lpips=0.33, dt_lambda=1.0, steps=(20, 20), grids=(0, 0))
 
 
-@pytest.mark.parametrize("protocol,label_from", [("release", "original"), ("paper", "content")])
-def test_the_quick_colored_mnist_5k_injects_locally_with_the_protocols_labelling(protocol, label_from):
+@pytest.mark.parametrize("protocol,label_from,scope,select,dt_lambda", [
+    ("release", "original", "per_class", "valid", 0.9985), ("paper", "content", "global", "last", 1.0)])
+def test_the_quick_colored_mnist_5k_injects_locally_with_the_protocols_labelling(protocol, label_from, scope, select,
+                                                                                 dt_lambda):
     quick = preset("colored_mnist_5k", "1", quick=True, protocol=protocol)
     assert _protocol_fields(quick) | {"gamma": quick.injection.gamma} == dict(
-        protocol=protocol, label_from=label_from, scope=preset("colored_mnist_5k", "1", protocol=protocol).bias.scope,
-        k=10, select="valid" if protocol == "release" else "last", mode="local", t_edit=200, calibrate=False,
-        lpips=0.33, dt_lambda=0.9985 if protocol == "release" else 1.0, steps=(20, 20), grids=(0, 0), gamma=1.0)
+        protocol=protocol, label_from=label_from, scope=scope, k=10, select=select, mode="local", t_edit=200,
+        calibrate=False, lpips=0.33, dt_lambda=dt_lambda, steps=(20, 20), grids=(0, 0), gamma=1.0)
     assert quick.injection.mask == preset("colored_mnist_5k", "1").injection.mask  # the default region
 
 
