@@ -1,13 +1,16 @@
-"""DiffInject's synthetic-set quality against the diffusion model's training length.
+"""A method's synthetic-set quality against its generator's training length.
 
     python experiments/checkpoint_quality.py --quick --checkpoints CHECKPOINTS_FOLDER --seeds 0 1 2
+    python experiments/checkpoint_quality.py --quick --method a2 --checkpoints SOURCE_CHECKPOINTS --seeds 0
 
 CHECKPOINTS_FOLDER holds the `step_NNNNNNN.pt` files a `diffinject diffusion train --set
 diffusion.keep_checkpoints=true` run logs (its MLflow artifacts' `checkpoints/`), or give the
-files themselves. For each checkpoint and seed the quick DiffInject set is built as a table cell
-builds it (stages 1 and 3 cached under --artifact-root; `--set injection.*` to try other
-settings) and its quality report read: label fidelity, conflict rate, useful share. No
-classifier is trained. Writes checkpoint_quality.csv (per seed) and .png (mean ± std) to --out.
+files themselves; for `--method a2` those of `diffinject gan train --job stylegan2_source`, for
+`--method amplibias` those of `--job fastgan_init` (both with `keep_checkpoints=true`). For each
+checkpoint and seed the method's quick set is built as a table cell builds it (stages cached
+under --artifact-root; `--set injection.*` to try other settings) and its quality report read:
+label fidelity, conflict rate, useful share. No classifier is trained. Writes
+checkpoint_quality.csv (per seed) and .png (mean ± std) to --out.
 """
 from __future__ import annotations
 
@@ -15,8 +18,8 @@ import sys
 from pathlib import Path
 
 from diffinject.arguments import ArgumentParser
-from diffinject.checkpoint_quality import (LABELLINGS, SHARES, STOP_TOLERANCE, curve_figure, measure, stops_rising,
-                                          summary, write_csv)
+from diffinject.checkpoint_quality import (GAN_CHECKPOINT_FIELDS, LABELLINGS, SHARES, STOP_TOLERANCE, curve_figure,
+                                          measure, stops_rising, summary, write_csv)
 from diffinject.config import SEED, absolute_args, apply_overrides, check_options, preset
 from diffinject.drivers import distinct, sigterm_as_interrupt
 from diffinject.errors import ConfigError, DiffInjectError
@@ -29,6 +32,9 @@ def parse_args(argv: list[str] | None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoints", nargs="+", required=True,
                    help="checkpoint files, or folders whose step_*.pt files are taken")
+    p.add_argument("--method", choices=("diffinject", *GAN_CHECKPOINT_FIELDS), default="diffinject",
+                   help="whose set: DiffInject (diffusion checkpoints), A² (source StyleGAN2 checkpoints) or "
+                        "AmpliBias (FastGAN starting points)")
     p.add_argument("--dataset", default="colored_mnist_5k")
     p.add_argument("--ratio", default="1")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -74,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         check_output_dir(args.artifact_root, "--artifact-root")
         check_tracking_store()
         check_data_paths(cfg.data)
-        check_against_data(cfg, ("diffinject",))
+        check_against_data(cfg, (args.method,))
         ensure_ray()
         print(f"{len(files)} checkpoints x {len(seeds)} seeds on {args.dataset} @ {cfg.data.ratio}%", flush=True)
         print(f"{'step':>7} {'seed':>4}  " + "  ".join(f"{s:>14}" for s in SHARES), flush=True)
-        points = measure(cfg, files, seeds, Path(args.artifact_root), done=lambda p: print(
+        points = measure(cfg, files, seeds, Path(args.artifact_root), method=args.method, done=lambda p: print(
             f"{p.step:>7} {p.seed:>4}  " + "  ".join(f"{p.shares[s]:>14.3f}" for s in SHARES), flush=True))
     except DiffInjectError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -90,13 +96,20 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows = summary(points)
     csv_path = write_csv(points, out / "checkpoint_quality.csv")
+    generator = {"diffinject": "diffusion", "a2": "source StyleGAN2", "amplibias": "FastGAN starting points"}
     png = curve_figure(rows, out / "checkpoint_quality.png",
-                       f"DiffInject set quality vs diffusion training, {DISPLAY.get(args.dataset, args.dataset)} "
-                       f"{cfg.data.ratio}%, {len(seeds)} seeds")
+                       f"{DISPLAY.get(args.method, args.method)} set quality vs {generator[args.method]} training, "
+                       f"{DISPLAY.get(args.dataset, args.dataset)} {cfg.data.ratio}%, {len(seeds)} seeds",
+                       f"{generator[args.method]} training step")
     print("\nmean ± std over seeds:")
     for r in rows:
         print(f"{r['step']:>7}  " + "  ".join(f"{s} {r[s]:.3f} ± {r[s + '_std']:.3f}" for s in SHARES))
-    for label_from, share in LABELLINGS.items():
+    if args.method in GAN_CHECKPOINT_FIELDS:  # labelled with the original's (A²) or the generator's class
+        step = stops_rising(rows, "useful_rate")
+        at = next(r for r in rows if r["step"] == step)
+        print(f"the useful share stops rising at step {step} ({at['useful_rate']:.3f}; never more than "
+              f"{STOP_TOLERANCE:.2f} higher after it)")
+    for label_from, share in (LABELLINGS.items() if args.method == "diffinject" else ()):
         step = stops_rising(rows, share)
         at = next(r for r in rows if r["step"] == step)
         print(f"labelled with the {label_from}'s: the useful share stops rising at step {step} "

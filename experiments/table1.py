@@ -23,7 +23,8 @@ from pathlib import Path
 from diffinject.arguments import ArgumentParser
 from diffinject.artifacts import artifact_key, is_remote
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides, check_options, preset
+from diffinject.config import (COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides,
+                               check_options, check_shipped_generators, preset, without_shipped_generators)
 from diffinject.data.registry import get_dataset_spec, normalize_ratio
 from diffinject.diffusion.checkpoint import check_given_checkpoints
 from diffinject.diffusion.shipped import with_quick_checkpoint
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retrain-diffusion", action="store_true",
                    help="--quick: train the diffusion model instead of starting from the checkpoint "
                         "the project ships")
+    p.add_argument("--retrain-generators", action="store_true",
+                   help="--quick: train A²'s source StyleGAN2 and AmpliBias's FastGANs from scratch instead of "
+                        "starting from the generators the project ships")
     p.add_argument("--experiment", help="MLflow experiment (default table1 or table1-quick)")
     p.add_argument("--out", default="results", help="folder for the finished table")
     p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 per GPU job on "
@@ -102,7 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = preset(dataset, ratio, quick=args.quick, protocol=args.protocol, baselines=args.baselines)
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
+                if args.retrain_generators:
+                    cfg = without_shipped_generators(cfg)
                 configs.append(apply_overrides(cfg, args.set))
+        check_shipped_generators(configs)
         check_given_checkpoints(checkpoints, configs)
         checkpoints = with_quick_checkpoint(checkpoints, args.quick, args.retrain_diffusion, configs)
         check_output_dir(args.out, "--out")

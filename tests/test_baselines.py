@@ -352,3 +352,23 @@ def test_disent_loss_of_one_swapping_update_by_hand(monkeypatch):
     assert stats["swapping"] == 1.0
     assert stats["weight_mean"] == pytest.approx(float(weight.mean()), rel=1e-6)
     assert stats["loss"] == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("a2_loss", ["ce", "gce"])
+def test_a2_trains_its_final_classifier_with_the_loss_its_protocol_names(a2_loss):
+    """A²'s released 3.training-ours.py uses criterion_GCE (q 0.7) on original + augmented images:
+    the reference baseline protocol; uniform trains it with cross-entropy like every stage 4."""
+    from diffinject.losses import gce_loss
+
+    data = _tiny_data()
+    method, _ = _method("a2", data, a2_loss=a2_loss)
+    torch.manual_seed(0)
+    x, y = torch.rand(6, 3, 4, 4), torch.as_tensor(data.train.labels[:6])
+    logits = method.nets["model"](x)
+    want = gce_loss(logits, y, 0.7).mean() if a2_loss == "gce" else F.cross_entropy(logits, y)
+    other = F.cross_entropy(logits, y) if a2_loss == "gce" else gce_loss(logits, y, 0.7).mean()
+    stats = method.update(x, y, torch.arange(6))
+    assert stats["loss"] == pytest.approx(float(want), rel=1e-6)
+    assert abs(stats["loss"] - float(other)) > 1e-3
+    assert preset("colored_mnist_5k", "1", baselines="reference").baselines.a2_loss == "gce"
+    assert preset("colored_mnist_5k", "1", baselines="uniform").baselines.a2_loss == "ce"

@@ -65,3 +65,33 @@ def test_the_length_is_where_the_mean_useful_share_stops_rising_by_more_than_two
     assert stops_rising(rows([0.2, 0.4, 0.5, 0.51, 0.525]), "useful_as_original") == 4000  # +0.025 after 3000
     assert stops_rising(rows([0.6, 0.5, 0.4]), "useful_as_original") == 1000              # falling from the start
     assert stops_rising(rows([0.1, 0.2, 0.3]), "useful_as_original") == 3000              # still rising: the last
+
+
+def test_a_gan_methods_curve_reads_its_starting_generator_checkpoints(ray_session, digits_root, digits_parquet,
+                                                                      tmp_path, mlflow_uri):
+    """--method a2: each source StyleGAN2 checkpoint starts the A² set, read like DiffInject's."""
+    import math
+
+    from diffinject.config import StyleGAN2Config
+    from diffinject.synthesis.stylegan2_adapt import train_source
+    from test_gan_cells import TINY as GAN_TINY
+
+    kept = {}
+    ctx = TrainContext(log_artifact=lambda name, payload, folder: kept.__setitem__(f"{folder}/{name}", payload))
+    source_cfg = StyleGAN2Config(preset="quick_32", batch_size=4, num_steps=2, checkpoint_every=1, sample_every=0,
+                                 keep_checkpoints=True)
+    train_source(source_cfg, load_split(digits_parquet, "train").images[:32], ctx, seed=0)
+    files = []
+    for name in ("step_0000001.pt", "step_0000002.pt"):
+        (tmp_path / name).write_bytes(kept[f"checkpoints/{name}"])
+        files.append(tmp_path / name)
+    cfg = preset("colored_digits", "1", quick=True)
+    cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
+    cfg.run.storage_path, cfg.run.experiment = str(tmp_path / "ray_results"), "curve-a2"
+    cfg = apply_overrides(cfg, GAN_TINY)
+    points = measure(cfg, files, [0], tmp_path / "artifacts", method="a2")
+    assert [(p.step, p.seed) for p in points] == [(1, 0), (2, 0)]
+    assert all(0.0 <= p.shares[s] <= 1.0 for p in points for s in ("label_fidelity", "conflict_rate", "useful_rate"))
+    assert all(math.isnan(p.shares["useful_as_original"]) and math.isnan(p.shares["useful_as_content"])
+               for p in points)  # one labelling: the original's
+    assert curve_figure(summary(points), tmp_path / "a2.png", "t", "source step").read_bytes().startswith(b"\x89PNG")

@@ -380,3 +380,23 @@ def test_an_embedded_dataset_trains_with_colored_mnist_s_presets(stand_in, proto
     assert ours["data"]["dataset"] == stand_in
     ours["data"]["dataset"] = "cmnist"
     assert ours == theirs
+
+
+def test_every_quick_gan_ema_half_life_is_shorter_than_its_run():
+    """An EMA that outlives its run stays at its initialisation (the old quick source kept ~97 % of it)."""
+    import math
+
+    from diffinject.config import QUICK_FASTGAN_INIT
+
+    cfg = preset("colored_mnist_5k", "1", quick=True)
+    s, f = cfg.stylegan2, cfg.fastgan
+    assert s.ema_half_life < s.num_steps * s.batch_size          # images
+    assert s.adapt_ema_half_life < s.adapt_steps                # steps
+    half_life = lambda decay: math.log(0.5) / math.log(decay)   # steps of an EMA with this decay per step
+    assert half_life(f.ema_decay) < f.num_steps
+    assert half_life(QUICK_FASTGAN_INIT["ema_decay"]) < QUICK_FASTGAN_INIT["num_steps"]
+    # the projection's lr warm-up is a share of its run: more than one step has a non-zero lr
+    assert s.project_steps * 0.05 >= 1
+    assert s.source_checkpoint == f.init_checkpoint == "shipped"
+    digits = preset("colored_digits", "1", quick=True)
+    assert digits.stylegan2.source_checkpoint == digits.fastgan.init_checkpoint == ""  # nothing shipped for it

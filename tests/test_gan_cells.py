@@ -73,3 +73,55 @@ def test_a2_and_amplibias_cells_build_their_stages_once(ray_session, tiny_cfg, t
     generators = runner.tracker.client.search_runs([exp], "tags.`diffinject.role` = 'generator'")
     assert sorted(r.data.tags["stage.algorithm"] for r in generators) == ["cdc_adaptation", "fastgan", "stylegan2"]
     assert all(r.data.tags.get("mlflow.parentRunId") for r in generators)
+
+
+def test_starting_generators_from_the_gan_train_command_start_the_cells(ray_session, digits_root, tiny_cfg, tmp_path,
+                                                                        mlflow_uri, monkeypatch, capsys):
+    """`diffinject gan train` makes A²'s source and AmpliBias's per-class starting points; a cell
+    given them (stylegan2.source_checkpoint, fastgan.init_checkpoint) imports the source strictly,
+    keyed by its hash, instead of training one, and starts each class's FastGAN from the file."""
+    from diffinject.cells import given_source
+    from diffinject.cli import main
+    from diffinject.config import check_shipped_generators, without_shipped_generators
+    from diffinject.errors import CheckpointError, ConfigError
+    from diffinject.gan.checkpoint import read_gan_checkpoint
+    from diffinject.integrity import file_digest
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root",
+            str(digits_root / "cache"), "--experiment", "t-gan-cli"]
+    argv += [arg for item in TINY if item.startswith(("stylegan2.", "fastgan.")) for arg in ("--set", item)]
+    assert main(["gan", "train", "--job", "stylegan2_source", "--out", str(tmp_path / "source"), *argv,
+                 "--set", "stylegan2.keep_checkpoints=true"]) == 0
+    assert main(["gan", "train", "--job", "fastgan_init", "--out", str(tmp_path / "init"), *argv]) == 0
+    source, init = tmp_path / "source" / "generator.pt", tmp_path / "init" / "generator.pt"
+    assert sorted(read_gan_checkpoint(source, "stylegan2")["nets"]) == ["discriminator", "generator"]
+    classes = sorted(set(load_split(dataset_folder(tiny_cfg), "train").labels.tolist()))
+    assert sorted(read_gan_checkpoint(init, "fastgan")["nets"]) == sorted(
+        name for c in classes for name in (f"class_{c}", f"class_{c}_discriminator"))
+    assert "generator file:" in capsys.readouterr().out
+
+    cfg = apply_overrides(tiny_cfg, [f"stylegan2.source_checkpoint={source}", f"fastgan.init_checkpoint={init}"])
+    runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker())
+    assert runner.stylegan2_source_material(cfg) == {"checkpoint_sha256": file_digest(source), "preset": "quick_32"}
+    assert runner.fastgan_material(cfg)["init_sha256"] == file_digest(init)
+    assert runner.cell(cfg, "a2").stages["stylegan2_source"] == "built"
+    assert runner.cell(cfg, "amplibias").stages["fastgan_classes"] == "built"
+    exp = runner.tracker.client.get_experiment_by_name("gan-cells").experiment_id
+    generators = runner.tracker.client.search_runs([exp], "tags.`diffinject.role` = 'generator'")
+    # the source was imported, not trained
+    assert sorted(r.data.tags["stage.algorithm"] for r in generators) == ["cdc_adaptation", "fastgan",
+                                                                         "imported_checkpoint"]
+
+    with pytest.raises(CheckpointError, match="holds 'fastgan' generators"):  # read as a source: refused
+        runner.cell(apply_overrides(tiny_cfg, [f"stylegan2.source_checkpoint={init}"]), "a2")
+    with pytest.raises(ConfigError, match="no such file"):
+        apply_overrides(tiny_cfg, [f"stylegan2.source_checkpoint={tmp_path / 'nope.pt'}"])
+    with pytest.raises(ConfigError, match="ships no stylegan2_source checkpoint for colored_digits"):
+        given_source(apply_overrides(tiny_cfg, ["stylegan2.source_checkpoint=shipped"]))
+    shipped = apply_overrides(tiny_cfg, ["stylegan2.source_checkpoint=shipped"])
+    with pytest.raises(ConfigError, match="so stylegan2.batch_size=4, stylegan2.num_steps=2 would change nothing; add --retrain-generators"):
+        check_shipped_generators([shipped])
+    cleared = without_shipped_generators(shipped)
+    assert cleared.stylegan2.source_checkpoint == cleared.fastgan.init_checkpoint == ""
+    check_shipped_generators([cleared])

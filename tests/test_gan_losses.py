@@ -16,8 +16,15 @@ def test_logistic_and_hinge_losses_are_their_formulas():
     softplus = lambda t: torch.log1p(torch.exp(t))
     assert logistic_d_loss(real, fake) == pytest.approx(float(softplus(-real).mean() + softplus(fake).mean()))
     assert logistic_g_loss(fake) == pytest.approx(float(softplus(-fake).mean()))
-    # hinge: only margins violated count
-    assert hinge_d_loss(real, fake) == pytest.approx((0 + 2 + 0.5) / 3 + (0 + 1 + 2.5) / 3)
+    # hinge (FastGAN-pytorch train.py): only margins violated count, each logit's margin drawn
+    # uniform in [0.8, 1) from the generator passed, the reals' first
+    g = torch.Generator().manual_seed(0)
+    m_real = torch.rand(3, generator=g) * 0.2 + 0.8
+    m_fake = torch.rand(3, generator=g) * 0.2 + 0.8
+    expected = F.relu(m_real - real).mean() + F.relu(m_fake + fake).mean()
+    assert hinge_d_loss(real, fake, torch.Generator().manual_seed(0)) == pytest.approx(float(expected))
+    margin_1 = (0 + 2 + 0.5) / 3 + (0 + 1 + 2.5) / 3  # the paper's fixed margin: more
+    assert hinge_d_loss(real, fake, torch.Generator().manual_seed(0)) < margin_1 - 0.05
     assert hinge_g_loss(fake) == pytest.approx(-float(fake.mean()))
 
 
@@ -52,22 +59,41 @@ def test_path_length_of_a_linear_generator_is_the_norm_of_the_projected_noise():
 
 def test_cdc_is_zero_for_equal_generators_and_positive_after_a_perturbation():
     torch.manual_seed(0)
-    features = torch.randn(6, 8, 4, 4)
-    assert cdc_loss(features, features.clone()) == pytest.approx(0.0, abs=1e-6)
-    perturbed = (features + 0.5 * torch.randn_like(features)).requires_grad_()
-    loss = cdc_loss(features, perturbed)
+    features = [torch.randn(6, 8, 4, 4), torch.randn(6, 4, 8, 8)]
+    layers = [0, 1, 1, 0, 1, 0]
+    assert cdc_loss(features, [f.clone() for f in features], layers) == pytest.approx(0.0, abs=1e-6)
+    perturbed = [(f + 0.5 * torch.randn_like(f)).requires_grad_() for f in features]
+    loss = cdc_loss(features, perturbed, layers)
     assert loss > 0
     loss.backward()
-    assert perturbed.grad.abs().sum() > 0
-    # the KL of the softmaxed off-diagonal cosine similarities, summed over samples
-    def probs(f):
-        flat = F.normalize(f.flatten(1), dim=1)
-        sim = flat @ flat.t()
-        return F.softmax(sim[~torch.eye(6, dtype=torch.bool)].view(6, 5), dim=1)
-    p_s, p_t = probs(features), probs(perturbed.detach())
-    assert float(loss.detach()) == pytest.approx(float((p_t * (p_t.log() - p_s.log())).sum()), rel=1e-5)
+    assert all(p.grad.abs().sum() > 0 for p in perturbed)  # each layer read by some sample
     with pytest.raises(ValueError, match="at least 3"):
-        cdc_loss(features[:2], features[:2])
+        cdc_loss(features, features, [0, 1])
+
+
+def test_cdc_matches_the_reference_kl_div_loss_on_a_hand_computed_case():
+    """few-shot-gan-adaptation train.py: kl_loss = nn.KLDivLoss() (mean over all N (N - 1) entries)
+    of (log dist_target, dist_source), each row the softmaxed cosine similarities of sample i to the
+    others at the layer feat_ind[i]."""
+    # three samples, one layer of 2-d features: cosine similarities by hand
+    source = [torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])]
+    target = [torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])]
+    c = 1 / math.sqrt(2)
+    sim_source = torch.tensor([[0.0, c], [0.0, c], [c, c]])   # sample i to the others, in order
+    sim_target = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 0.0]])
+    p_s, p_t = F.softmax(sim_source, dim=1), F.softmax(sim_target, dim=1)
+    expected = float((p_s * (p_s.log() - p_t.log())).sum() / 6)
+    loss = float(cdc_loss(source, target, [0, 0, 0]))
+    assert loss == pytest.approx(expected, rel=1e-6)
+    assert loss == pytest.approx(float(F.kl_div(p_t.log(), p_s, reduction="sum")) / 6, rel=1e-6)  # KLDivLoss()'s mean
+    reversed_direction = float((p_t * (p_t.log() - p_s.log())).sum() / 6)
+    assert abs(loss - reversed_direction) > 1e-3 and abs(loss - 6 * expected) > 1e-3
+    # a sample's row reads its own layer: sample 2 at layer 1, where it agrees with the source
+    two_layers_source = source + [torch.eye(3)]
+    two_layers_target = target + [torch.eye(3)]
+    row_loss = float(cdc_loss(two_layers_source, two_layers_target, [0, 0, 1]))
+    expected_rows = float((p_s[:2] * (p_s[:2].log() - p_t[:2].log())).sum() / 6)
+    assert row_loss == pytest.approx(expected_rows, rel=1e-6)
 
 
 def test_diffaugment_keeps_shapes_and_gradients_and_is_reproducible():

@@ -72,11 +72,29 @@ from .tracking import Tracker
 DIFFUSION_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images", "sample_steps",
                      "sample_eta", "check_sync_every", "keep_checkpoints")
 # the GAN sections' fields that change what is logged, never the weights
-GAN_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images")
+GAN_LOGGING = ("log_every", "checkpoint_every", "keep_checkpoints", "sample_every", "sample_images")
 # StyleGAN2Config fields by the A² stage that reads them (the rest train the source generator)
-STYLEGAN2_ADAPT = ("adapt_steps", "adapt_batch_size", "adapt_lr", "cdc_weight", "anchor_count", "anchor_std",
-                   "image_d_every")
-STYLEGAN2_PROJECT = ("project_steps", "project_lr", "noise_reg_weight", "project_batch_size", "distance")
+# (the adaptation also reads the regularisers and style mixing: the source's key holds them)
+STYLEGAN2_ADAPT = ("adapt_steps", "adapt_batch_size", "adapt_lr", "cdc_weight", "cdc_batch_size", "anchor_count",
+                   "anchor_std", "image_d_every", "adapt_ema_half_life")
+STYLEGAN2_PROJECT = ("project_steps", "project_lr", "noise_reg_weight", "project_batch_size", "distance",
+                     "decode_noise")
+
+
+def given_source(cfg: ExperimentConfig) -> Path | None:
+    """The verified file stylegan2.source_checkpoint names, or None (train the source in the run)."""
+    from .gan.shipped import resolve_gan_checkpoint
+
+    return resolve_gan_checkpoint(cfg.stylegan2.source_checkpoint, cfg.data.dataset, "stylegan2_source",
+                                  "stylegan2.source_checkpoint")
+
+
+def given_fastgan_init(cfg: ExperimentConfig) -> Path | None:
+    """The verified file fastgan.init_checkpoint names, or None (every class's FastGAN from scratch)."""
+    from .gan.shipped import resolve_gan_checkpoint
+
+    return resolve_gan_checkpoint(cfg.fastgan.init_checkpoint, cfg.data.dataset, "fastgan_init",
+                                  "fastgan.init_checkpoint")
 
 
 def _fields(section, names=None, drop=()) -> dict:
@@ -135,8 +153,12 @@ class CellRunner:
                 "numerics": self._training_numerics(cfg, cfg.diffusion.bf16)}
 
     def stylegan2_source_material(self, cfg: ExperimentConfig) -> dict:
+        given = given_source(cfg)
+        if given is not None:
+            return {"checkpoint_sha256": file_digest(given), "preset": cfg.stylegan2.preset}
         return {"data": self._fingerprint(cfg), "dataset": cfg.data.dataset, "ratio": cfg.data.ratio,
-                "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT),
+                "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT
+                                     + ("source_checkpoint",)),
                 "numerics": self._training_numerics(cfg, cfg.stylegan2.bf16)}
 
     def stylegan2_adapted_material(self, cfg: ExperimentConfig) -> dict:
@@ -147,8 +169,10 @@ class CellRunner:
 
     def fastgan_material(self, cfg: ExperimentConfig) -> dict:
         cfg = stage1_config(cfg, "amplibias")
+        init = given_fastgan_init(cfg)
         return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
-                "fastgan": _fields(cfg.fastgan, drop=GAN_LOGGING + ("k_per_class",)), "seed": cfg.run.seed,
+                "fastgan": _fields(cfg.fastgan, drop=GAN_LOGGING + ("k_per_class", "init_checkpoint")),
+                "init_sha256": file_digest(init) if init is not None else "", "seed": cfg.run.seed,
                 "numerics": self._training_numerics(cfg, cfg.fastgan.bf16)}
 
     def stage3_material(self, cfg: ExperimentConfig, method: str = "diffinject") -> dict:
@@ -294,7 +318,9 @@ class CellRunner:
                                      parent, method)
             files = {"source": source.path / GENERATOR_FILE, "adapted": adapted.path / GENERATOR_FILE}
             return [s1, source, adapted, self.gan_stage3(cfg, method, s1, files, parent)]
-        classes = self.generator("fastgan", cfg, {"topk": str(s1.path)}, parent, method)
+        init = given_fastgan_init(cfg)
+        inputs = {"topk": str(s1.path), **({"init": str(init)} if init is not None else {})}
+        classes = self.generator("fastgan", cfg, inputs, parent, method)
         return [s1, classes, self.gan_stage3(cfg, method, s1, {"classes": classes.path / GENERATOR_FILE}, parent)]
 
     def generator(self, job: str, cfg: ExperimentConfig, inputs: dict[str, str], parent: str | None,
@@ -313,12 +339,38 @@ class CellRunner:
 
         def build(work: Path) -> dict:
             tags = self._stage_tags(cfg, key, method)
+            given = given_source(cfg) if job == "stylegan2_source" else None
+            if given is not None:
+                return self._import_gan_checkpoint(cfg, given, work, parent, tags)
             out = run_generator_training(cfg, job, self.tracker, inputs, parent=parent, output_dir=work,
                                          name=f"{stage}-{key}", tags=tags,
                                          random_lpips_backbone=self.random_lpips_backbone)
             return {"run_id": out.run_id, "metrics": out.metrics}
 
         return self.cache.get_or_build(stage, material, build)
+
+    def _import_gan_checkpoint(self, cfg: ExperimentConfig, path: Path, work: Path, parent: str | None,
+                               tags: dict) -> dict:
+        """A given source StyleGAN2 (stylegan2.source_checkpoint), loaded strictly (both networks of
+        its preset, which must be cfg's) before it is cached as the stage's generator file."""
+        from .gan.checkpoint import load_net, read_gan_checkpoint
+        from .gan.stylegan2 import Discriminator, Generator, get_gan_preset
+
+        payload = read_gan_checkpoint(path, "stylegan2")
+        if payload["preset"] != cfg.stylegan2.preset:
+            raise CheckpointError(f"stylegan2.source_checkpoint {path} holds a {payload['preset']} StyleGAN2; the "
+                                  f"config's preset is {cfg.stylegan2.preset}")
+        preset = get_gan_preset("stylegan2", payload["preset"])
+        load_net(Generator(preset), payload, "generator", path)
+        load_net(Discriminator(preset), payload, "discriminator", path)
+        shutil.copyfile(path, work / GENERATOR_FILE)
+        exp = self.tracker.experiment(cfg.run.experiment)
+        run_id = self.tracker.start_run(exp, f"generator stylegan2 imported {cfg.data.dataset}",
+                                        {"dataset": cfg.data.dataset, "diffinject.role": "generator",
+                                         "stage.algorithm": "imported_checkpoint", "preset": preset.name,
+                                         "checkpoint": str(path), **tags}, parent=parent)
+        self.tracker.finish(run_id)
+        return {"run_id": run_id, "metrics": {"final_step": payload["step"]}, "source": str(path)}
 
     def gan_stage3(self, cfg: ExperimentConfig, method: str, stage1: Artifact, checkpoints: dict[str, Path],
                    parent: str | None) -> Artifact:

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from .arguments import ArgumentParser
-from .config import (COUNT, DDIM_STEPS, NON_NEGATIVE, QUICK_DATASET, SEED, Range, absolute_args, apply_overrides,
-                     check_options, preset)
+from .config import (COUNT, DDIM_STEPS, NON_NEGATIVE, QUICK_DATASET, QUICK_FASTGAN_INIT, SEED, Range, absolute_args,
+                     apply_overrides, check_options, preset)
 from .errors import ConfigError, DiffInjectError
 from .preflight import (check_data_paths, check_data_root, check_input_dir, check_output_dir, check_output_file,
                         check_tracking_store)
@@ -162,6 +162,55 @@ def cmd_diffusion_train(args: argparse.Namespace) -> None:
     out = run_stage2(cfg)
     print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
     print(f"EMA checkpoint: {diffusion_checkpoint(out)}")
+
+
+def cmd_gan_train(args: argparse.Namespace) -> None:
+    """A generative baseline's starting generator on a dataset's training split: A²'s source
+    StyleGAN2 (`stylegan2_source`) or AmpliBias's per-class FastGAN starting points (`fastgan_init`:
+    one FastGAN per class on all of its training images). The GAN file is `generator.pt` in the
+    printed folder; with `--set <section>.keep_checkpoints=true` every checkpoint_every-th step's
+    file is an MLflow artifact under `checkpoints/`."""
+    from .gan_pipeline import run_generator_training
+
+    if args.job == "fastgan_init" and args.quick:  # the starting points' own length and EMA, under any --set
+        args.set = [f"fastgan.{k}={v}" for k, v in QUICK_FASTGAN_INIT.items()] + (args.set or [])
+    cfg = _training_config(args)
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    _start_ray(cfg)
+    section = cfg.stylegan2 if args.job == "stylegan2_source" else cfg.fastgan
+    print(f"training {args.job} ({section.preset}, {section.num_steps} steps{' per class' if args.job == 'fastgan_init' else ''}, "
+          f"batch {section.batch_size}) on {cfg.data.dataset}@{cfg.data.ratio}; loss curves and sample grids go to "
+          f"MLflow experiment {cfg.run.experiment!r}", flush=True)
+    out = run_generator_training(cfg, args.job, output_dir=args.out)
+    print(" ".join(f"{k}={v:.4f}" for k, v in out.metrics.items()) + f"  (MLflow run {out.run_id})")
+    print(f"generator file: {out.checkpoint_dir / 'generator.pt'}")
+
+
+def cmd_gan_export(args: argparse.Namespace) -> None:
+    """Rewrite a GAN file with its weights in another dtype (float16 halves it; loading casts back
+    to float32). Every network is read with the strict loader first."""
+    from .atomic import atomic_file
+    from .gan.checkpoint import gan_checkpoint_bytes, load_net, read_gan_checkpoint
+    from .gan.presets import get_gan_preset
+    from .integrity import file_digest
+
+    check_output_file(args.out, "--out")
+    payload = read_gan_checkpoint(args.checkpoint, args.family)
+    preset = get_gan_preset(args.family, payload["preset"])
+    if args.family == "stylegan2":
+        from .gan.stylegan2 import Discriminator, Generator
+    else:
+        from .gan.fastgan import Discriminator, Generator
+    for name in payload["nets"]:
+        load_net(Discriminator(preset) if "discriminator" in name else Generator(preset), payload, name,
+                 args.checkpoint)
+    data = gan_checkpoint_bytes(args.family, payload["preset"], payload["nets"], payload["step"], payload["config"],
+                                payload["extra"], args.dtype)
+    with atomic_file(args.out, "wb") as handle:
+        handle.write(data)
+    print(f"wrote {args.out} ({args.family} {payload['preset']}, step {payload['step']}, {len(payload['nets'])} "
+          f"networks, {args.dtype}, {len(data) / 1e6:.2f} MB, sha256 {file_digest(args.out)})")
 
 
 def cmd_diffusion_sample(args: argparse.Namespace) -> None:
@@ -352,6 +401,20 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--dtype", choices=("float16", "float32"), default="float16")
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(func=cmd_diffusion_export)
+
+    gan = sub.add_parser("gan", help="stage 3 of A² and AmpliBias: train a starting generator").add_subparsers(
+        dest="gan_command", required=True)
+    gtrain = gan.add_parser("train", help="A²'s source StyleGAN2 or AmpliBias's per-class FastGAN starting points")
+    gtrain.add_argument("--job", choices=("stylegan2_source", "fastgan_init"), required=True)
+    gtrain.add_argument("--out", type=Path, help="folder for generator.pt (default: under run.storage_path)")
+    _add_run_args(gtrain)
+    gtrain.set_defaults(func=cmd_gan_train)
+    gexport = gan.add_parser("export", help="rewrite a GAN file with its weights in another dtype")
+    gexport.add_argument("--checkpoint", type=Path, required=True, help="a diffinject GAN file (generator.pt)")
+    gexport.add_argument("--family", choices=("stylegan2", "fastgan"), required=True)
+    gexport.add_argument("--dtype", choices=("float16", "float32"), default="float16")
+    gexport.add_argument("--out", type=Path, required=True)
+    gexport.set_defaults(func=cmd_gan_export)
 
     calibrate = sub.add_parser("calibrate", help="stage 3: pick t_edit from the LPIPS curve of a checkpoint")
     _add_run_args(calibrate)

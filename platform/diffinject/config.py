@@ -11,6 +11,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, get_type_hints
 
 from .errors import ConfigError
@@ -91,6 +92,7 @@ class BaselinesConfig:
     committee_select: str = "last"    # valid: each model's best-on-valid evaluation | last: its last weights
     committee_eval_every: int = 500   # with committee_select=valid: evaluated after steps 1, 1 + N, 1 + 2N, ...
     committee_augment: bool = False   # score p(y|x) on training images with the training augmentation
+    a2_loss: str = "ce"               # A²'s final classifier: ce (as every stage 4) | gce (A²'s release, with q)
 
 
 @dataclass
@@ -172,6 +174,7 @@ class StyleGAN2Config:
     (CVPR 2021); the projector of StyleGAN2 Appendix D."""
 
     preset: str = "paper_32"          # gan.stylegan2.PRESETS (resolution, widths, mapping depth)
+    source_checkpoint: str = ""       # "": train the source in the run | "shipped" (gan/shipped.py) | a GAN file
     resize: bool = True               # images are resized to the preset's resolution (28 -> 32 for digits)
     hflip: bool = False               # random horizontal flips of the source's training images
     batch_size: int = 32
@@ -184,20 +187,28 @@ class StyleGAN2Config:
     style_mixing: float = 0.9
     ema_half_life: int = 10_000       # images (StyleGAN2's ema_kimg = 10)
     seed: int = 0                     # one source generator per dataset serves every seed of a table
-    adapt_steps: int = 5_000          # few-shot adaptation to the top-K set (Ojha et al.)
+    # few-shot adaptation to the top-K set: few-shot-gan-adaptation train.py defaults (its --iter, --batch,
+    # --lr, --kl_wt, --feat_const_batch, --n_train, --subspace_std, --subspace_freq)
+    adapt_steps: int = 5_000
     adapt_batch_size: int = 4
     adapt_lr: float = 0.002
-    cdc_weight: float = 1000.0
+    cdc_weight: float = 1000.0        # kl_wt, on nn.KLDivLoss()'s mean over the N (N - 1) similarities
+    cdc_batch_size: int = 4           # fresh latents of the CDC term each step (feat_const_batch)
     anchor_count: int = 10            # anchor latents (image-level D near them, patch-level elsewhere)
     anchor_std: float = 0.1
-    image_d_every: int = 4            # image-level D every N-th step (32 px: every step, no patch level)
+    image_d_every: int = 4            # anchors and the image-level D every N-th step, free latents otherwise
+                                      # (32 px: image-level D always, the reference's patch branch never fires)
+    adapt_ema_half_life: float = 312.5  # steps: the reference's accum = 0.5 ** (32 / 10_000) per step, any batch
     project_steps: int = 1_000        # W projection of each original
     project_lr: float = 0.1
     noise_reg_weight: float = 1e5
     project_batch_size: int = 16      # originals projected together (each has its own w and noise maps)
+    decode_noise: str = "random"      # random: the adapted generator decodes w with fresh noise maps (A²'s
+                                      # projector.py saves only w) | projected: with the projected noise maps
     distance: str = "lpips_vgg"       # lpips_vgg | mse: the projector's image distance
     log_every: int = 100
     checkpoint_every: int = 5_000
+    keep_checkpoints: bool = False    # the source's GAN file at every checkpoint_every-th step to MLflow (checkpoints/)
     sample_every: int = 10_000        # EMA sample grid to MLflow; 0 disables
     sample_images: int = 30
     bf16: bool = True                 # bfloat16 autocast of the non-regulariser passes on CUDA
@@ -210,6 +221,8 @@ class FastGANConfig:
     (CIKM 2023) Sec. 3; FastGAN (Liu et al., ICLR 2021); DiffAugment (Zhao et al. 2020)."""
 
     preset: str = "paper_256"         # gan.fastgan.PRESETS: 256 px, nz 256, ngf = ndf = 64
+    init_checkpoint: str = ""         # "": each class's FastGAN from scratch (AmpliBias) | "shipped" | a file:
+                                      # per-class starting points (G and D) the top-K training continues
     k_per_class: int = 100            # top-K per class the generators train on (AmpliBias: 100 at 1 %, 200 at 5 %)
     batch_size: int = 8
     num_steps: int = 50_000           # per class
@@ -218,10 +231,15 @@ class FastGANConfig:
     beta2: float = 0.999
     ema_decay: float = 0.999
     policy: str = "color,translation" # DiffAugment policy
+    # random horizontal flip of each real image, drawn per step (FastGAN-pytorch train.py's data
+    # transform, RandomHorizontalFlip); off for the digits (_fastgan_preset, docs/design.md 3.2)
+    hflip: bool = True
     distance: str = "lpips_vgg"       # lpips_vgg | mse: the decoders' reconstruction distance
     bf16: bool = True                 # bf16 autocast on CUDA (ignored on CPU)
     log_every: int = 100
     checkpoint_every: int = 5_000
+    keep_checkpoints: bool = False    # every class's G and D at each checkpoint_every-th step, one GAN file per
+                                      # step, to MLflow (checkpoints/)
     sample_every: int = 10_000        # per-class EMA sample grid to MLflow; 0 disables
     sample_images: int = 30
 
@@ -321,18 +339,34 @@ QUICK_INJECTION = dict(mode="global", gamma=1.0, t_edit=200, calibrate_t_edit=Fa
 QUICK_INJECTION_BY_DATASET = {"colored_digits": {"label_from": "content"}, "colored_mnist_5k": {"mode": "local"}}
 
 
-# The quick run's generative baselines (README "The quick A² and AmpliBias rows"): the same
-# stages at CPU scale. A² keeps the source StyleGAN2 (its losses, lazy R1 and path length, style
-# mixing, EMA), CDC adaptation and W projection, at widths / 16, 32 px; AmpliBias keeps one FastGAN
-# per class with skip-layer excitation, the decoders' reconstruction loss and DiffAugment, at 64 px
-# and ngf = ndf = 8. Both measure images with the mean squared error where the papers use LPIPS-VGG
-# (its ImageNet weights need the network), and AmpliBias trains on stage 1's top-10 per class (the
-# DiffInject rows' set) rather than its top-100.
-QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=30, adapt_steps=10, adapt_batch_size=4,
-                       project_steps=4, project_batch_size=60, distance="mse", log_every=10, checkpoint_every=30,
-                       sample_every=30, sample_images=30)
-QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=4, distance="mse", log_every=2,
-                     checkpoint_every=4, sample_every=4, sample_images=10)
+# The quick run's generative baselines (docs/table1.md, "The quick A² and AmpliBias rows"): the
+# same stages at CPU scale, every EMA horizon and learning-rate ramp shorter than its run. The main
+# job starts both from generators the project ships (QUICK_GANS_BY_DATASET), each at the length
+# where its set's useful share stops rising.
+# A²: the source StyleGAN2 (its losses, lazy R1 and path length, style mixing, EMA half-life 10k
+# images as rosinality's train.py) at 32 px with the quick_32 widths, 1,000 steps of batch 16
+# (16k images); the CDC adaptation for 100 steps of batch 4, its EMA half-life the reference's
+# 1/16 of the run (312.5 of 5,000 steps); each original projected for 50 steps (the lr warm-up
+# and tail are fractions of the run: 2.5 and 12.5 steps).
+# AmpliBias: each class's FastGAN (quick_32: 32 px, nz 64, ngf = ndf = 4) continued from its
+# shipped starting point for 25 steps of batch 8 on the stage-1 top-10 of its class (the
+# DiffInject rows' set, not AmpliBias's top-100), EMA half-life 5 steps (0.87; of 0.14, 0.87 and
+# 0.946 per step, the most useful set on the step-1,000 starting points: docs/table1.md).
+# Both measure images with the mean squared error where the papers use LPIPS-VGG (its ImageNet
+# weights need the network).
+QUICK_STYLEGAN2 = dict(preset="quick_32", batch_size=16, num_steps=1_000, adapt_steps=100, adapt_batch_size=4,
+                       adapt_ema_half_life=100 / 16, project_steps=50, project_batch_size=60, distance="mse",
+                       log_every=100, checkpoint_every=1_000, sample_every=1_000, sample_images=30)
+QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=25, ema_decay=0.87,
+                     distance="mse", log_every=5, checkpoint_every=25, sample_every=25, sample_images=10)
+# `diffinject gan train --job fastgan_init --quick`: the per-class starting points the quick AmpliBias
+# row continues (each class's FastGAN on all of its training images; batch 8 and lr 2e-4 as
+# FastGAN-pytorch train.py; EMA 0.95 per step, a half-life of 13.5 steps: 1/72 of the run, the
+# reference's 0.999 over 50,000 steps)
+QUICK_FASTGAN_INIT = dict(num_steps=1_000, ema_decay=0.95, checkpoint_every=250, sample_every=250, log_every=50)
+# The embedded datasets with shipped starting generators (gan/shipped.py): their quick rows start from them.
+QUICK_GANS_BY_DATASET = {"colored_mnist_5k": {"stylegan2.source_checkpoint": "shipped",
+                                              "fastgan.init_checkpoint": "shipped"}}
 
 
 def _diffusion_preset(dataset: str) -> DiffusionConfig:
@@ -357,10 +391,11 @@ def _stylegan2_preset(dataset: str) -> StyleGAN2Config:
     return StyleGAN2Config(preset="paper_256", hflip=True)
 
 
-def _fastgan_preset(ratio: str) -> FastGANConfig:
+def _fastgan_preset(dataset: str, ratio: str) -> FastGANConfig:
     """AmpliBias Sec. 4.1: K = 100 per class at 1 %, 200 at 5 % (the paper names no other ratio:
-    0.5 % and 2 % take the 1 % value)."""
-    return FastGANConfig(k_per_class=200 if ratio == "5" else 100)
+    0.5 % and 2 % take the 1 % value). No flips for the digits (a mirrored digit is not its
+    class's), as stage 2 and A² train them; FastGAN-pytorch train.py flips every other dataset."""
+    return FastGANConfig(k_per_class=200 if ratio == "5" else 100, hflip=_recipe(dataset) != "cmnist")
 
 
 def _baselines_preset(dataset: str, ratio: str) -> BaselinesConfig:
@@ -414,6 +449,8 @@ BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
         "baselines.committee_eval_every": 500,   # BE train.py --valid_freq
         # ... and scores p(y|x) with pretrain_loader over the training set, whose transform is "train"
         "baselines.committee_augment": True,
+        # A2-Adaptive-Augmentation... 3.training-ours.py: criterion_GCE on original + augmented, whatever --loss
+        "baselines.a2_loss": "gce",
     },
     "uniform": {
         "classifier.mlp_divide_by_255": False,   # inputs in [0, 1] for every network
@@ -423,6 +460,7 @@ BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
         "baselines.committee_select": "last",    # each committee model's last weights (of the 1,000 steps) ...
         "baselines.committee_eval_every": 1_000,  # (evaluated once, at its end)
         "baselines.committee_augment": False,    # ... scored on the training images as they are
+        "baselines.a2_loss": "ce",               # A²'s final classifier with cross-entropy, as every stage 4
     },
 }
 
@@ -610,7 +648,7 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
                            bias=BiasConfig(classifier=dataclasses.replace(classifier)), classifier=classifier,
                            diffusion=_diffusion_preset(dataset), injection=_injection_preset(dataset),
                            stylegan2=_stylegan2_preset(dataset),
-                           fastgan=_fastgan_preset(normalize_ratio(get_dataset_spec(dataset), str(ratio))))
+                           fastgan=_fastgan_preset(dataset, normalize_ratio(get_dataset_spec(dataset), str(ratio))))
     if quick:
         cfg.quick_preset = True
         cfg.bias.classifier = dataclasses.replace(classifier, num_steps=300, eval_every=50, checkpoint_every=300,
@@ -618,8 +656,36 @@ def preset(dataset: str = "colored_digits", ratio: str = "1", quick: bool = Fals
         cfg.diffusion = dataclasses.replace(cfg.diffusion, **quick_diffusion(dataset))
         cfg.stylegan2 = dataclasses.replace(cfg.stylegan2, **QUICK_STYLEGAN2)
         cfg.fastgan = dataclasses.replace(cfg.fastgan, **QUICK_FASTGAN)
+        for dotted, value in QUICK_GANS_BY_DATASET.get(dataset, {}).items():
+            _set_field(cfg, dotted, value)
     apply_baseline_protocol(cfg, baselines)
     return apply_protocol(cfg, protocol)  # the quick layer of injection settings goes on top of it
+
+
+# the StyleGAN2Config fields that only train A²'s source (a given source checkpoint makes them moot)
+SOURCE_TRAINING = ("preset", "resize", "hflip", "batch_size", "num_steps", "lr", "r1_gamma", "r1_every", "pl_weight",
+                   "pl_every", "style_mixing", "ema_half_life", "seed", "bf16")
+
+
+def without_shipped_generators(cfg: ExperimentConfig) -> ExperimentConfig:
+    """cfg with both generative baselines training their generators in the run (--retrain-generators)."""
+    return dataclasses.replace(cfg, stylegan2=dataclasses.replace(cfg.stylegan2, source_checkpoint=""),
+                               fastgan=dataclasses.replace(cfg.fastgan, init_checkpoint=""))
+
+
+def check_shipped_generators(configs) -> None:
+    """A config that starts A² from the shipped source must keep the quick preset's source-training
+    fields: any other value would change nothing, so it is an error that says to retrain."""
+    changed = []
+    for cfg in configs:
+        if cfg.stylegan2.source_checkpoint != "shipped":
+            continue
+        expected = preset(cfg.data.dataset, cfg.data.ratio, quick=True).stylegan2
+        changed += [f"stylegan2.{name}={getattr(cfg.stylegan2, name)}" for name in SOURCE_TRAINING
+                    if getattr(cfg.stylegan2, name) != getattr(expected, name)]
+    if changed:
+        raise ConfigError(f"A² starts from the shipped source StyleGAN2, so {', '.join(dict.fromkeys(changed))} would "
+                          f"change nothing; add --retrain-generators to train the source with these settings")
 
 
 def _coerce(text: str, kind: Any, key: str) -> Any:
@@ -882,6 +948,13 @@ def _diffaugment_policy(key: str, text: str) -> None:
                           f"{', '.join(POLICIES)}")
 
 
+def _gan_checkpoint(key: str, value: str) -> None:
+    """"" (train in the run), "shipped" (gan/shipped.py, checked against the dataset when resolved) or a file."""
+    if value and value != "shipped" and not Path(value).expanduser().is_file():
+        raise ConfigError(f"{key}={value}: no such file; expected a diffinject GAN checkpoint, 'shipped' or empty "
+                          f"(train in the run)")
+
+
 def _train_data(key: str, value: str) -> None:
     if value == "train":
         return
@@ -946,6 +1019,7 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "lr_gamma": Range(0, 1, low_open=True), "num_bias_models": COUNT, "agreement": COUNT,
         "tau": Range(0, 1, low_open=True, high_open=True), "committee_steps": COUNT,
         "committee_select": OneOf(("valid", "last")), "committee_eval_every": COUNT, "committee_augment": Flag(),
+        "a2_loss": OneOf(("ce", "gce")),
     },
     DiffusionConfig: {
         "preset": Checked(_known_preset), "train_data": Checked(_train_data), "resize": Flag(), "hflip": Flag(),
@@ -967,21 +1041,23 @@ FIELD_RULES: dict[type, dict[str, Any]] = {
         "noise": OneOf(NOISE),
     },
     StyleGAN2Config: {
-        "preset": Checked(_known_gan_preset("stylegan2")), "resize": Flag(), "hflip": Flag(), "batch_size": COUNT,
+        "preset": Checked(_known_gan_preset("stylegan2")), "source_checkpoint": Checked(_gan_checkpoint), "resize": Flag(), "hflip": Flag(), "batch_size": COUNT,
         "num_steps": COUNT, "lr": POSITIVE, "r1_gamma": NON_NEGATIVE, "r1_every": COUNT, "pl_weight": NON_NEGATIVE,
         "pl_every": COUNT, "style_mixing": FRACTION, "ema_half_life": NON_NEGATIVE, "seed": SEED,
-        "adapt_steps": COUNT, "adapt_batch_size": Range(3), "adapt_lr": POSITIVE, "cdc_weight": NON_NEGATIVE,
-        "anchor_count": COUNT, "anchor_std": NON_NEGATIVE, "image_d_every": COUNT, "project_steps": COUNT,
+        "adapt_steps": COUNT, "adapt_batch_size": COUNT, "adapt_lr": POSITIVE, "cdc_weight": NON_NEGATIVE,
+        "cdc_batch_size": Range(3), "anchor_count": COUNT, "anchor_std": NON_NEGATIVE, "image_d_every": COUNT,
+        "adapt_ema_half_life": NON_NEGATIVE, "project_steps": COUNT,
         "project_lr": POSITIVE, "noise_reg_weight": NON_NEGATIVE, "project_batch_size": COUNT,
+        "decode_noise": OneOf(("random", "projected")),
         "distance": OneOf(("lpips_vgg", "mse")), "log_every": COUNT, "checkpoint_every": COUNT,
-        "sample_every": NON_NEGATIVE, "sample_images": COUNT, "bf16": Flag(),
+        "keep_checkpoints": Flag(), "sample_every": NON_NEGATIVE, "sample_images": COUNT, "bf16": Flag(),
     },
     FastGANConfig: {
-        "preset": Checked(_known_gan_preset("fastgan")), "k_per_class": COUNT, "batch_size": COUNT,
+        "preset": Checked(_known_gan_preset("fastgan")), "init_checkpoint": Checked(_gan_checkpoint), "k_per_class": COUNT, "batch_size": COUNT,
         "num_steps": COUNT, "lr": POSITIVE, "beta1": Range(0, 1, high_open=True), "beta2": Range(0, 1, high_open=True),
-        "ema_decay": Range(0, 1, high_open=True), "policy": Checked(_diffaugment_policy),
+        "ema_decay": Range(0, 1, high_open=True), "policy": Checked(_diffaugment_policy), "hflip": Flag(),
         "distance": OneOf(("lpips_vgg", "mse")), "bf16": Flag(), "log_every": COUNT,
-        "checkpoint_every": COUNT, "sample_every": NON_NEGATIVE, "sample_images": COUNT,
+        "checkpoint_every": COUNT, "keep_checkpoints": Flag(), "sample_every": NON_NEGATIVE, "sample_images": COUNT,
     },
     RunConfig: {"seed": SEED, "num_workers": NON_NEGATIVE, "use_gpu": OneOf(("auto", "true", "false")),
                 "max_failures": NON_NEGATIVE, "experiment": Text(), "storage_path": Text()},

@@ -21,14 +21,15 @@ from .ray_train import GENERATOR_FILE, TrainJob, load_topk, run_train_job
 from .tracking import Tracker
 
 # what each generator job trains, for run names and the `stage.algorithm` tag
-ALGORITHMS = {"stylegan2_source": "stylegan2", "stylegan2_adapt": "cdc_adaptation", "fastgan": "fastgan"}
+ALGORITHMS = {"stylegan2_source": "stylegan2", "stylegan2_adapt": "cdc_adaptation", "fastgan": "fastgan",
+              "fastgan_init": "fastgan_starting_points"}
 # the stage-3 run's `stage.algorithm` for each kind
 SYNTHESIS = {"stylegan2_adapt": "a2_projection", "fastgan": "fastgan_sampling"}
 
 
 def generator_steps(cfg: ExperimentConfig, kind: str, classes: int = 1) -> int:
     return {"stylegan2_source": cfg.stylegan2.num_steps, "stylegan2_adapt": cfg.stylegan2.adapt_steps,
-            "fastgan": cfg.fastgan.num_steps * classes}[kind]
+            "fastgan": cfg.fastgan.num_steps * classes, "fastgan_init": cfg.fastgan.num_steps * classes}[kind]
 
 
 def run_generator_training(cfg: ExperimentConfig, kind: str, tracker: Tracker | None = None,
@@ -48,7 +49,8 @@ def run_generator_training(cfg: ExperimentConfig, kind: str, tracker: Tracker | 
     with tracker.ending(run_id):
         job = TrainJob(kind=kind, method="", config=to_dict(cfg), parquet=str(parquet), tracking_uri=tracker.uri,
                        mlflow_run_id=run_id, inputs=dict(inputs or {}), random_lpips_backbone=random_lpips_backbone)
-        classes = len(set(load_topk(Path(inputs["topk"]))["labels"])) if kind == "fastgan" else 1
+        classes = (len(set(load_topk(Path(inputs["topk"]))["labels"])) if kind == "fastgan" else
+                   len(set(load_split(parquet, "train").labels.tolist())) if kind == "fastgan_init" else 1)
         with progress_lines(tracker, run_id, generator_steps(cfg, kind, classes), f"generator ({ALGORITHMS[kind]})"):
             out = run_train_job(job, name=name, output_dir=output_dir)
         metrics = {f"final_{k}": v for k, v in out.metrics.items()

@@ -42,7 +42,7 @@ DIFFUSION_FILE = "diffusion.pt"
 GENERATOR_FILE = "generator.pt"
 # the generator trainings of the GAN stage-3 kinds (synthesis/): A²'s source StyleGAN2 and its CDC
 # adaptation to the top-K set, AmpliBias's FastGAN per class
-GAN_JOBS = ("stylegan2_source", "stylegan2_adapt", "fastgan")
+GAN_JOBS = ("stylegan2_source", "stylegan2_adapt", "fastgan", "fastgan_init")
 KEEP_CHECKPOINTS = 2
 OWNER_FILE = "owner.json"  # in the run folder of a running anonymous job: the host and process running it
 
@@ -204,6 +204,9 @@ def train_generator(job: TrainJob, cfg: ExperimentConfig, ctx: TrainContext):
         from .synthesis.stylegan2_adapt import train_source
 
         return train_source(cfg.stylegan2, load_split(job.parquet, "train").images, ctx, cfg.stylegan2.seed)
+    if job.kind == "fastgan_init":  # per-class starting points: every training image of each class
+        train = load_split(job.parquet, "train")
+        return _train_fastgans(job, cfg, ctx, train.images, train.labels, None)
     topk = load_topk(Path(job.inputs["topk"]))
     if job.kind == "stylegan2_adapt":
         from .gan.checkpoint import read_gan_checkpoint
@@ -211,12 +214,21 @@ def train_generator(job: TrainJob, cfg: ExperimentConfig, ctx: TrainContext):
 
         return adapt(cfg.stylegan2, read_gan_checkpoint(Path(job.inputs["source"]), "stylegan2"), topk["images"], ctx,
                      cfg.run.seed)
+    init = None
+    if "init" in job.inputs:
+        from .gan.checkpoint import read_gan_checkpoint
+
+        init = read_gan_checkpoint(Path(job.inputs["init"]), "fastgan")
+    return _train_fastgans(job, cfg, ctx, topk["images"], topk["labels"], init)
+
+
+def _train_fastgans(job: TrainJob, cfg: ExperimentConfig, ctx: TrainContext, images, labels, init: dict | None):
     from .perceptual import distance_fn
     from .synthesis.fastgan import train_class_generators
 
     distance = distance_fn(cfg.fastgan.distance, random_backbone=job.random_lpips_backbone, device=ctx.device)
-    return train_class_generators(cfg.fastgan, topk["images"], np.asarray(topk["labels"], dtype=np.int64), ctx,
-                                  cfg.run.seed, distance)
+    return train_class_generators(cfg.fastgan, images, np.asarray(labels, dtype=np.int64), ctx, cfg.run.seed,
+                                  distance, init=init)
 
 
 def _to_bytes(write) -> bytes:

@@ -24,11 +24,19 @@ FORMAT = "diffinject-gan/1"
 
 
 def gan_checkpoint_bytes(family: str, preset: str, nets: dict[str, dict[str, torch.Tensor]], step: int,
-                         config: dict, extra: dict | None = None) -> bytes:
+                         config: dict, extra: dict | None = None, dtype: str = "float32") -> bytes:
+    """The file's bytes; `dtype` float16 stores the floating-point tensors at half size (loading
+    casts them back to the module's float32)."""
     get_gan_preset(family, preset)
+    cast = {"float32": torch.float32, "float16": torch.float16}[dtype]
+
+    def stored(v: torch.Tensor) -> torch.Tensor:
+        v = v.detach().cpu()
+        return v.to(cast) if v.is_floating_point() else v
+
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "family": family, "preset": preset,
-                "nets": {name: {k: v.detach().cpu() for k, v in weights.items()} for name, weights in nets.items()},
+                "nets": {name: {k: stored(v) for k, v in weights.items()} for name, weights in nets.items()},
                 "step": int(step), "config": config, "extra": extra or {}}, buffer)
     return buffer.getvalue()
 

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,28 @@ def logistic_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-fake_logits).mean()
 
 
-def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """relu(1 - D(x)) + relu(1 + D(G(z))), averaged."""
-    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+HINGE_MARGIN_LOW, HINGE_MARGIN_SPREAD = 0.8, 0.2  # FastGAN-pytorch train.py: margins uniform in [0.8, 1)
+
+
+def _hinge_margins(logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    draws = torch.rand(logits.shape, generator=generator, dtype=torch.float32)
+    return (HINGE_MARGIN_LOW + HINGE_MARGIN_SPREAD * draws).to(device=logits.device, dtype=logits.dtype)
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor,
+                 generator: torch.Generator | None) -> torch.Tensor:
+    """FastGAN's discriminator hinge loss with random margins, as FastGAN-pytorch train.py's
+    train_d: mean relu(m - D(x)) over the real logits + mean relu(m + D(G(z))) over the fake
+    ones, a margin m ~ U[0.8, 1) for every logit (the paper's Eq. 2 writes the margin 1). The
+    margins are drawn on the CPU from `generator` (None: torch's global generator), the reals'
+    first, so a seeded step draws the same ones."""
+    real_margins = _hinge_margins(real_logits, generator)
+    fake_margins = _hinge_margins(fake_logits, generator)
+    return F.relu(real_margins - real_logits).mean() + F.relu(fake_margins + fake_logits).mean()
 
 
 def hinge_g_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """The generator's hinge loss -D(G(z)), averaged (FastGAN-pytorch train.py: -pred_g.mean())."""
     return -fake_logits.mean()
 
 
@@ -44,15 +60,17 @@ def reconstruction_loss(decoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     `decoded` = the decoders' (whole image, small image, quadrant `part`) reconstructions of the
     real batch `real` (N x 3 x H x W, as the discriminator saw it); the targets are the image,
     the image again (the small image is its half-size resize) and its quadrant, each resized to
-    its decoder's size. `distance(a, b)` gives per-sample distances; the sum over the three
-    decoders of the batch means."""
+    its decoder's size. `distance(a, b)` gives per-sample distances; the loss sums them over the
+    batch, and over the three decoders, as FastGAN-pytorch train.py does
+    (percept(rec_all, ...).sum() + percept(rec_small, ...).sum() + percept(rec_part, ...).sum()):
+    N times a per-sample mean."""
     targets = (real, real, quadrant(real, part))
     total = real.new_zeros(())
     for output, target in zip(decoded, targets):
         if target.shape[-2:] != output.shape[-2:]:
             target = F.interpolate(target, size=output.shape[-2:], mode="bilinear", align_corners=False,
                                    antialias=True)
-        total = total + distance(output.float(), target.float()).mean()
+        total = total + distance(output.float(), target.float()).sum()
     return total
 
 
@@ -77,22 +95,28 @@ def path_length_penalty(images: torch.Tensor, w: torch.Tensor, mean_length: torc
     return (lengths - new_mean).pow(2).mean(), lengths, new_mean
 
 
-def _relative_similarities(features: torch.Tensor) -> torch.Tensor:
-    """N x (N - 1): for each sample, the cosine similarities to every other sample of the batch."""
-    flat = F.normalize(features.flatten(1), dim=1)
-    sim = flat @ flat.t()
-    n = sim.shape[0]
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=sim.device)
-    return sim[off_diagonal].view(n, n - 1)
+def cdc_loss(source_features: Sequence[torch.Tensor], target_features: Sequence[torch.Tensor],
+             layers: Sequence[int]) -> torch.Tensor:
+    """The cross-domain correspondence loss (Ojha et al., 2021) for N >= 3 latents, as
+    few-shot-gan-adaptation train.py computes it: sample i reads the features of generator layer
+    layers[i] (source_features / target_features: one N x ... tensor per layer, the same latents
+    under the source and the adapted generator); its cosine similarities to the other N - 1
+    samples at that layer, softmaxed, give P_src(i) and P_tgt(i); the loss is the reference's
+    nn.KLDivLoss()(log P_tgt, P_src) with its mean reduction, sum_i KL(P_src(i) || P_tgt(i)) /
+    (N (N - 1)). The source side carries no gradient; multiply by the reference's kl_wt (1000)."""
+    n = len(layers)
+    if n < 3:
+        raise ValueError(f"cdc_loss needs a batch of at least 3 latents, got {n}")
 
+    def similarities(features: Sequence[torch.Tensor]) -> torch.Tensor:  # N x (N - 1)
+        rows = []
+        for i, layer in enumerate(layers):
+            flat = F.normalize(features[layer].flatten(1).float(), dim=1)
+            sim = flat @ flat[i]
+            rows.append(torch.cat([sim[:i], sim[i + 1:]]))
+        return torch.stack(rows)
 
-def cdc_loss(source_features: torch.Tensor, target_features: torch.Tensor) -> torch.Tensor:
-    """The cross-domain correspondence loss for one generator layer's features of the same N >= 3
-    latents under the source and the adapted generator: sum over samples of
-    KL(softmax(target similarities) || softmax(source similarities)). The source side carries no
-    gradient; multiply by the paper's weight (1000)."""
-    if source_features.shape[0] < 3:
-        raise ValueError(f"cdc_loss needs a batch of at least 3 latents, got {source_features.shape[0]}")
-    p_source = F.softmax(_relative_similarities(source_features.detach()), dim=1)
-    log_p_target = F.log_softmax(_relative_similarities(target_features), dim=1)
-    return (log_p_target.exp() * (log_p_target - p_source.log())).sum()
+    with torch.no_grad():
+        p_source = F.softmax(similarities(source_features), dim=1)
+    log_p_target = F.log_softmax(similarities(target_features), dim=1)
+    return (p_source * (p_source.log() - log_p_target)).sum() / (n * (n - 1))

@@ -28,7 +28,13 @@ class FastGANPreset:
     nz: int
     ngf: int
     ndf: int
-    sle_span: int = 16  # skip-layer excitation from r to sle_span * r px (FastGAN: 16)
+    sle_span: int = 16  # generator: skip-layer excitation from r to sle_span * r px (FastGAN: 16)
+    # discriminator's big path: excitation from 8 r to r px, for r = 8, 16, 32 where 8 r fits
+    # (FastGAN-pytorch models.py, se_2_16 / se_4_32 / se_8_64: 256 -> 32, 128 -> 16, 64 -> 8 px)
+    d_sle_span: int = 8
+    # the excitation's activation between its two convolutions (gan.fastgan_blocks.SLE_ACTIVATIONS):
+    # "swish" (FastGAN-pytorch models.py, SEBlock) | "leaky_relu" (slope 0.1, the paper's text, Sec. 3.1)
+    sle_activation: str = "swish"
 
 
 def _ladder(resolution: int, widths: dict[int, int]) -> tuple[tuple[int, int], ...]:
@@ -47,15 +53,17 @@ PRESETS: dict[str, dict] = {
         "paper_32": StyleGAN2Preset("paper_32", 32, 512, 512, 8, _ladder(32, _CONFIG_F)),
         "paper_256": StyleGAN2Preset("paper_256", 256, 512, 512, 8, _ladder(256, _CONFIG_F)),
         # the CPU quick run: same structure (mapping, modulated convs, noise, skip toRGB, residual D),
-        # 32 px, widths / 16 and a 2-layer 64-d mapping
-        "quick_32": StyleGAN2Preset("quick_32", 32, 64, 64, 2, _ladder(32, {4: 64, 8: 64, 16: 32, 32: 32})),
+        # 32 px, a 2-layer 64-d mapping and 64 / 32 / 32 / 16 feature maps at 4 / 8 / 16 / 32 px (the
+        # quick run projects 350 originals per seed: the 32 px layer's width sets its cost)
+        "quick_32": StyleGAN2Preset("quick_32", 32, 64, 64, 2, _ladder(32, {4: 64, 8: 32, 16: 32, 32: 16})),
     },
     "fastgan": {
         # FastGAN (Liu et al. 2021) at 256 px, nz 256, ngf = ndf = 64 (AmpliBias trains it at 256)
         "paper_256": FastGANPreset("paper_256", 256, 256, 64, 64),
         # the CPU quick run: 32 px (the digits' own scale), nz 64, ngf = ndf = 4, one skip-layer
-        # excitation, 4 -> 32 (FastGAN's span is 16: 4 -> 64 at the smallest)
-        "quick_32": FastGANPreset("quick_32", 32, 64, 4, 4, sle_span=8),
+        # excitation in G, 4 -> 32 (FastGAN's span is 16: 4 -> 64 at the smallest), and one on D's
+        # big path, 32 -> 8 (FastGAN's span is 8: 64 -> 8 at the smallest)
+        "quick_32": FastGANPreset("quick_32", 32, 64, 4, 4, sle_span=8, d_sle_span=4),
     },
 }
 

@@ -119,8 +119,9 @@ class Generator(nn.Module):
     def synthesis(self, ws: torch.Tensor, noise: list[torch.Tensor] | None = None, noise_mode: str = "random",
                   generator: torch.Generator | None = None, return_features: bool = False):
         """ws: N x num_ws x w_dim -> images N x 3 x R x R (about [-1, 1]); with `return_features`
-        also the feature map of each resolution (4 px first). `noise` (one map per convolution)
-        overrides `noise_mode`."""
+        also the output of every convolution (the 4 px one first, then two per resolution), the
+        feature list few-shot-gan-adaptation's model.py returns for the CDC loss. `noise` (one map
+        per convolution) overrides `noise_mode`."""
         if ws.dim() != 3 or ws.shape[1] != self.num_ws:
             raise ValueError(f"ws must be N x {self.num_ws} x {self.w_dim}, got {tuple(ws.shape)}")
         n = ws.shape[0]
@@ -131,9 +132,10 @@ class Generator(nn.Module):
         for block, to_rgb in enumerate(self.to_rgbs[1:]):
             i = 1 + 2 * block
             x = self.convs[i](x, ws[:, i], noise[i])
-            x = self.convs[i + 1](x, ws[:, i + 1], noise[i + 1])
-            rgb = _upsample(rgb) + to_rgb(x, ws[:, i + 2])
             features.append(x)
+            x = self.convs[i + 1](x, ws[:, i + 1], noise[i + 1])
+            features.append(x)
+            rgb = _upsample(rgb) + to_rgb(x, ws[:, i + 2])
         return (rgb, features) if return_features else rgb
 
     def ws(self, z: torch.Tensor, truncation: float = 1.0, mixing_prob: float = 0.0,

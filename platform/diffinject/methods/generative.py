@@ -9,15 +9,24 @@ training set plus a synthetic set), the synthetic set from a GAN instead of h-sp
 """
 from __future__ import annotations
 
+from ..losses import gce_loss
 from .base import register_method
 from .vanilla import Vanilla
 
 
 @register_method
 class A2(Vanilla):
+    """baselines.a2_loss=gce trains with the generalized cross-entropy (q = baselines.q), as A²'s
+    released 3.training-ours.py does on original + augmented images; ce as every other stage 4."""
     name = "a2"
     needs_synthetic = True
     synthesis = "stylegan2_adapt"
+
+    def update(self, x, y, index):
+        if self.options.get("a2_loss", "ce") == "ce":
+            return super().update(x, y, index)
+        loss = gce_loss(self.nets["model"](x), y, self.options.get("q", 0.7)).mean()
+        return {"loss": self.optimize(self.optimizers["model"], loss)}
 
 
 @register_method

@@ -2,12 +2,19 @@
 per class, trained on that class's top-K bias-conflicting images; a generator's images are
 labelled with its class. Knows nothing of Ray.
 
-Each class trains in turn, in label order: the discriminator on DiffAugment-ed real and fake
-images with the hinge loss plus its decoders' reconstruction loss on the reals, the generator
-with the hinge loss, Adam for both, an EMA of the generator. Every random draw of a step (batch,
-latents, noise maps, augmentation, the decoded quadrant) is seeded by (seed, class, step, rank)
+Each class trains in turn, in label order: the discriminator on DiffAugment-ed real (randomly
+flipped, with fastgan.hflip) and fake images with the hinge loss (random margins in [0.8, 1), as
+FastGAN-pytorch train.py) plus its decoders' reconstruction loss on the reals (summed over the
+batch, as FastGAN-pytorch train.py), the generator with the hinge loss, Adam for both, an EMA of
+the generator. Every random draw of a step (batch, latents, noise maps, the decoded quadrant,
+flips, augmentation, hinge margins) is seeded by (seed, class, step, rank)
 and each class's networks are initialised from (seed, class), so the state at a checkpoint is
 the whole state: a resumed run continues exactly, mid-class or at a class boundary.
+
+With a starting-point file (fastgan.init_checkpoint: per-class G and D, e.g. the quick run's
+shipped FastGANs trained on all of each class's images) each class's G, its EMA and D start from
+that class's networks instead of (seed, class). The written file holds every class's EMA
+generator (`class_<c>`) and discriminator (`class_<c>_discriminator`), so it can start another.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..config import FastGANConfig
+from ..diffusion.checkpoint import load_strict
 from ..diffusion.pixels import to_model_pixels, to_uint8
 from ..errors import CheckpointError, ConfigError, DataError, TrainingError
 from ..gan.checkpoint import gan_checkpoint_bytes, load_net, read_gan_checkpoint
@@ -82,12 +90,20 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
         averaged.copy_(current)
 
 
+def random_hflip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image of an N x C x H x W batch mirrored left-right with probability 1/2, one draw
+    per image from `generator` (on the CPU), as FastGAN-pytorch train.py's RandomHorizontalFlip."""
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
 @torch.no_grad()
 def sample_class_images(generators: dict[int, Generator], counts: dict[int, int], seeds: np.ndarray, out_size: int,
                         batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """counts[c] images of each class c (in label order), labelled c: image i comes from the
-    latent and noise maps drawn from seeds[i] alone, so it is the same whatever the batching;
-    resized (antialiased) to out_size. The generators are put in eval mode."""
+    latent and noise maps (one per noise injection, Generator.noise_shapes) drawn from seeds[i]
+    alone, so it is the same whatever the batching; resized (antialiased) to out_size. The
+    generators are put in eval mode."""
     seeds = np.asarray(seeds, dtype=np.int64)
     total = sum(counts.values())
     if seeds.shape != (total,):
@@ -120,11 +136,30 @@ def load_class_generators(path: Path) -> dict[int, Generator]:
     preset = get_gan_preset("fastgan", payload["preset"])
     generators = {}
     for name in payload["nets"]:
-        match = re.fullmatch(r"class_(\d+)", name)
+        match = re.fullmatch(r"class_(\d+)(_discriminator)?", name)
         if match is None:
-            raise CheckpointError(f"{path} has a network {name!r}; a FastGAN checkpoint names them class_<label>")
-        generators[int(match[1])] = load_net(Generator(preset), payload, name, path)
+            raise CheckpointError(f"{path} has a network {name!r}; a FastGAN checkpoint names them class_<label> "
+                                  f"(and class_<label>_discriminator)")
+        if match[2] is None:
+            generators[int(match[1])] = load_net(Generator(preset), payload, name, path)
+    if not generators:
+        raise CheckpointError(f"{path} holds no FastGAN generator (no class_<label> network)")
     return dict(sorted(generators.items()))
+
+
+def start_from(init: dict, c: int, G: Generator, ema: Generator, D: Discriminator) -> None:
+    """G and its EMA from the starting-point file's class-c generator, D from its discriminator
+    (strictly: the file must be of the run's preset and hold both networks of class c)."""
+    where = f"fastgan.init_checkpoint ({init['preset']})"
+    if init["preset"] != G.preset.name:
+        raise CheckpointError(f"{where} holds {init['preset']} FastGANs; the config's preset is {G.preset.name}")
+    for name in (f"class_{c}", f"class_{c}_discriminator"):
+        if name not in init["nets"]:
+            raise CheckpointError(f"{where} has no network {name!r}: it does not start class {c} (it has "
+                                  f"{', '.join(init['nets'])})")
+    load_strict(G, init["nets"][f"class_{c}"], f"{where}, class {c} generator")
+    load_strict(ema, init["nets"][f"class_{c}"], f"{where}, class {c} generator")
+    load_strict(D, init["nets"][f"class_{c}_discriminator"], f"{where}, class {c} discriminator")
 
 
 def _sample_grid(ema: Generator, cfg: FastGANConfig, seed: int, c: int) -> np.ndarray:
@@ -135,13 +170,16 @@ def _sample_grid(ema: Generator, cfg: FastGANConfig, seed: int, c: int) -> np.nd
 
 
 def _train_class(cfg: FastGANConfig, preset: FastGANPreset, images: np.ndarray, c: int, index: int,
-                 ctx: TrainContext, seed: int, distance: Distance, finished: dict[int, dict]
-                 ) -> tuple[Generator, dict[str, float]]:
+                 ctx: TrainContext, seed: int, distance: Distance, finished: dict[int, dict], init: dict | None,
+                 kept: dict[int, dict]) -> tuple[Generator, Discriminator, dict[str, float]]:
     device = ctx.device
     class_seed = hash((seed, c)) & SEED_MASK
     seed_everything(class_seed)
-    G, D = Generator(preset).to(device), Discriminator(preset).to(device)
-    ema = copy.deepcopy(G).eval().requires_grad_(False)
+    G, D = Generator(preset), Discriminator(preset)
+    ema = copy.deepcopy(G)
+    if init is not None:
+        start_from(init, c, G, ema, D)
+    G, D, ema = G.to(device), D.to(device), ema.to(device).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     step, resume = 0, ctx.resume_state
@@ -171,6 +209,8 @@ def _train_class(cfg: FastGANConfig, preset: FastGANPreset, images: np.ndarray, 
         real = to_model_pixels(images[idx], preset.resolution, device)
         z, noise = G.random_inputs(len(idx), generator, device)
         part = int(torch.randint(QUADRANTS, (1,), generator=generator))
+        if cfg.hflip:
+            real = random_hflip(real, generator)
         with autocast():
             fake = g_model(z, noise)
         real = diff_augment(real, cfg.policy, generator)
@@ -179,8 +219,10 @@ def _train_class(cfg: FastGANConfig, preset: FastGANPreset, images: np.ndarray, 
         with autocast():
             real_logits, decoded = d_model(real, "real", part)
             fake_logits = d_model(tuple(image.detach() for image in fake), "fake")
-        recon = reconstruction_loss(decoded, real, part, distance)
-        d_loss = hinge_d_loss(real_logits.float(), fake_logits.float()) + recon
+        # summed over this rank's images; DDP averages the gradients over the ranks, so x world_size
+        # keeps it the sum over the global batch
+        recon = reconstruction_loss(decoded, real, part, distance) * ctx.world_size
+        d_loss = hinge_d_loss(real_logits.float(), fake_logits.float(), generator) + recon
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
@@ -216,38 +258,60 @@ def _train_class(cfg: FastGANConfig, preset: FastGANPreset, images: np.ndarray, 
             ctx.log_artifact(f"class_{c}_step_{step:07d}.png", png_bytes(grid, scale=max(1, 128 // preset.resolution)),
                              "samples")
         if step % cfg.checkpoint_every == 0 or step == cfg.num_steps:
-            done = {c: ema.state_dict()} if step == cfg.num_steps else {}
+            if cfg.keep_checkpoints and ctx.rank == 0:
+                kept.setdefault(step, {})[c] = _class_nets(ema, D)
+            done = {c: _class_nets(ema, D)} if step == cfg.num_steps else {}
             state = {"class_index": index, "step": step, "generator": G.state_dict(),
                      "discriminator": D.state_dict(), "ema": ema.state_dict(), "optimizer_g": opt_g.state_dict(),
                      "optimizer_d": opt_d.state_dict(), "finished": {**finished, **done}}
             ctx.report({**metrics, "step": global_step}, state)
-    return ema, metrics
+    return ema, D, metrics
+
+
+def _class_nets(ema: Generator, D: Discriminator) -> dict[str, dict]:
+    return {"generator": copy.deepcopy(ema.state_dict()), "discriminator": copy.deepcopy(D.state_dict())}
 
 
 def train_class_generators(cfg: FastGANConfig, images: np.ndarray, labels: np.ndarray, ctx: TrainContext, seed: int,
-                           distance: Distance) -> FastGANResult:
+                           distance: Distance, init: dict | None = None) -> FastGANResult:
     """One FastGAN per class present in `labels`, cfg.num_steps each, on uint8 `images`
     (N x H x W x 3, resized to the preset). `distance(a, b)`: per-sample distances of [-1, 1]
-    image batches, the decoders' reconstruction distance (cfg.distance names it)."""
+    image batches, the decoders' reconstruction distance (cfg.distance names it). `init`: a
+    read_gan_checkpoint payload of per-class starting points (G and D of every class trained).
+    With cfg.keep_checkpoints, every checkpoint_every-th step's networks of all classes are one
+    MLflow artifact `checkpoints/step_NNNNNNN.pt` at the end (the steps every class reached in
+    this process: a run resumed mid-way keeps the steps of the classes it trained)."""
     preset = get_gan_preset("fastgan", cfg.preset)
     check_training_data(images, labels)
     if cfg.batch_size < ctx.world_size:
         raise ConfigError(f"fastgan.batch_size {cfg.batch_size} is smaller than the {ctx.world_size} workers; "
                           f"each needs at least one image a step")
     classes = sorted(int(c) for c in np.unique(labels))
-    finished = {int(c): weights for c, weights in (ctx.resume_state or {}).get("finished", {}).items()}
+    finished = {int(c): nets for c, nets in (ctx.resume_state or {}).get("finished", {}).items()}
+    nets: dict[int, dict] = {}
     generators: dict[int, Generator] = {}
+    kept: dict[int, dict] = {}
     metrics: dict[str, float] = {}
     for index, c in enumerate(classes):
-        if c in finished:
-            generators[c] = Generator(preset).to(ctx.device)
-            generators[c].load_state_dict(finished[c])
-            generators[c].eval().requires_grad_(False)
-            continue
-        generators[c], metrics = _train_class(cfg, preset, images[labels == c], c, index, ctx, seed, distance,
-                                              finished)
-        finished[c] = generators[c].state_dict()
+        if c not in finished:
+            ema, D, metrics = _train_class(cfg, preset, images[labels == c], c, index, ctx, seed, distance, finished,
+                                           init, kept)
+            finished[c] = _class_nets(ema, D)
+        generators[c] = Generator(preset).to(ctx.device)
+        generators[c].load_state_dict(finished[c]["generator"])
+        generators[c].eval().requires_grad_(False)
     step = len(classes) * cfg.num_steps
-    checkpoint = gan_checkpoint_bytes("fastgan", preset.name, {f"class_{c}": g.state_dict() for c, g in generators.items()},
-                                      step, asdict(cfg))
+    for at, by_class in sorted(kept.items()):
+        if set(by_class) == set(classes):
+            ctx.log_artifact(f"step_{at:07d}.pt", _checkpoint(preset, by_class, at, cfg), "checkpoints")
+    checkpoint = _checkpoint(preset, finished, cfg.num_steps, cfg)
     return FastGANResult(generators=generators, step=step, metrics={**metrics, "step": step}, checkpoint=checkpoint)
+
+
+def _checkpoint(preset: FastGANPreset, by_class: dict[int, dict], step: int, cfg: FastGANConfig) -> bytes:
+    """A FastGAN file: each class's EMA generator and discriminator; `step` per class."""
+    nets = {}
+    for c in sorted(by_class):
+        nets[f"class_{c}"] = by_class[c]["generator"]
+        nets[f"class_{c}_discriminator"] = by_class[c]["discriminator"]
+    return gan_checkpoint_bytes("fastgan", preset.name, nets, step, asdict(cfg))
