@@ -126,6 +126,17 @@ class Averages:
         return {k: float(t[0] / t[1]) for k, t in zip(keys, totals)}
 
 
+def path_length_step(G: Generator, opt_g: torch.optim.Optimizer, cfg: StyleGAN2Config, n: int, pl_mean: torch.Tensor,
+                     gen: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lazy path-length regularisation of G on n / 2 fresh mixed latents, weighted by the
+    interval: (the penalty, the new running mean of the lengths)."""
+    z = _randn(max(1, n // 2), G.z_dim, gen, device)
+    fake, ws = G(z, mixing_prob=cfg.style_mixing, generator=gen, return_ws=True)
+    pl, _, pl_mean = path_length_penalty(fake, ws, pl_mean, generator=gen)
+    optimizer_step(opt_g, cfg.pl_weight * pl * cfg.pl_every, G)
+    return pl, pl_mean.detach()
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
     """ema <- beta ema + (1 - beta) model for parameters (rosinality's accumulate); buffers copied."""
@@ -195,11 +206,7 @@ def train_source(cfg: StyleGAN2Config, images: np.ndarray, ctx: TrainContext, se
         check_finite({"generator loss": float(g_loss.detach())}, step, ctx, device)
         optimizer_step(opt_g, g_loss, G)
         if cfg.pl_weight > 0 and step % cfg.pl_every == 0:
-            z = _randn(max(1, n // 2), preset.z_dim, gen, device)
-            fake, ws = G(z, mixing_prob=cfg.style_mixing, generator=gen, return_ws=True)
-            pl, _, pl_mean = path_length_penalty(fake, ws, pl_mean, generator=gen)
-            pl_mean = pl_mean.detach()
-            optimizer_step(opt_g, cfg.pl_weight * pl * cfg.pl_every, G)
+            pl, pl_mean = path_length_step(G, opt_g, cfg, n, pl_mean, gen, device)
 
         D.requires_grad_(True)
         with torch.no_grad(), autocast():
@@ -340,11 +347,7 @@ def adapt(cfg: StyleGAN2Config, source_payload: dict, topk_images: np.ndarray, c
         check_finite({"generator loss": float(g_loss.detach())}, step, ctx, device)
         optimizer_step(opt_g, g_loss, G)
         if cfg.pl_weight > 0 and step % cfg.pl_every == 0:
-            z = _randn(max(1, n // 2), preset.z_dim, gen, device)
-            fake, ws = G(z, mixing_prob=cfg.style_mixing, generator=gen, return_ws=True)
-            pl, _, pl_mean = path_length_penalty(fake, ws, pl_mean, generator=gen)
-            pl_mean = pl_mean.detach()
-            optimizer_step(opt_g, cfg.pl_weight * pl * cfg.pl_every, G)
+            pl, pl_mean = path_length_step(G, opt_g, cfg, n, pl_mean, gen, device)
         D.requires_grad_(True)
         update_ema(G_ema, G, beta)
         step += 1
