@@ -48,6 +48,7 @@ runs under its key's lock, so a RUNNING run of that key found then is one whose 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,17 @@ STYLEGAN2_ADAPT = ("adapt_steps", "adapt_batch_size", "adapt_lr", "cdc_weight", 
                    "anchor_std", "image_d_every", "adapt_ema_half_life")
 STYLEGAN2_PROJECT = ("project_steps", "project_lr", "noise_reg_weight", "project_batch_size", "distance",
                      "decode_noise")
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a given generator file, once per version of it (each cell's keys read it again)."""
+    return file_digest(path)
+
+
+def given_digest(path: Path) -> str:
+    stat = path.stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
 
 
 def given_source(cfg: ExperimentConfig) -> Path | None:
@@ -155,7 +167,7 @@ class CellRunner:
     def stylegan2_source_material(self, cfg: ExperimentConfig) -> dict:
         given = given_source(cfg)
         if given is not None:
-            return {"checkpoint_sha256": file_digest(given), "preset": cfg.stylegan2.preset}
+            return {"checkpoint_sha256": given_digest(given), "preset": cfg.stylegan2.preset}
         return {"data": self._fingerprint(cfg), "dataset": cfg.data.dataset, "ratio": cfg.data.ratio,
                 "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT
                                      + ("source_checkpoint",)),
@@ -172,7 +184,7 @@ class CellRunner:
         init = given_fastgan_init(cfg)
         return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
                 "fastgan": _fields(cfg.fastgan, drop=GAN_LOGGING + ("k_per_class", "init_checkpoint")),
-                "init_sha256": file_digest(init) if init is not None else "", "seed": cfg.run.seed,
+                "init_sha256": given_digest(init) if init is not None else "", "seed": cfg.run.seed,
                 "numerics": self._training_numerics(cfg, cfg.fastgan.bf16)}
 
     def stage3_material(self, cfg: ExperimentConfig, method: str = "diffinject") -> dict:

@@ -74,15 +74,15 @@ def measure(cfg: ExperimentConfig, checkpoints: list[Path], seeds: list[int], ca
     train = load_split(dataset_folder(cfg), "train")
     # the dataset's scoring oracles (one pair for every checkpoint and seed), read once
     oracles = load_oracles(CellRunner(cache, tracker, {}).oracles(cfg).path / ORACLE_FILE)
+    gan = method in GAN_CHECKPOINT_FIELDS
+    shares = SHARES[:3] if gan else SHARES  # the labellings are DiffInject's choice
     for path in checkpoints:
-        gan = method in GAN_CHECKPOINT_FIELDS
         runner = CellRunner(cache, tracker, {} if gan else {cfg.data.dataset: str(path)})
         for seed in seeds:
             seeded = with_seed(with_checkpoint(cfg, method, path) if gan else cfg, seed)
             synthetic = runner.synthetic_stages(seeded, method, None)[-1]
             # scored again: a set built before a share existed has it too
             report = score_folder(oracles, train, synthetic.path / "synthetic")
-            shares = SHARES if not gan else SHARES[:3]  # the labellings are DiffInject's choice
             point = QualityPoint(str(path), steps[path], seed,
                                  {k: float(report[k]) if k in shares else np.nan for k in SHARES})
             points.append(point)
