@@ -48,7 +48,7 @@ from diffinject.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray
 from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
-from diffinject.ray_train import resolve_use_gpu
+from diffinject.ray_cluster import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
 from diffinject.tracking import Tracker
 
 QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
@@ -172,12 +172,15 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         if get_method(args.method).needs_synthetic:
             check_settings_against_data(base, axes, settings, args.method)
         ensure_ray()
-        resolve_use_gpu(base.run.use_gpu)
-        import ray
+        for line in check_shared_services(Tracker().uri, [base.run.storage_path]):
+            print(line, flush=True)
+        capacity = gpu_capacity()
+        on_gpu, gpu_line = decide_gpu_use([base], capacity)  # once: no job decides again
+        from diffinject.ray_cells import RunnerSpec, default_num_workers, threads_per_cell
 
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        base.run.num_workers = args.num_workers if args.num_workers is not None else int(gpus > 0)
-        parallel = args.parallel or max(1, gpus)
+        base.run.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(on_gpu)
+        parallel = args.parallel or (max(1, capacity["alive"] + capacity["scalable"]) if on_gpu else 1)
+        print(f"{gpu_line}; {base.run.num_workers or 'no'} Ray Train worker(s) per training", flush=True)
         record = sweep_record(args, axes, base, seeds)
         held.enter_context(exclusive(tune_path.with_name(f"{experiment}.lock"), f"sweep of experiment {experiment!r}"))
         if args.fresh and tune_path.exists():
@@ -187,12 +190,15 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         with atomic_file(record_path) as handle:
             json.dump(record, handle, indent=1)
 
-        from diffinject.ray_cells import RunnerSpec, threads_per_cell
+        from diffinject.ray_cluster import node_id
         from diffinject.ray_tune import Sweep, run_sweep
 
         tracker = Tracker()
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
-        sweep = Sweep(spec, base, axes, args.method, seeds, threads_per_cell(parallel))
+        sweep = Sweep(spec, base, axes, args.method, seeds, threads_per_cell(parallel), node_id())
+        if on_gpu:
+            held.callback(request_gpu_nodes, 0)  # withdrawn at the end: idle GPU nodes go after the idle timeout
+            request_gpu_nodes(parallel)
         what = f"{len(settings)} settings (grid)" if settings is not None else f"{args.samples} Optuna trials"
         print(f"{args.method} on {args.dataset} {base.data.ratio}%: {what} x {len(seeds)} seeds, "
               f"{parallel} at a time; artifacts in {args.artifact_root}; Tune state in {tune_path}", flush=True)

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 from diffinject.arguments import ArgumentParser
-from diffinject.artifacts import artifact_key, is_remote
+from diffinject.artifacts import artifact_key
 from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.config import (COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides,
                                check_options, check_shipped_generators, preset, without_shipped_generators)
@@ -34,7 +34,7 @@ from diffinject.methods import get_method, table_methods
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray, with_seed
 from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
 from diffinject.progress import Progress
-from diffinject.ray_train import resolve_use_gpu
+from diffinject.ray_cluster import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
 from diffinject.report import Table1
 from diffinject.tracking import Tracker
 
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     sigterm_as_interrupt()
     experiment = args.experiment or ("table1-quick" if args.quick else "table1")
     started_ms = int(time.time() * 1000)
-    progress = None
+    progress, requested_gpus = None, False
     try:
         check_options(args, {"seeds": SEED, "num_workers": NON_NEGATIVE, "parallel": COUNT})
         datasets = distinct(args.datasets or ([QUICK_DATASET] if args.quick else list(PAPER_DATASETS)), "--datasets")
@@ -123,23 +123,22 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 dataset_folder(cfg)
         ensure_ray()
-        for cfg in configs:
-            resolve_use_gpu(cfg.run.use_gpu)
-        import ray
-
-        gpus = int(ray.cluster_resources().get("GPU", 0))
-        for cfg in configs:  # one GPU worker per training on a GPU cluster, in-process on CPUs
-            cfg.run.num_workers = args.num_workers if args.num_workers is not None else int(gpus > 0)
-        from diffinject.ray_cells import RunnerSpec, default_parallel, in_job_order, run_cells
-
         tracker = Tracker()
+        for line in check_shared_services(tracker.uri, [cfg.run.storage_path for cfg in configs]):
+            print(line, flush=True)
+        capacity = gpu_capacity()
+        on_gpu, gpu_line = decide_gpu_use(configs, capacity)  # once: no job decides again
+        from diffinject.ray_cells import RunnerSpec, default_num_workers, default_parallel, in_job_order, run_cells
+
+        for cfg in configs:
+            cfg.run.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(on_gpu)
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)
         jobs = cell_jobs(configs, seeds, methods)
-        parallel = args.parallel or default_parallel(gpus, args.quick)
-        if parallel > 1 and not is_remote(args.artifact_root) and len([n for n in ray.nodes() if n["Alive"]]) > 1:
-            print(f"warning: cells run on several nodes, but --artifact-root {args.artifact_root} is a local folder: "
-                  f"give a shared one (s3://..., or a path every node mounts) so they find each other's stages",
-                  flush=True)
+        parallel = args.parallel or default_parallel(on_gpu, capacity, args.quick)
+        if on_gpu:
+            requested_gpus = True
+            request_gpu_nodes(min(parallel, len(jobs)))  # the autoscaler starts them now, not job by job
+        print(f"{gpu_line}; {configs[0].run.num_workers or 'no'} Ray Train worker(s) per training", flush=True)
         print(f"{len(jobs)} cells ({len(methods)} methods x {len(configs)} dataset/ratio x {len(seeds)} seeds), "
               f"{parallel} at a time; artifacts in {args.artifact_root}", flush=True)
         progress = Progress(len(jobs), methods=[method for _, method in jobs], parallel=parallel)
@@ -165,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if progress:
             progress.close()
-    paths = write_outputs(table, results, Path(args.out), experiment, len(seeds), tracker)
+        if requested_gpus:  # withdrawn, so that idle GPU nodes go after the cluster's idle timeout
+            request_gpu_nodes(0)
+    paths = write_outputs(table, results, Path(args.out), experiment, len(seeds), tracker,
+                          configs[0].run.use_gpu)
     summary = ", ".join(f"{s} x{n}" for (s, h), n in sorted(built.items()) if h == "built" and n) or "nothing"
     print(f"\nthis run built: {summary}; {sum(r.cached for r in results)} of {len(results)} cells came from the cache")
     print(f"table: {paths['md']} (+ {paths['csv'].name}, {paths['png'].name})   MLflow: {tracker.uri} "
@@ -191,7 +193,7 @@ def add_precision_row(table: Table1, runner, stage1_cfgs: list, progress: Progre
 
 
 def write_outputs(table: Table1, results: list[CellResult], out: Path, experiment: str, seeds: int,
-                  tracker: Tracker) -> dict:
+                  tracker: Tracker, use_gpu: str) -> dict:
     """Print the table; write Markdown, CSV and the bar chart; log them to an MLflow `table` run."""
     from diffinject.atomic import atomic_file
     from diffinject.notes import table_note
@@ -214,7 +216,8 @@ def write_outputs(table: Table1, results: list[CellResult], out: Path, experimen
     exp = tracker.experiment(experiment)
     run_id = tracker.start_run(exp, f"{experiment} table", {"diffinject.role": "table", "cells": len(results),
                                                             "protocol": table.protocol,
-                                                            "baselines": table.baselines})
+                                                            "baselines": table.baselines,
+                                                            "run.use_gpu": use_gpu})
     tracker.log_metrics(run_id, table.metrics())
     tracker.describe(run_id, table_note(table, text, results, exp))
     for path in (md, csv_path, png, runs):

@@ -372,3 +372,23 @@ def test_a2_trains_its_final_classifier_with_the_loss_its_protocol_names(a2_loss
     assert abs(stats["loss"] - float(other)) > 1e-3
     assert preset("colored_mnist_5k", "1", baselines="reference").baselines.a2_loss == "gce"
     assert preset("colored_mnist_5k", "1", baselines="uniform").baselines.a2_loss == "ce"
+
+
+@pytest.mark.parametrize("name", [m for m in table_methods() if not get_method(m).needs_synthetic])
+def test_every_method_trains_under_distributed_data_parallel(name, tmp_path):
+    """A Ray Train worker (one per GPU training by default) wraps the networks in DDP, which stops
+    at the first step on a parameter that gets no gradient (DisEnt's encoders once kept their
+    unused last layers). A one-process gloo group is enough to catch that. (The methods on
+    synthetic data train as Vanilla does.)"""
+    import torch.distributed as dist
+
+    data = _tiny_data()
+    method, clf = _method(name, data, steps=4)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ctx = TrainContext()
+        method.prepare(data, ctx, 0)
+        fit(method, data, clf, ctx, seed=0)
+        assert all(type(net).__name__ == "DistributedDataParallel" for net in method.nets.values())
+    finally:
+        dist.destroy_process_group()

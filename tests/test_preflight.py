@@ -169,7 +169,7 @@ def test_a_refused_database_host_fails_at_once():
 # --- GPU requests ----------------------------------------------------------------------------
 
 def test_a_gpu_request_on_a_cpu_cluster_is_refused(ray_session):
-    from diffinject.ray_train import resolve_use_gpu
+    from diffinject.ray_cluster import resolve_use_gpu
 
     assert resolve_use_gpu("auto") is False and resolve_use_gpu("false") is False
     with pytest.raises(ConfigError, match="run.use_gpu=true, but the Ray cluster has no GPUs"):

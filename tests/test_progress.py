@@ -58,7 +58,12 @@ def test_results_are_taken_in_job_order_whatever_order_the_cells_finished_in():
 
 
 def test_a_quick_table_on_cpus_runs_one_cell_per_cpu_by_default(ray_session):
-    from diffinject.ray_cells import default_parallel
+    from diffinject.ray_cells import default_num_workers, default_parallel
 
-    assert default_parallel(0, quick=True) == 2  # the test session's Ray has 2 CPUs
-    assert default_parallel(0, quick=False) == 1 and default_parallel(4, quick=True) == 4
+    none = {"alive": 0, "scalable": 0}
+    assert default_parallel(False, none, quick=True) == 2  # the test session's Ray has 2 CPUs
+    assert default_parallel(False, none, quick=False) == 1
+    # one cell per GPU the cluster has or its autoscaler may add
+    assert default_parallel(True, {"alive": 1, "scalable": 3}, quick=True) == 4
+    # trainings in the cell's process on a single node with CPUs; one Ray Train worker on GPUs
+    assert default_num_workers(False) == 0 and default_num_workers(True) == 1

@@ -129,3 +129,18 @@ def test_two_processes_creating_a_new_store_at_once_both_succeed(tmp_path):
     for process in processes:
         process.join()
     assert failures == [[], []]
+
+
+def test_an_experiment_another_cell_creates_meanwhile_is_used(tracker, monkeypatch):
+    """Cells in parallel on a fresh tracking server: both find no experiment, one creates it,
+    the other's create fails (RESOURCE_ALREADY_EXISTS) and must use the one that now exists."""
+    other = Tracker(tracker.uri)
+    made = other.experiment("table1")
+    real, calls = tracker.client.get_experiment_by_name, []
+
+    def lookup(name):  # the first look-up ran before the other cell created it
+        calls.append(name)
+        return None if len(calls) == 1 else real(name)
+
+    monkeypatch.setattr(tracker.client, "get_experiment_by_name", lookup)
+    assert tracker.experiment("table1") == made

@@ -66,7 +66,8 @@ from .pipeline import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_f
                        run_cell, run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
 from .quality.oracles import QualityConfig
 from .quality.report import PREFIX as QUALITY_PREFIX
-from .ray_train import DIFFUSION_FILE, GENERATOR_FILE, resolve_use_gpu
+from .ray_cluster import resolve_use_gpu
+from .ray_train import DIFFUSION_FILE, GENERATOR_FILE
 from .tracking import Tracker
 
 # DiffusionConfig fields that change what is logged, never the weights

@@ -38,7 +38,7 @@ def _training_config(args: argparse.Namespace):
 def _start_ray(cfg) -> None:
     """Join or start Ray; refuse run.use_gpu=true at once on a cluster without GPUs."""
     from .pipeline import ensure_ray
-    from .ray_train import resolve_use_gpu
+    from .ray_cluster import resolve_use_gpu
 
     ensure_ray()
     resolve_use_gpu(cfg.run.use_gpu)

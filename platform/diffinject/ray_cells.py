@@ -2,17 +2,16 @@
 
 Each cell is a Ray task that reserves nothing itself (num_cpus=0): the trainings and the
 injection job it starts reserve the CPUs and GPUs they need, so cells share the cluster
-through their jobs, and at most `parallel` cells are in flight. Shared stages (a dataset's
+through their jobs, and at most `parallel` cells are in flight. Cells run on the driver's node:
+they read what the driver was given (the data root, checkpoint files, a local artifact root),
+and their jobs' workers, on any node, get their inputs through ray_shipping. Shared stages (a dataset's
 diffusion model, a (dataset, ratio, seed)'s bias classifier) are built once: cells exclude
 each other per artifact key with the cache's file locks, or, for a remote cache root that
-several nodes share, with a named lock actor.
+several drivers may share, with the cluster's leased locks (ray_locks).
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,40 +21,9 @@ from .artifacts import ArtifactCache, is_remote
 from .cells import CellResult, CellRunner
 from .config import ExperimentConfig
 from .errors import DiffInjectError
+from .ray_cluster import alive_nodes, node_cpus, node_id, on_node
+from .ray_locks import cluster_lock
 from .tracking import Tracker, run_source
-
-LOCK_ACTOR = "diffinject-artifact-locks"
-
-
-@ray.remote(num_cpus=0)
-class KeyLocks:
-    """Cluster-wide exclusive locks by name (for artifact roots that many nodes share)."""
-
-    def __init__(self):
-        self.owners: dict[str, str] = {}
-
-    def try_acquire(self, name: str, owner: str) -> bool:
-        if self.owners.get(name, owner) != owner:
-            return False
-        self.owners[name] = owner
-        return True
-
-    def release(self, name: str, owner: str) -> None:
-        if self.owners.get(name) == owner:
-            del self.owners[name]
-
-
-@contextlib.contextmanager
-def cluster_lock(name: str, poll_s: float = 1.0):
-    locks = KeyLocks.options(name=LOCK_ACTOR, get_if_exists=True).remote()
-    owner = uuid.uuid4().hex
-    while not ray.get(locks.try_acquire.remote(name, owner)):
-        time.sleep(poll_s)
-    try:
-        yield
-    finally:
-        ray.get(locks.release.remote(name, owner))
-
 
 @dataclass
 class RunnerSpec:
@@ -87,17 +55,23 @@ def cell_task(spec: RunnerSpec, cfg: ExperimentConfig, method: str, torch_thread
 
 
 def threads_per_cell(parallel: int) -> int:
-    """Torch threads for each of `parallel` cells sharing the cluster's CPUs."""
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, parallel))
+    """Torch threads for each of `parallel` cells sharing the CPUs of this (the driver's) node."""
+    return max(1, node_cpus(node_id()) // max(1, parallel))
 
 
-def default_parallel(gpus: int, quick: bool) -> int:
-    """Cells in flight by default: one per GPU; on a CPU cluster, for the quick preset's small
-    models, one per CPU with one torch thread each (faster than one cell on every thread:
-    bench/cell_parallel.py), else one."""
-    if gpus:
-        return gpus
+def default_parallel(on_gpu: bool, capacity: dict, quick: bool) -> int:
+    """Cells in flight by default: one per GPU the cluster has or can add; on CPUs, for the quick
+    preset's small models, one per CPU of the cluster with one torch thread each (faster than
+    one cell on every thread: bench/cell_parallel.py), else one."""
+    if on_gpu:
+        return max(1, capacity["alive"] + capacity["scalable"])
     return max(1, int(ray.cluster_resources().get("CPU", 1))) if quick else 1
+
+
+def default_num_workers(on_gpu: bool) -> int:
+    """Ray Train workers per training by default: one (on a GPU, or on a node other than the
+    driver's); 0 (the loop in the cell's own process) only on a single CPU node that offers CPUs."""
+    return int(on_gpu or alive_nodes() > 1 or node_cpus(node_id()) == 0)
 
 
 def in_job_order(results: list[CellResult], jobs: list[tuple[ExperimentConfig, str]]) -> list[CellResult]:
@@ -121,10 +95,11 @@ def run_cells(spec: RunnerSpec, jobs: list[tuple[ExperimentConfig, str]], parall
         return results
     pending, in_flight, error = list(jobs), {}, None
     threads = threads_per_cell(parallel)
+    here = on_node(node_id())
     while pending or in_flight:
         while pending and len(in_flight) < parallel and error is None:
             cfg, method = pending.pop(0)
-            in_flight[cell_task.remote(spec, cfg, method, threads)] = (cfg, method)
+            in_flight[cell_task.options(scheduling_strategy=here).remote(spec, cfg, method, threads)] = (cfg, method)
         if not in_flight:
             break
         done, _ = ray.wait(list(in_flight), num_returns=1)

@@ -4,7 +4,7 @@
       -> ray.data.from_arrow(one block per batch of pairs)
       -> map_batches(InjectorActor, compute=ActorPoolStrategy(size=n), num_gpus=1 if GPUs)
          (each actor loads the checkpoint and inverts the contents once, in __init__; each
-          batch writes its own part file OUT/_parts/part-<first pair_id>-<uuid>.parquet)
+          batch's rows come back to the caller, which writes OUT/_parts/part-<first pair_id>-<uuid>.parquet)
       -> synthetic.finalize(OUT): every pair_id exactly once, train-*.parquet + _SUCCESS.json
 
 Where a CPU cluster would give the job a single actor (and no fault drill or actor count is
@@ -17,8 +17,9 @@ pair_ids missing from `OUT/_parts` (parts of a different job there are discarded
 retries its batch (Ray 2.60 defaults `max_restarts=-1`, `max_task_retries=-1` for actor
 pools); a pair written twice by a retried batch is kept once by `finalize`.
 
-Actors write the part files themselves, so on a multi-node cluster `out_dir` (and the
-checkpoint path) must be on storage that every node sees.
+Actors may run on any node: the checkpoint reaches them through ray_shipping, the arrays through
+the object store, and each batch's rows come back to the calling process, which writes the part
+files; `out_dir` is on its disk only.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from .data.parquet import MARKER
 from .errors import ConfigError
 from .inject.manifest import MANIFEST_SCHEMA
 from .inject.synthetic import PARTS, batch_table, checkpoint_hash, finalize, provenance, write_part, written_pair_ids
-from .ray_train import resolve_use_gpu
+from .ray_cluster import fake_gpus, node_cpus, node_id, resolve_use_gpu
+from .ray_shipping import receive, ship
 
 JOB_FILE = "_job.json"
 AUTO_BLOCK_PAIRS = 1024  # manifest rows per Ray block when the engine sizes its own passes (batch_size 0)
@@ -49,8 +51,8 @@ AUTO_BLOCK_PAIRS = 1024  # manifest rows per Ray block when the engine sizes its
 class InjectorActor:
     """One injection engine per actor; called with batches of manifest rows (numpy format)."""
 
-    def __init__(self, checkpoint_path: str, cfg: dict, t_edit: int, arrays, parts_dir: str, prov: dict,
-                 device: str = "cpu", fail_once_marker: str | None = None, cpu_threads: int = 1):
+    def __init__(self, checkpoint_path, cfg: dict, t_edit: int, arrays, prov: dict, device: str = "cpu",
+                 fail_once_marker: str | None = None, cpu_threads: int = 1):
         import ray
         import torch
 
@@ -62,18 +64,16 @@ class InjectorActor:
         if isinstance(arrays, ray.ObjectRef):
             arrays = ray.get(arrays)
         self.arrays = arrays
-        self.parts_dir = Path(parts_dir)
         self.prov = prov
         self.fail_once_marker = fail_once_marker
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
+        device = actor_device(device)
         # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved (a GPU actor's
         # too: injection.noise=host draws every pair's noise on the CPU)
         torch.set_num_threads(cpu_threads)
-        unet, _ = load_unet_checkpoint(Path(checkpoint_path))
+        unet, _ = load_unet_checkpoint(receive(checkpoint_path))
         self.engine = InjectionEngine(unet, InjectionConfig(**cfg), arrays["topk_images"], device, t_edit=t_edit)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         if self.fail_once_marker and not os.path.exists(self.fail_once_marker):
             # fault injection for tests: die once, mid-job, before writing anything
             Path(self.fail_once_marker).write_text(str(os.getpid()))
@@ -83,10 +83,24 @@ class InjectorActor:
             np.array(batch[name], dtype=np.int64) for name in ("pair_id", "original_index", "content_index", "seed"))
         a = self.arrays
         images = self.engine.generate(a["train_images"][original_index], content_index, seeds)
-        table = batch_table(pair_ids, original_index, content_index, seeds, images, a["train_ids"], a["train_labels"],
-                            a["train_biases"], a["topk_ids"], a["topk_labels"], a["topk_biases"], self.prov)
-        write_part(self.parts_dir, table)
-        return {"pair_id": pair_ids}
+        return batch_table(pair_ids, original_index, content_index, seeds, images, a["train_ids"], a["train_labels"],
+                           a["train_biases"], a["topk_ids"], a["topk_labels"], a["topk_biases"], self.prov)
+
+
+def actor_device(device: str) -> str:
+    """The torch device of an actor given `device`; a GPU actor whose torch sees no CUDA device is
+    an error (a silent fall back to the CPU would also change the set's numerics), except on the
+    tests' fake GPUs (ray_cluster.fake_gpus)."""
+    import socket
+
+    import torch
+
+    if device != "cuda" or torch.cuda.is_available():
+        return device
+    if fake_gpus():
+        return "cpu"
+    raise ConfigError(f"an actor on {socket.gethostname()} was given a GPU, but torch sees no CUDA device: the GPU "
+                      f"nodes need a CUDA build of torch and the NVIDIA driver")
 
 
 def _manifest_table(manifest) -> pa.Table:
@@ -159,7 +173,7 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
               "topk_images": topk_images, "topk_ids": np.asarray(topk_ids),
               "topk_labels": np.asarray(topk_labels), "topk_biases": np.asarray(topk_biases)}
     return run_parts_job(table, key, meta, out_dir, InjectorActor, arrays,
-                         dict(checkpoint_path=str(checkpoint_path), cfg=dataclasses.asdict(cfg), t_edit=t_edit,
+                         dict(checkpoint_path=ship(checkpoint_path), cfg=dataclasses.asdict(cfg), t_edit=t_edit,
                               prov=provenance(cfg, t_edit, digest), fail_once_marker=fail_once_marker),
                          cfg.batch_size or AUTO_BLOCK_PAIRS, use_gpu, num_actors, finalize_output, verbose, "inject",
                          local_when_single=fail_once_marker is None and num_actors is None)
@@ -169,14 +183,16 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
                   batch_size: int, use_gpu="auto", num_actors: int | None = None, finalize_output: bool = True,
                   verbose: bool = True, label: str = "inject", schema: pa.Schema | None = None,
                   unit: str = "pairs", local_when_single: bool = False) -> Path:
-    """Run the rows of `table` (a pair_id column and what `actor` reads) through an actor pool that
-    writes part files into `out_dir/_parts`, then finalize `out_dir`; a job of the same `key` resumes
-    (only missing pair_ids run) and a finished one is returned as is. `actor` is constructed with
-    `actor_kwargs` plus arrays=[ObjectRef of `arrays`], parts_dir, device and cpu_threads.
+    """Run the rows of `table` (a pair_id column and what `actor` reads) through an actor pool whose
+    batches come back here (through the object store: actors may run on nodes that do not see
+    this disk) and are written as part files into `out_dir/_parts`; then finalize `out_dir`. A
+    job of the same `key` resumes (only missing pair_ids run) and a finished one is returned as
+    is. `actor` is constructed with `actor_kwargs` plus arrays=[ObjectRef of `arrays`], device
+    and cpu_threads, and returns each batch's rows as a pyarrow Table.
 
     `local_when_single`: where the job would get a single CPU actor, call `actor` in this process
     instead, on the same blocks (an actor pool's start costs seconds, which a small job does not
-    repay); it writes the same part files, so an interrupted job resumes either way."""
+    repay), unless this node offers Ray no CPUs (a head kept for drivers)."""
     import ray
 
     expected = table["pair_id"].to_numpy()
@@ -215,16 +231,16 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
         # one block per batch: blocks are the unit Ray Data spreads over actors (and retries)
         blocks = [todo.slice(start, bs) for start in range(0, todo.num_rows, bs)]
         started, finished, next_report = time.time(), total - todo.num_rows, 0.1
-        if local_when_single and not gpu and num_actors == 1:
+        if local_when_single and not gpu and num_actors == 1 and node_cpus(node_id()) > 0:
             import torch
 
-            local = actor(**actor_kwargs, arrays=arrays, parts_dir=str(parts), device="cpu",
-                          cpu_threads=torch.get_num_threads())
+            local = actor(**actor_kwargs, arrays=arrays, device="cpu", cpu_threads=torch.get_num_threads())
             batches = (local({name: block[name].to_numpy() for name in block.column_names}) for block in blocks)
         else:
-            batches = _pool_batches(blocks, actor, arrays, actor_kwargs, parts, gpu, num_actors, cpus, bs)
+            batches = _pool_batches(blocks, actor, arrays, actor_kwargs, gpu, num_actors, cpus, bs)
         for batch in batches:
-            finished += len(batch["pair_id"])
+            write_part(parts, batch)
+            finished += batch.num_rows
             if verbose and (finished / total >= next_report or finished == total):
                 print(f"[{label}] {finished}/{total} {unit} ({100 * finished / total:.0f}%), "
                       f"{time.time() - started:.0f} s", flush=True)
@@ -237,18 +253,20 @@ def run_parts_job(table: pa.Table, key: str, meta: dict, out_dir: Path, actor, a
     return out_dir
 
 
-def _pool_batches(blocks: list[pa.Table], actor, arrays: dict, actor_kwargs: dict, parts: Path, gpu: bool,
-                  num_actors: int, cpus: int, bs: int):
-    """The finished batches of `blocks` run by a Ray Data pool of `num_actors` actors, as they come."""
+def _pool_batches(blocks: list[pa.Table], actor, arrays: dict, actor_kwargs: dict, gpu: bool, num_actors: int,
+                  cpus: int, bs: int):
+    """The finished batches (pyarrow Tables) of `blocks` run by a Ray Data pool of `num_actors`
+    actors, as they come. A GPU pool starts with one actor and grows as GPUs free up, so that one
+    job does not hold every GPU of the cluster while other cells' trainings wait for one."""
     import ray
 
     ref = ray.put(arrays)  # once; every actor gets it from the object store
+    pool = (ray.data.ActorPoolStrategy(min_size=1, max_size=num_actors) if gpu
+            else ray.data.ActorPoolStrategy(size=num_actors))
     ds = ray.data.from_arrow(blocks).map_batches(
         actor,
-        fn_constructor_kwargs=dict(**actor_kwargs, arrays=[ref], parts_dir=str(parts),
-                                   device="cuda" if gpu else "cpu", cpu_threads=cpus),
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
-        batch_size=bs, batch_format="numpy",
+        fn_constructor_kwargs=dict(**actor_kwargs, arrays=[ref], device="cuda" if gpu else "cpu", cpu_threads=cpus),
+        compute=pool, batch_size=bs, batch_format="numpy",
         num_gpus=1 if gpu else None, num_cpus=cpus,
     )
-    return ds.iter_batches(batch_size=None, batch_format="numpy")
+    return ds.iter_batches(batch_size=None, batch_format="pyarrow")

@@ -18,8 +18,10 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import ConfigError
-from .inject.synthetic import checkpoint_hash, write_part
-from .ray_inject import run_parts_job
+from .inject.synthetic import checkpoint_hash
+from .ray_inject import actor_device, run_parts_job
+from .ray_shipping import receive, ship
+from .ray_train import install_hub_file
 from .synthesis.sets import GAN_MANIFEST_SCHEMA, GAN_SCHEMA, gan_batch_table
 
 KINDS = ("stylegan2_adapt", "fastgan")
@@ -28,19 +30,20 @@ KINDS = ("stylegan2_adapt", "fastgan")
 class GeneratorActor:
     """One kind's generators per actor; called with batches of GAN manifest rows (numpy format)."""
 
-    def __init__(self, kind: str, checkpoints: dict[str, str], cfg: dict, arrays, parts_dir: str, digest: str,
-                 out_size: int, random_lpips_backbone: bool = False, device: str = "cpu", cpu_threads: int = 1):
+    def __init__(self, kind: str, checkpoints: dict, cfg: dict, arrays, digest: str, out_size: int,
+                 random_lpips_backbone: bool = False, lpips_trunk=None, device: str = "cpu", cpu_threads: int = 1):
         import ray
         import torch
 
         if isinstance(arrays, list):  # [ObjectRef], so that Ray does not copy it per task
             arrays = arrays[0]
         self.arrays = ray.get(arrays) if isinstance(arrays, ray.ObjectRef) else arrays
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
         torch.set_num_threads(cpu_threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved
-        self.device = torch.device(device)
-        self.kind, self.parts_dir, self.digest, self.out_size = kind, Path(parts_dir), digest, out_size
+        self.device = torch.device(actor_device(device))
+        self.kind, self.digest, self.out_size = kind, digest, out_size
+        checkpoints = {name: receive(item) for name, item in checkpoints.items()}
+        if lpips_trunk is not None:
+            install_hub_file(receive(lpips_trunk))
         if kind == "stylegan2_adapt":
             from .config import StyleGAN2Config
             from .perceptual import distance_fn
@@ -54,7 +57,7 @@ class GeneratorActor:
 
             self.generators = {c: g.to(self.device) for c, g in load_class_generators(Path(checkpoints["classes"])).items()}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         # copies: Ray's zero-copy batches are read-only, which torch.as_tensor warns about
         pair_ids, original_index, labels, seeds = (np.array(batch[name], dtype=np.int64)
                                                    for name in GAN_MANIFEST_SCHEMA.names)
@@ -68,9 +71,7 @@ class GeneratorActor:
         else:
             images = self._sample(labels, seeds)
             original_ids, label_from = [""] * len(pair_ids), "generator"
-        write_part(self.parts_dir, gan_batch_table(pair_ids, labels, seeds, images, original_ids, self.kind,
-                                                   self.digest, label_from))
-        return {"pair_id": pair_ids}
+        return gan_batch_table(pair_ids, labels, seeds, images, original_ids, self.kind, self.digest, label_from)
 
     def _sample(self, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
         """Each row's image from its class's generator and its seed, in the rows' order."""
@@ -86,7 +87,17 @@ class GeneratorActor:
         return images
 
 
-def _stylegan2(path: str):
+def _lpips_trunk(kind: str, settings: dict, random_backbone: bool):
+    """The VGG trunk's weights for actors measuring with LPIPS (A²'s projection), shipped from
+    this node's torch hub cache; None when they do not measure with it."""
+    if kind != "stylegan2_adapt" or settings.get("distance") != "lpips_vgg" or random_backbone:
+        return None
+    from .perceptual import backbone_checkpoint
+
+    return ship(backbone_checkpoint("vgg")[0])
+
+
+def _stylegan2(path):
     from .gan.checkpoint import load_net, read_gan_checkpoint
     from .gan.stylegan2 import build_generator
 
@@ -129,8 +140,9 @@ def run_gan_synthesis_job(kind: str, manifest: pa.Table, checkpoints: dict[str, 
             "checkpoint_hashes": digests, kind: settings}
     arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids)}
     return run_parts_job(table, key, meta, Path(out_dir).resolve(), GeneratorActor, arrays,
-                         dict(kind=kind, checkpoints={k: str(v) for k, v in checkpoints.items()}, cfg=settings,
+                         dict(kind=kind, checkpoints={k: ship(v) for k, v in checkpoints.items()}, cfg=settings,
                               digest=digest, out_size=int(train_images.shape[1]),
-                              random_lpips_backbone=random_lpips_backbone),
+                              random_lpips_backbone=random_lpips_backbone,
+                              lpips_trunk=_lpips_trunk(kind, settings, random_lpips_backbone)),
                          batch_size, use_gpu, num_actors, True, verbose, kind, GAN_SCHEMA, "images",
                          local_when_single=True)

@@ -10,6 +10,7 @@ hands back to the driver.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -31,6 +32,8 @@ from .config import ExperimentConfig, from_dict
 from .data.parquet import concat_splits, load_split
 from .data.registry import get_dataset_spec
 from .numerics import TRAINING_TF32
+from .ray_cluster import fake_gpus, resolve_use_gpu
+from .ray_shipping import Shipment, receive, ship
 from .stage1 import train_bias_classifier
 from .stage2 import train_diffusion
 from .stage4 import train_classifier
@@ -44,6 +47,7 @@ GENERATOR_FILE = "generator.pt"
 # adaptation to the top-K set, AmpliBias's FastGAN per class
 GAN_JOBS = ("stylegan2_source", "stylegan2_adapt", "fastgan", "fastgan_init")
 KEEP_CHECKPOINTS = 2
+LPIPS_TRUNK = "lpips_trunk"  # a job input: the VGG16 trunk's weights file (perceptual.backbone_checkpoint)
 OWNER_FILE = "owner.json"  # in the run folder of a running anonymous job: the host and process running it
 
 
@@ -62,12 +66,13 @@ class TrainJob:
     kind: str                      # "bias" (stage 1) | "diffusion" (stage 2) | "classifier" (stage 4) | GAN_JOBS
     method: str                    # registered method for "classifier"
     config: dict                   # ExperimentConfig as a dict
-    parquet: str                   # finished Parquet conversion of the dataset/ratio (stage 2: its images)
-    extra_train: list[str] = field(default_factory=list)  # more Parquet folders added to train
+    # paths on the driver's node; run_train_job ships them (ray_shipping) and workers receive them
+    parquet: str | Shipment        # finished Parquet conversion of the dataset/ratio (stage 2: its images)
+    extra_train: list = field(default_factory=list)  # more Parquet folders added to train
     tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     fault: FaultInjection | None = None
-    inputs: dict[str, str] = field(default_factory=dict)  # GAN jobs: "topk" (a stage-1 folder), "source" (a file)
+    inputs: dict = field(default_factory=dict)  # GAN jobs: "topk" (a stage-1 folder), "source", "init" (files)
     random_lpips_backbone: bool = False  # GAN jobs measuring with LPIPS: a random trunk (tests only)
 
 
@@ -113,7 +118,13 @@ def _worker_loop(loop_config: dict) -> None:
     cfg = from_dict(job.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
+    job = received(job)
     use_cuda = loop_config["use_gpu"] and torch.cuda.is_available()
+    device_error = None
+    if loop_config["gpu_required"] and not torch.cuda.is_available():
+        device_error = (f"a Ray Train worker on {socket.gethostname()} was given a GPU, but torch sees no CUDA device "
+                        f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}, torch {torch.__version__}):"
+                        f" the GPU nodes need a CUDA build of torch and the NVIDIA driver")
     if use_cuda:
         import ray.train.torch
 
@@ -171,6 +182,8 @@ def _worker_loop(loop_config: dict) -> None:
     ctx = TrainContext(rank=rank, world_size=world, device=device, resume_state=resume_state,
                        report=report, log=log, last_checkpoint=last_checkpoint, log_artifact=log_artifact)
     try:
+        if device_error:
+            raise errors.ConfigError(device_error)
         files: dict[str, bytes] = {}
         if job.kind == "diffusion":
             images = load_split(job.parquet, "train").images
@@ -238,20 +251,37 @@ def _to_bytes(write) -> bytes:
     return buffer.getvalue()
 
 
-def resolve_use_gpu(use_gpu: str | bool) -> bool:
-    """Whether jobs run on GPUs, from run.use_gpu ("auto" | "true" | "false", or a bool): auto
-    when the Ray cluster has GPUs; true is refused on a cluster without any, where a GPU
-    request would wait forever."""
-    import ray
+def shipped(job: TrainJob, cfg: ExperimentConfig) -> TrainJob:
+    """`job` with every file it reads named for a worker on any node (ray_shipping), and, for a
+    FastGAN job measuring with LPIPS, the VGG trunk's weights from this node's torch hub cache."""
+    inputs = {name: ship(path) for name, path in job.inputs.items()}
+    if job.kind in ("fastgan", "fastgan_init") and cfg.fastgan.distance == "lpips_vgg" and not job.random_lpips_backbone:
+        from .perceptual import backbone_checkpoint
 
-    gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
-    if use_gpu == "auto":
-        return gpus > 0
-    wanted = use_gpu if isinstance(use_gpu, bool) else use_gpu == "true"
-    if wanted and gpus == 0:
-        raise errors.ConfigError("run.use_gpu=true, but the Ray cluster has no GPUs (a GPU request would wait "
-                                 "forever); use run.use_gpu=auto or false, or join a cluster with GPUs (RAY_ADDRESS)")
-    return wanted
+        inputs[LPIPS_TRUNK] = ship(backbone_checkpoint("vgg")[0])
+    return dataclasses.replace(job, parquet=ship(job.parquet), extra_train=[ship(p) for p in job.extra_train],
+                               inputs=inputs)
+
+
+def received(job: TrainJob) -> TrainJob:
+    """`job` with local paths for what `shipped` named; the LPIPS trunk put in this node's hub cache."""
+    inputs = {name: str(receive(item)) for name, item in job.inputs.items()}
+    if LPIPS_TRUNK in inputs:
+        install_hub_file(Path(inputs.pop(LPIPS_TRUNK)))
+    return dataclasses.replace(job, parquet=str(receive(job.parquet)),
+                               extra_train=[str(receive(p)) for p in job.extra_train], inputs=inputs)
+
+
+def install_hub_file(path: Path) -> None:
+    """Put `path` (a torchvision weights file) into this node's torch hub cache, where
+    perceptual.load_lpips reads it, unless it is there already."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / path.name
+    if target.exists() or target.resolve() == path.resolve():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
 
 
 def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | None = None,
@@ -261,10 +291,11 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     `placement_strategy` places the workers (Ray's PACK | SPREAD | STRICT_PACK | STRICT_SPREAD);
     SPREAD puts them on different nodes where it can."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from ray.train.torch import TorchConfig, TorchTrainer
 
     cfg = from_dict(job.config)
     use_gpu = resolve_use_gpu(cfg.run.use_gpu)
+    job = shipped(job, cfg)
     anonymous = name is None
     name = name or f"{job.kind}-{cfg.data.dataset}-{cfg.data.ratio}-{job.method}-s{cfg.run.seed}-{uuid.uuid4().hex[:8]}"
     # run.storage_path: a folder, or a URI pyarrow opens (s3://...: checkpoints shared by all nodes);
@@ -275,9 +306,11 @@ def run_train_job(job: TrainJob, name: str | None = None, output_dir: Path | Non
     staging = local / name / "staging"
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(staging)},
+        train_loop_config={"job": job, "use_gpu": use_gpu, "staging_dir": str(staging),
+                           "gpu_required": use_gpu and cfg.run.num_workers > 0 and not fake_gpus()},
         scaling_config=ScalingConfig(num_workers=cfg.run.num_workers, use_gpu=use_gpu and cfg.run.num_workers > 0,
                                      placement_strategy=placement_strategy),
+        torch_config=TorchConfig(backend="gloo") if fake_gpus() else None,
         run_config=RunConfig(name=name, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.run.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS)),

@@ -5,7 +5,9 @@ Trials reserve next to nothing. Tune cannot place a trial that asks for no resou
 so each asks for one byte of memory, and runs its cells in a task outside the trial's placement
 group: the cells' trainings and injection jobs reserve the CPUs and GPUs they need (as table
 cells do), which a CPU held by the trial would starve. `max_concurrent_trials` bounds the
-settings in flight.
+settings in flight. Trials and their cells stay on the driver's node (a sliver of its
+`node:<ip>` resource; the cells by node affinity), where the Tune state, the data and the
+artifact cache are; the cells' jobs run anywhere (ray_cells).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from .ablations import Axis, SettingResult, apply_setting, evaluate_setting, set
 from .config import ExperimentConfig
 from .errors import ConfigError, DiffInjectError
 from .ray_cells import RunnerSpec, cell_task
+from .ray_cluster import on_node
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 METRIC = "valid_acc_mean"  # settings are chosen on validation accuracy, never on test
@@ -39,6 +42,7 @@ class Sweep:
     method: str
     seeds: list[int]
     torch_threads: int  # for in-process trainings (run.num_workers=0) of a trial's cells
+    driver_node: str = ""  # the node the cells run on (ray_cluster.node_id() of the driver)
 
     def setting_of(self, config: dict) -> dict:
         """Grid trials carry the whole setting; Optuna's carry one entry per axis."""
@@ -53,7 +57,7 @@ def _trial(config: dict, sweep: Sweep) -> None:
     cfg = apply_setting(sweep.base, sweep.axes, setting)
 
     def run_cell(cell_cfg: ExperimentConfig, method: str):
-        task = cell_task.options(scheduling_strategy=OUTSIDE_TRIAL)
+        task = cell_task.options(scheduling_strategy=on_node(sweep.driver_node) if sweep.driver_node else OUTSIDE_TRIAL)
         return ray.get(task.remote(sweep.runner, cell_cfg, method, sweep.torch_threads))
 
     evaluate_setting(cfg, sweep.method, setting, sweep.seeds, sweep.runner.tracker(), run_cell,
@@ -138,7 +142,8 @@ def run_sweep(sweep: Sweep, path: Path, settings: list[dict] | None, samples: in
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     logging.getLogger("ray.tune.tune").addFilter(_not_the_incomplete_trials_line)
-    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep), TRIAL_RESOURCES)
+    here = {f"node:{ray.util.get_node_ip_address()}": 0.001}  # trials on this node
+    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=sweep), {**TRIAL_RESOURCES, **here})
     total = len(settings) if settings is not None else samples  # Tune creates trials as slots free up
     run_config = tune.RunConfig(name=path.name, storage_path=str(path.parent), verbose=0,
                                 callbacks=[TrialLines(sweep, total)])

@@ -120,10 +120,17 @@ class Tracker:
     def experiment(self, name: str) -> str:
         """The experiment's id; created with its description and kind, which an experiment made
         before them gets too (an existing description is kept)."""
+        from mlflow.exceptions import MlflowException
+
         defaults = {**EXPERIMENT_KIND, NOTE: EXPERIMENT_NOTE}
         found = self.client.get_experiment_by_name(name)
         if found is None:
-            return self.client.create_experiment(name, self._artifact_location(name), tags=defaults)
+            try:
+                return self.client.create_experiment(name, self._artifact_location(name), tags=defaults)
+            except MlflowException as exc:  # another cell created it meanwhile (cells in parallel, one server)
+                found = self.client.get_experiment_by_name(name)
+                if found is None:
+                    raise exc from None
         for key, value in defaults.items():
             if key not in found.tags:
                 self.client.set_experiment_tag(found.experiment_id, key, value)

@@ -16,13 +16,16 @@ from .sample_ema import SampleLossEMA, relative_difficulty
 
 
 class Encoder(nn.Module):
-    """A classifier without its last layer: the MLP's 16-d or ResNet-18's 512-d features."""
+    """A classifier without its last layer: the MLP's 16-d or ResNet-18's 512-d features. The
+    last layer is removed, not just skipped: parameters that never get a gradient stop
+    DistributedDataParallel at the first step."""
 
     def __init__(self, base: nn.Module):
         super().__init__()
         self.base = base
         if isinstance(base, MLP):
             self.dim = base.classifier.in_features
+            base.classifier = nn.Identity()
         else:
             self.dim = base.fc.in_features
             base.fc = nn.Identity()
