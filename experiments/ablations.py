@@ -49,7 +49,7 @@ from diffinject.methods import get_method
 from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray
 from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
 from diffinject.ray_cluster import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
-from diffinject.tracking import Tracker
+from diffinject.tracking import Tracker, tracking_uri
 
 QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
 
@@ -86,9 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tune-root", help="Tune experiment state (default OUT/tune)")
     p.add_argument("--fresh", action="store_true", help="discard this experiment's Tune state and start over "
                                                         "(finished stages still come from the artifact cache)")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 on a GPU cluster, "
-                                                   "0 = in-process on CPU)")
-    p.add_argument("--parallel", type=int, help="trials in flight at once (default: the cluster's GPUs, or 1)")
+    p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 on GPUs or on a "
+                                                   "cluster of several nodes; 0 = in-process on a single CPU node)")
+    p.add_argument("--parallel", type=int, help="trials in flight at once (default: the GPUs the cluster has or "
+                                                 "its autoscaler may add, or 1)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", help="change the preset")
     return p.parse_args(argv)
 
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         if get_method(args.method).needs_synthetic:
             check_settings_against_data(base, axes, settings, args.method)
         ensure_ray()
-        for line in check_shared_services(Tracker().uri, [base.run.storage_path]):
+        for line in check_shared_services(tracking_uri(), [base.run.storage_path]):
             print(line, flush=True)
         capacity = gpu_capacity()
         on_gpu, gpu_line = decide_gpu_use([base], capacity)  # once: no job decides again

@@ -69,9 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "starting from the generators the project ships")
     p.add_argument("--experiment", help="MLflow experiment (default table1 or table1-quick)")
     p.add_argument("--out", default="results", help="folder for the finished table")
-    p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 per GPU job on "
-                                                   "a GPU cluster, 0 = in-process on CPU)")
-    p.add_argument("--parallel", type=int, help="cells in flight at once (default: the cluster's GPUs; on CPUs, --quick: one per CPU, "
+    p.add_argument("--num-workers", type=int, help="Ray Train workers per training (default: 1 on GPUs or on a "
+                                                   "cluster of several nodes; 0 = in-process on a single CPU node)")
+    p.add_argument("--parallel", type=int, help="cells in flight at once (default: the GPUs the cluster has or its autoscaler may add; "
+                        "on CPUs, --quick: one per CPU, "
                         "each with one torch thread; else 1)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     return p.parse_args(argv)

@@ -7,7 +7,8 @@
     S3      moto's server on loopback, the shared storage (AWS_ENDPOINT_URL points every client at it)
     MLflow  a tracking server on loopback with its artifact root on that S3
 
-`python tests/emulated_cluster.py` starts one and prints the environment to export; Ctrl-C stops it.
+`python tests/emulated_cluster.py` starts one and prints the environment to export; Ctrl-C (or
+SIGTERM) stops it.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
@@ -123,10 +125,13 @@ class EmulatedCluster(Services):
                          "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}",
                          "MLFLOW_S3_ENDPOINT_URL": f"http://127.0.0.1:{self.s3_port}"})
         self.worker: subprocess.Popen | None = None
+        self.run_id = uuid.uuid4().hex[:8]
 
     @property
     def storage(self) -> str:
-        return f"s3://{BUCKET}"
+        """The shared prefix: new with each cluster (its S3 starts empty, while the driver's local
+        mirror of an artifact root outlives it)."""
+        return f"s3://{BUCKET}/{self.run_id}"
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -211,6 +216,7 @@ def _torch_hub() -> str:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # as Ctrl-C: the cluster's processes go too
     cluster = EmulatedCluster(Path(tempfile.mkdtemp(prefix="emulated-cluster-")))
     cluster.start()
     names = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",

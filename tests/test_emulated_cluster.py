@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -64,7 +63,7 @@ def test_quick_table_on_two_nodes_that_share_no_files(cluster, tmp_path):
     _table(single, tmp_path / "single", str(tmp_path / "single" / "artifacts"), str(tmp_path / "single" / "ray"),
            "--num-workers", "1")  # as the cluster's default: a Ray Train worker per training
 
-    prefix = f"{cluster.storage}/{uuid.uuid4().hex[:8]}"  # a fresh prefix: no local mirror of an earlier run
+    prefix = cluster.storage  # new with each cluster: no local mirror of an earlier run
     log = _table(cluster.env, tmp_path / "cluster", f"{prefix}/artifacts", f"{prefix}/ray_results")
     assert "GPUs: no" in log and "1 Ray Train worker(s) per training" in log
 
@@ -97,5 +96,5 @@ def test_quick_table_on_two_nodes_that_share_no_files(cluster, tmp_path):
     assert runs and {r.info.status for r in runs} == {"FINISHED"}, {r.info.run_name: r.info.status for r in runs}
     (table,) = [r for r in runs if r.data.tags.get("diffinject.role") == "table"]
     assert table.data.tags["run.use_gpu"] == "false"
-    logged = fs.get_file_info(pyarrow.fs.FileSelector(f"{base.split('/')[0]}/mlflow", recursive=True))
+    logged = fs.get_file_info(pyarrow.fs.FileSelector(f"{prefix.removeprefix('s3://')}/mlflow", recursive=True))
     assert any(info.path.endswith("table1-quick.csv") for info in logged)  # the runs' artifacts: on S3 too

@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+
 from .errors import ConfigError
 from .ray_cluster import node_id, on_node
 
@@ -48,7 +50,9 @@ def ship(path: str | os.PathLike) -> Shipment:
     return Shipment(str(path), node_id(), h.hexdigest()[:20])
 
 
+@ray.remote(num_cpus=0, max_retries=2)
 def _read(path: str) -> dict[str, bytes]:
+    """The file, or every file of the folder, at `path` on the node this task runs on."""
     root = Path(path)
     if root.is_file():
         return {"": root.read_bytes()}
@@ -57,8 +61,6 @@ def _read(path: str) -> dict[str, bytes]:
 
 def receive(item: Shipment | str) -> Path:
     """A local path holding what `item` names (a plain path string is taken as local)."""
-    import ray
-
     if not isinstance(item, Shipment):
         return Path(item)
     if item.node == node_id():
@@ -67,9 +69,8 @@ def receive(item: Shipment | str) -> Path:
     final = Path(tempfile.gettempdir()) / SCRATCH / item.version / name
     if final.exists():
         return final
-    reader = ray.remote(num_cpus=0, max_retries=2)(_read)
     try:
-        files = ray.get(reader.options(scheduling_strategy=on_node(item.node)).remote(item.path))
+        files = ray.get(_read.options(scheduling_strategy=on_node(item.node)).remote(item.path))
     except Exception as exc:  # the origin node is gone, or the file changed meanwhile
         raise ConfigError(f"cannot fetch {item.path} from node {item.node[:12]}: {exc}") from None
     staging = final.parent / f".{name}.{uuid.uuid4().hex[:8]}"

@@ -118,7 +118,6 @@ def _worker_loop(loop_config: dict) -> None:
     cfg = from_dict(job.config)
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    job = received(job)
     use_cuda = loop_config["use_gpu"] and torch.cuda.is_available()
     device_error = None
     if loop_config["gpu_required"] and not torch.cuda.is_available():
@@ -184,6 +183,7 @@ def _worker_loop(loop_config: dict) -> None:
     try:
         if device_error:
             raise errors.ConfigError(device_error)
+        job = received(job)  # its files, where this worker can read them
         files: dict[str, bytes] = {}
         if job.kind == "diffusion":
             images = load_split(job.parquet, "train").images
