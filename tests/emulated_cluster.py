@@ -24,6 +24,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from two_node_driver import kill_tree
+
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"
 MLFLOW = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or "mlflow"
 BUCKET = "diffinject"
@@ -43,23 +45,6 @@ def can_isolate() -> bool:
         return False
     return subprocess.run(["unshare", "--mount", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
                           capture_output=True).returncode == 0
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
 
 
 class Services:
@@ -87,12 +72,8 @@ class Services:
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
-            if proc.poll() is None:
-                for pid in process_tree(proc.pid):
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            if proc.poll() is None:  # not reaped yet, so its pid is still its own
+                kill_tree(proc.pid)
                 proc.wait()
         for temp in self.temps:
             shutil.rmtree(temp, ignore_errors=True)
