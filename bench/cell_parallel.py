@@ -21,19 +21,20 @@ from pathlib import Path
 
 import torch
 
-from diffinject.config import preset, to_dict
+from diffinject.config.builder import experiment_config
+from diffinject.config.schema import to_dict
 from diffinject.data.parquet import prepare_dataset
 from diffinject.data.registry import get_dataset_spec
-from diffinject.pipeline import with_seed
-from diffinject.ray_train import TrainJob, load_train_data
-from diffinject.stage4 import train_classifier
-from diffinject.train import TrainContext
+from diffinject.experiment.stage_runs import with_seed
+from diffinject.cluster.train_jobs import TrainJob, load_train_data
+from diffinject.stages.stage4 import train_classifier
+from diffinject.training.loop import TrainContext
 
 
 def train(dataset: str, method: str, seed: int, steps: int, work: str, threads: int) -> float:
     """Seconds to train `method` for `steps` steps (seed `seed`) with `threads` torch threads."""
     torch.set_num_threads(threads)
-    cfg = preset(dataset, "1", quick=True)
+    cfg = experiment_config(dataset, "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(Path(work) / "data"), str(Path(work) / "cache")
     cfg.classifier.num_steps = steps
     cfg.baselines.lff_num_steps = steps

@@ -18,14 +18,15 @@ from pathlib import Path
 
 import torch
 
-from diffinject.config import preset, to_dict
+from diffinject.config.builder import experiment_config
+from diffinject.config.schema import to_dict
 from diffinject.data.parquet import prepare_dataset
 from diffinject.data.registry import get_dataset_spec
 from diffinject.methods import Method
-from diffinject.pipeline import ensure_ray
-from diffinject.ray_train import TrainJob, load_train_data, run_train_job
-from diffinject.stage4 import train_classifier
-from diffinject.train import TrainContext
+from diffinject.cluster.session import ensure_ray
+from diffinject.cluster.train_jobs import TrainJob, load_train_data, run_train_job
+from diffinject.stages.stage4 import train_classifier
+from diffinject.training.loop import TrainContext
 
 
 @contextlib.contextmanager
@@ -46,7 +47,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-clf-"))
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(work / "data"), str(work / "cache")
     cfg.run.storage_path = str(work / "ray_results")
     cfg.classifier.num_steps = args.steps

@@ -20,10 +20,10 @@ import time
 import numpy as np
 import torch
 
-from diffinject.config import DiffusionConfig
-from diffinject.diffusion.models import build_unet, get_preset
-from diffinject.stage2 import train_diffusion
-from diffinject.train import TrainContext
+from diffinject.config.schema import DiffusionConfig
+from diffinject.nets.diffusion.models import build_unet, get_preset
+from diffinject.stages.stage2 import train_diffusion
+from diffinject.training.loop import TrainContext
 
 # Dense (no sparsity) peak FLOP/s from NVIDIA's data sheets: H100 (nvidia.com/en-us/data-center/h100,
 # SXM / PCIe / NVL columns), H200 (nvidia.com/en-us/data-center/h200, SXM / NVL columns), A100

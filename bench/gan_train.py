@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffinject.config import DiffusionConfig, FastGANConfig, StyleGAN2Config
-from diffinject.gan.checkpoint import read_gan_checkpoint
-from diffinject.stage2 import train_diffusion
-from diffinject.synthesis.fastgan import train_class_generators
-from diffinject.synthesis.stylegan2_adapt import adapt, train_source
-from diffinject.train import TrainContext
+from diffinject.config.schema import DiffusionConfig, FastGANConfig, StyleGAN2Config
+from diffinject.nets.gan.checkpoint import read_gan_checkpoint
+from diffinject.stages.stage2 import train_diffusion
+from diffinject.stages.synthesis.fastgan_per_class import train_class_generators
+from diffinject.stages.synthesis.stylegan2_adapt import adapt, train_source
+from diffinject.training.loop import TrainContext
 
 
 def mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

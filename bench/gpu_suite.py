@@ -59,13 +59,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from diffinject.config import QUICK_DATASET, ExperimentConfig, InjectionConfig, apply_protocol
-from diffinject.diffusion.checkpoint import load_unet_checkpoint, unet_checkpoint_bytes
-from diffinject.diffusion.hspace import decode, encode
-from diffinject.diffusion.models import build_unet, get_preset
-from diffinject.diffusion.shipped import quick_checkpoint
-from diffinject.inject import InjectionEngine, reference_inject_tensor
-from diffinject.inject.engine import AUTO_CPU_PAIRS, InjectionPlan, padded_size
+from diffinject.config.protocols import apply_protocol
+from diffinject.config.quick import QUICK_DATASET
+from diffinject.config.schema import ExperimentConfig, InjectionConfig
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint, unet_checkpoint_bytes
+from diffinject.nets.diffusion.hspace import decode, encode
+from diffinject.nets.diffusion.models import build_unet, get_preset
+from diffinject.experiment.shipped_diffusion import quick_checkpoint
+from diffinject.stages.inject import InjectionEngine, reference_inject_tensor
+from diffinject.stages.inject.engine import AUTO_CPU_PAIRS, InjectionPlan, padded_size
 
 sys.path.insert(0, str(Path(__file__).parent))
 from diffusion_train import (GPU_PEAKS, card_of, cpu_matmul_peak, flops_per_image, loop_images_per_s,  # noqa: E402
@@ -459,7 +461,7 @@ def equality_rows(bench: Injection, cfg: InjectionConfig, pairs: int, device: to
 def ray_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Planned]:
     """The Ray Data injection job on one actor against the engine alone, same pairs and levers
     (no compile: each actor would compile again)."""
-    from diffinject.inject.manifest import build_manifest
+    from diffinject.stages.inject.manifest import build_manifest
 
     levers = {k: v for k, v in fastest_levers(device).items() if k != "compile"}
     cfg = InjectionConfig(inversion_steps=scale.steps, generation_steps=scale.steps, t_edit=500, t_boost=200,
@@ -478,7 +480,7 @@ def ray_rows(bench: Injection, cfg: InjectionConfig, manifest, train: np.ndarray
              figure: str) -> list[Row]:
     import ray
 
-    from diffinject.ray_inject import run_injection_job
+    from diffinject.cluster.inject_job import run_injection_job
 
     device, unet, pairs = bench.device, bench.unet, manifest.num_rows
     originals = train[manifest["original_index"].to_numpy()]
@@ -574,9 +576,10 @@ def classifier_plan(scale: Scale, device: torch.device, peaks: dict) -> list[Pla
 def classifier_run(scale: Scale, device: torch.device, peaks: dict, figure: str, levers: dict, warmup: int,
                    flops: float, measured: dict) -> Callable[[], list[Row]]:
     def run() -> list[Row]:
-        from diffinject.config import ClassifierConfig
+        from diffinject.config.schema import ClassifierConfig
         from diffinject.data.parquet import ArraySplit
-        from diffinject.train import TrainContext, TrainData, train_method
+        from diffinject.methods.train import train_method
+        from diffinject.training.loop import TrainContext, TrainData
 
         size, batch = scale.classifier_size, scale.classifier_batch
         rng = np.random.default_rng(0)

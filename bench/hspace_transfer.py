@@ -27,16 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffinject.config import QUICK_INJECTION, DiffusionConfig, InjectionConfig, quick_diffusion
+from diffinject.config.quick import QUICK_INJECTION, quick_diffusion
+from diffinject.config.schema import DiffusionConfig, InjectionConfig
 from diffinject.data.parquet import load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
-from diffinject.diffusion.checkpoint import load_unet_checkpoint
-from diffinject.diffusion.shipped import quick_checkpoint
-from diffinject.inject.engine import InjectionEngine
-from diffinject.quality.oracles import dataset_oracles
-from diffinject.quality.report import quality_metrics
-from diffinject.stage2 import train_diffusion
-from diffinject.train import TrainContext
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+from diffinject.experiment.shipped_diffusion import quick_checkpoint
+from diffinject.stages.inject.engine import InjectionEngine
+from diffinject.stages.quality.oracles import dataset_oracles
+from diffinject.stages.quality.metrics import quality_metrics
+from diffinject.stages.stage2 import train_diffusion
+from diffinject.training.loop import TrainContext
 
 # MODE:GAMMA:T_EDIT[:STEPS[:T_BOOST]]; STEPS defaults to --steps-inject, T_BOOST to the quick preset's
 DEFAULT_SETTINGS = ["global:0:200:20:-1", "global:0:200:50:-1", "global:0:200:100:-1", "global:1.0:200:50",

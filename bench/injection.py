@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from diffinject.config import InjectionConfig
-from diffinject.diffusion.checkpoint import load_unet_checkpoint
-from diffinject.diffusion.models import build_unet, get_preset
-from diffinject.inject import InjectionEngine, reference_inject
+from diffinject.config.schema import InjectionConfig
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+from diffinject.nets.diffusion.models import build_unet, get_preset
+from diffinject.stages.inject import InjectionEngine, reference_inject
 
 
 def synchronize(device: torch.device) -> None:

@@ -32,24 +32,30 @@ import sys
 import time
 from pathlib import Path
 
-from diffinject.ablations import (Axis, SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
+from diffinject.sweeps.ablations import (Axis, SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
                                   evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
                                   setting_label, trial_key, write_csv)
-from diffinject.arguments import ArgumentParser
-from diffinject.atomic import atomic_file
-from diffinject.cells import check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import (COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides, check_options,
-                               flatten, preset)
+from diffinject.cli.arguments import ArgumentParser
+from diffinject.core.atomic import atomic_file
+from diffinject.experiment.cells import check_checkpoint_datasets, parse_checkpoints
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import absolute_args, apply_overrides
+from diffinject.config.quick import QUICK_DATASET
+from diffinject.config.rules import COUNT, NON_NEGATIVE, SEED, check_options
+from diffinject.config.schema import flatten
 from diffinject.data.embedded import EMBEDDED
-from diffinject.diffusion.checkpoint import check_given_checkpoints
-from diffinject.diffusion.shipped import with_quick_checkpoint
-from diffinject.drivers import distinct, exclusive, sigterm_as_interrupt
-from diffinject.errors import ConfigError, DiffInjectError
+from diffinject.nets.diffusion.checkpoint import check_given_checkpoints
+from diffinject.experiment.shipped_diffusion import with_quick_checkpoint
+from diffinject.config.overrides import distinct
+from diffinject.cli.run_guards import exclusive, sigterm_as_interrupt
+from diffinject.core.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
-from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray
-from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
-from diffinject.ray_cluster import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
-from diffinject.tracking import Tracker, tracking_uri
+from diffinject.cluster.session import ensure_ray
+from diffinject.experiment.stage_runs import check_against_data, dataset_folder
+from diffinject.core.preflight import check_data_paths, check_output_dir
+from diffinject.tracking.store_check import check_tracking_store
+from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
+from diffinject.tracking.client import Tracker, tracking_uri
 
 QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
 
@@ -148,7 +154,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             get_method(reference)
         checkpoints = parse_checkpoints(args.checkpoint)
         check_checkpoint_datasets(checkpoints, [args.dataset])
-        base = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol,
+        base = experiment_config(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol,
                       baselines=args.baselines)
         base.data.data_root, base.data.cache_root = args.data_root, args.cache_root
         base.run.experiment = experiment
@@ -177,7 +183,7 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
             print(line, flush=True)
         capacity = gpu_capacity()
         on_gpu, gpu_line = decide_gpu_use([base], capacity)  # once: no job decides again
-        from diffinject.ray_cells import RunnerSpec, default_num_workers, threads_per_cell
+        from diffinject.experiment.parallel_cells import RunnerSpec, default_num_workers, threads_per_cell
 
         base.run.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(on_gpu)
         parallel = args.parallel or (max(1, capacity["alive"] + capacity["scalable"]) if on_gpu else 1)
@@ -191,8 +197,8 @@ def run(args: argparse.Namespace, held: contextlib.ExitStack) -> int:
         with atomic_file(record_path) as handle:
             json.dump(record, handle, indent=1)
 
-        from diffinject.ray_cluster import node_id
-        from diffinject.ray_tune import Sweep, run_sweep
+        from diffinject.cluster.session import node_id
+        from diffinject.sweeps.tune import Sweep, run_sweep
 
         tracker = Tracker()
         spec = RunnerSpec(str(args.artifact_root), tracker.uri, checkpoints)

@@ -17,15 +17,20 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from diffinject.arguments import ArgumentParser
-from diffinject.checkpoint_quality import (GAN_CHECKPOINT_FIELDS, LABELLINGS, SHARES, STOP_TOLERANCE, curve_figure,
+from diffinject.cli.arguments import ArgumentParser
+from diffinject.experiment.checkpoint_quality import (GAN_CHECKPOINT_FIELDS, LABELLINGS, SHARES, STOP_TOLERANCE, curve_figure,
                                           measure, stops_rising, summary, write_csv)
-from diffinject.config import SEED, absolute_args, apply_overrides, check_options, preset
-from diffinject.drivers import distinct, sigterm_as_interrupt
-from diffinject.errors import ConfigError, DiffInjectError
-from diffinject.pipeline import check_against_data, ensure_ray
-from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
-from diffinject.report import DISPLAY
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import absolute_args, apply_overrides
+from diffinject.config.rules import SEED, check_options
+from diffinject.config.overrides import distinct
+from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.core.errors import ConfigError, DiffInjectError
+from diffinject.cluster.session import ensure_ray
+from diffinject.experiment.stage_runs import check_against_data
+from diffinject.core.preflight import check_data_paths, check_output_dir
+from diffinject.tracking.store_check import check_tracking_store
+from diffinject.reporting.table1 import DISPLAY
 
 
 def parse_args(argv: list[str] | None):
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_options(args, {"seeds": SEED})
         seeds = distinct(args.seeds, "--seeds")
-        cfg = preset(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol)
+        cfg = experiment_config(args.dataset, args.ratio, quick=args.quick, protocol=args.protocol)
         cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
         cfg.run.experiment = args.experiment
         cfg = apply_overrides(cfg, args.set)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffinject.arguments import ArgumentParser
-from diffinject.compare import compare, difference_plot, format_comparison, load_cell_runs
-from diffinject.errors import DiffInjectError
-from diffinject.preflight import check_output_file
-from diffinject.results import open_store
+from diffinject.cli.arguments import ArgumentParser
+from diffinject.reporting.compare import compare, difference_plot, format_comparison, load_cell_runs
+from diffinject.core.errors import DiffInjectError
+from diffinject.core.preflight import check_output_file
+from diffinject.reporting.runs import open_store
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,15 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-from diffinject.arguments import ArgumentParser
-from diffinject.config import COUNT, SEED, absolute_args, apply_overrides, check_options, preset
-from diffinject.drivers import distinct, sigterm_as_interrupt
-from diffinject.errors import DiffInjectError
-from diffinject.learning_curves import (FAMILIES, family_figure, flattening_step, learning_curve, length_of,
+from diffinject.cli.arguments import ArgumentParser
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import absolute_args, apply_overrides
+from diffinject.config.rules import COUNT, SEED, check_options
+from diffinject.config.overrides import distinct
+from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.core.errors import DiffInjectError
+from diffinject.experiment.learning_curves import (FAMILIES, family_figure, flattening_step, learning_curve, length_of,
                                         mean_curve, write_csv)
 from diffinject.methods import get_method
-from diffinject.preflight import check_data_paths, check_output_dir
-from diffinject.report import DISPLAY
+from diffinject.core.preflight import check_data_paths, check_output_dir
+from diffinject.reporting.table1 import DISPLAY
 
 CLASSIFIER_METHODS = tuple(m for family in FAMILIES.values() for m in family)
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DiffInjectError(f"--methods {method}: curves are for {', '.join(CLASSIFIER_METHODS)} "
                                       "(the methods that train on the original data only)")
         seeds = distinct(args.seeds, "--seeds")
-        cfg = preset(args.dataset, args.ratio, baselines=args.baselines)
+        cfg = experiment_config(args.dataset, args.ratio, baselines=args.baselines)
         cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
         cfg.classifier.eval_every = args.eval_every
         cfg = apply_overrides(cfg, args.set)

@@ -20,23 +20,28 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from diffinject.arguments import ArgumentParser
-from diffinject.artifacts import artifact_key
-from diffinject.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
-from diffinject.config import (COUNT, NON_NEGATIVE, QUICK_DATASET, SEED, absolute_args, apply_overrides,
-                               check_options, check_shipped_generators, preset, without_shipped_generators)
+from diffinject.cli.arguments import ArgumentParser
+from diffinject.experiment.cache import artifact_key
+from diffinject.experiment.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
+from diffinject.config.builder import check_shipped_generators, experiment_config, without_shipped_generators
+from diffinject.config.overrides import absolute_args, apply_overrides
+from diffinject.config.quick import QUICK_DATASET
+from diffinject.config.rules import COUNT, NON_NEGATIVE, SEED, check_options
 from diffinject.data.registry import get_dataset_spec, normalize_ratio
-from diffinject.diffusion.checkpoint import check_given_checkpoints
-from diffinject.diffusion.shipped import with_quick_checkpoint
-from diffinject.drivers import distinct, sigterm_as_interrupt
-from diffinject.errors import DiffInjectError
+from diffinject.nets.diffusion.checkpoint import check_given_checkpoints
+from diffinject.experiment.shipped_diffusion import with_quick_checkpoint
+from diffinject.config.overrides import distinct
+from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.core.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
-from diffinject.pipeline import check_against_data, dataset_folder, ensure_ray, with_seed
-from diffinject.preflight import check_data_paths, check_output_dir, check_tracking_store
-from diffinject.progress import Progress
-from diffinject.ray_cluster import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
-from diffinject.report import Table1
-from diffinject.tracking import Tracker
+from diffinject.cluster.session import ensure_ray
+from diffinject.experiment.stage_runs import check_against_data, dataset_folder, with_seed
+from diffinject.core.preflight import check_data_paths, check_output_dir
+from diffinject.tracking.store_check import check_tracking_store
+from diffinject.experiment.progress import Progress
+from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
+from diffinject.reporting.table1 import Table1
+from diffinject.tracking.client import Tracker
 
 PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
 
@@ -104,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         configs = []
         for dataset in datasets:
             for ratio in ratios:
-                cfg = preset(dataset, ratio, quick=args.quick, protocol=args.protocol, baselines=args.baselines)
+                cfg = experiment_config(dataset, ratio, quick=args.quick, protocol=args.protocol, baselines=args.baselines)
                 cfg.data.data_root, cfg.data.cache_root = args.data_root, args.cache_root
                 cfg.run.experiment = experiment
                 if args.retrain_generators:
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         capacity = gpu_capacity()
         on_gpu, gpu_line = decide_gpu_use(configs, capacity)  # once: no job decides again
-        from diffinject.ray_cells import RunnerSpec, default_num_workers, default_parallel, in_job_order, run_cells
+        from diffinject.experiment.parallel_cells import RunnerSpec, default_num_workers, default_parallel, in_job_order, run_cells
 
         for cfg in configs:
             cfg.run.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(on_gpu)
@@ -156,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        from diffinject.ablations import end_stopped_runs
+        from diffinject.sweeps.ablations import end_stopped_runs
 
         end_stopped_runs(Tracker(), experiment, started_ms)  # cells in Ray tasks may not have ended theirs
         print(f"\ninterrupted: finished stages are kept under {args.artifact_root}; the same command continues "
@@ -196,8 +201,8 @@ def add_precision_row(table: Table1, runner, stage1_cfgs: list, progress: Progre
 def write_outputs(table: Table1, results: list[CellResult], out: Path, experiment: str, seeds: int,
                   tracker: Tracker, use_gpu: str) -> dict:
     """Print the table; write Markdown, CSV and the bar chart; log them to an MLflow `table` run."""
-    from diffinject.atomic import atomic_file
-    from diffinject.notes import table_note
+    from diffinject.core.atomic import atomic_file
+    from diffinject.reporting.table1 import table_note
 
     text = (f"{table.markdown()}\n\n{table.notes(seeds)}\n\n"
             f"As the references report (best test accuracy during training):\n\n{table.markdown('best_test')}\n\n"

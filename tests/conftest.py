@@ -10,7 +10,7 @@ import pytest
 def ray_session():
     import ray
 
-    from diffinject.pipeline import ensure_ray
+    from diffinject.cluster.session import ensure_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     ensure_ray(num_cpus=2)
@@ -39,9 +39,9 @@ def digits_parquet(digits_root):
 @pytest.fixture
 def quick_cfg(digits_root, tmp_path):
     """A fast Colored Digits config writing its Ray results under tmp_path."""
-    from diffinject.config import preset
+    from diffinject.config.builder import experiment_config
 
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root = str(digits_root / "data")
     cfg.data.cache_root = str(digits_root / "cache")
     cfg.run.storage_path = str(tmp_path / "ray_results")

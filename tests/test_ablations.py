@@ -13,20 +13,20 @@ import time
 import numpy as np
 import pytest
 
-from diffinject.ablations import (SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
+from diffinject.sweeps.ablations import (SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
                                   evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
                                   trial_key)
-from diffinject.cells import CellResult
-from diffinject.config import preset
-from diffinject.errors import ConfigError
-from diffinject.tracking import Tracker
+from diffinject.experiment.cells import CellResult
+from diffinject.config.builder import experiment_config
+from diffinject.core.errors import ConfigError
+from diffinject.tracking.client import Tracker
 from scripts import load_script as _script
 from test_cells import TINY
 
 
 @pytest.fixture
 def base():
-    return preset("colored_digits", "1", quick=True)  # injection gamma 1.0, conflict ratio 0.1, k 10
+    return experiment_config("colored_digits", "1", quick=True)  # injection gamma 1.0, conflict ratio 0.1, k 10
 
 
 def test_axes_parse_typed_checked_values(base):
@@ -70,7 +70,7 @@ def test_a_setting_sets_every_field_of_its_axes_and_leaves_the_base_alone(base):
 
 
 def test_label_from_and_k_per_class_axes_carry_their_fields():
-    base = preset("colored_digits", "1", quick=True, protocol="paper")  # label_from content, global top-K
+    base = experiment_config("colored_digits", "1", quick=True, protocol="paper")  # label_from content, global top-K
     axes = [parse_axis("label_from=original,content", base), parse_axis("k_per_class=5,10,20", base)]
     assert axes[0].fields == ("injection.label_from",) and axes[0].values == ("original", "content")
     assert axes[1].fields == ("bias.k",) and axes[1].values == (5, 10, 20)
@@ -156,7 +156,7 @@ def test_a_setting_is_one_trial_run_with_every_seed(base, tmp_path):
 def test_a_trial_carries_its_synthetic_sets_fidelity_and_conflict_rate(base, tmp_path):
     """Cells on synthetic data carry the stage-3 quality report; the trial keeps label fidelity
     and conflict rate per seed (MLflow, a finished trial found again, the CSV, the plot)."""
-    from diffinject.ablations import write_csv
+    from diffinject.sweeps.ablations import write_csv
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     base.run.experiment = "abl"
@@ -220,7 +220,7 @@ def test_plots_for_alone_crossed_categorical_and_scattered_settings(base, tmp_pa
 def test_optuna_space_and_a_clear_error_without_optuna(base, monkeypatch):
     from ray import tune
 
-    from diffinject.ray_tune import optuna_searcher, optuna_space
+    from diffinject.sweeps.tune import optuna_searcher, optuna_space
 
     space = optuna_space([parse_axis("gamma=0.2:0.8", base), parse_axis("k=5:9", base),
                           parse_axis("mode=local,global", base)])
@@ -313,8 +313,8 @@ def test_optuna_search_over_a_range(ray_session, digits_root, tmp_path, mlflow_u
 
 def test_the_driver_builds_its_base_with_the_protocol(monkeypatch, capsys):
     ablations, seen = _script("ablations"), []
-    real = ablations.preset
-    monkeypatch.setattr(ablations, "preset", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
+    real = ablations.experiment_config
+    monkeypatch.setattr(ablations, "experiment_config", lambda *a, **kw: seen.append(real(*a, **kw)) or seen[-1])
     assert ablations.main(["--protocol", "paper"]) == 2  # stops at "nothing to sweep", after the preset
     assert "nothing to sweep" in capsys.readouterr().err
     assert seen[-1].injection.protocol == "paper" and seen[-1].bias.scope == "global"

@@ -1,4 +1,4 @@
-"""diffinject.artifacts: content-addressed stage outputs, built at most once per key."""
+"""diffinject.experiment.cache: content-addressed stage outputs, built at most once per key."""
 import contextlib
 import hashlib
 import json
@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from diffinject.artifacts import MARKER, ArtifactCache, artifact_key
-from diffinject.integrity import file_digest
-from diffinject.errors import ConfigError
+from diffinject.experiment.cache import MARKER, ArtifactCache, artifact_key
+from diffinject.core.integrity import file_digest
+from diffinject.core.errors import ConfigError
 
 MATERIAL = {"seed": 0, "model": {"width": 64, "blocks": [1, 2]}, "input": "abc"}
 

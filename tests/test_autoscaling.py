@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from emulated_cluster import FakeAutoscalingCluster
 
-from diffinject.artifacts import MARKER
+from diffinject.experiment.cache import MARKER
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "table1.py"
 GPU_NODE = {"gpu_worker": {"resources": {"CPU": 2, "GPU": 1}, "node_config": {}, "min_workers": 0, "max_workers": 1}}

@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffinject.config import preset
+from diffinject.config.builder import experiment_config
 from diffinject.methods import get_method, table_methods
 from diffinject.methods.bias_ensemble import committee_config, committee_vote, true_label_probabilities
 from diffinject.methods.disent import DisentNet, Encoder
 from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
-from diffinject.models import MLP
-from diffinject.train import Preprocess, TrainContext, TrainData, fit, train_method
+from diffinject.nets.classifiers import MLP
+from diffinject.methods.train import train_method
+from diffinject.training.loop import Preprocess, TrainContext, TrainData, fit
 
 
 def test_registry_lists_the_table_methods_in_order():
@@ -71,7 +72,7 @@ def _tiny_data(n=40, classes=2, seed=0):
 
 
 def _method(name, data, steps=12, **options):
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     clf = cfg.classifier
     clf.num_steps, clf.batch_size, clf.eval_every, clf.log_every = steps, 8, 6, 3
     clf.checkpoint_every = 0  # a resume state at every evaluation
@@ -99,7 +100,7 @@ def test_disent_swaps_only_after_the_curriculum_step_and_decays_lr_from_there():
 @pytest.mark.parametrize("disent_lr,lr", [(0.0, 0.003), (0.02, 0.02)])
 def test_disent_trains_at_its_own_lr_or_the_classifiers(disent_lr, lr):
     data = _tiny_data()
-    cfg = preset("colored_digits", "1", quick=True).classifier
+    cfg = experiment_config("colored_digits", "1", quick=True).classifier
     cfg.lr = 0.003
     method = get_method("disent")(cfg, 2, (3, 4, 4), len(data.train), {"disent_lr": disent_lr})
     assert method.optimizers["model"].param_groups[0]["lr"] == lr
@@ -136,7 +137,7 @@ def test_be_detector_runs_the_committee_and_logs_precision_and_recall():
 
 
 def test_committee_config_keeps_the_best_on_valid_evaluation_or_the_last_weights():
-    clf = preset("colored_digits", "1", quick=True).classifier
+    clf = experiment_config("colored_digits", "1", quick=True).classifier
     options = {"committee_steps": 1_000, "committee_eval_every": 500}
     cfg, offset = committee_config(clf, {**options, "committee_select": "valid"})
     assert (cfg.num_steps, cfg.select, cfg.eval_every, offset) == (1_000, "valid", 500, 1)
@@ -163,7 +164,7 @@ def test_each_committee_model_keeps_the_weights_its_selection_gives(select, kept
 @pytest.mark.parametrize("augment", ["crop_flip", "none"])
 def test_true_label_probabilities_score_augmented_images_given_a_generator(augment):
     data = _tiny_data()
-    clf = dataclasses.replace(preset("colored_digits", "1", quick=True).classifier, augment=augment)
+    clf = dataclasses.replace(experiment_config("colored_digits", "1", quick=True).classifier, augment=augment)
     torch.manual_seed(0)
     net = MLP(3 * 4 * 4, 2)
     prep = Preprocess(clf, torch.device("cpu"))
@@ -358,7 +359,7 @@ def test_disent_loss_of_one_swapping_update_by_hand(monkeypatch):
 def test_a2_trains_its_final_classifier_with_the_loss_its_protocol_names(a2_loss):
     """A²'s released 3.training-ours.py uses criterion_GCE (q 0.7) on original + augmented images:
     the reference baseline protocol; uniform trains it with cross-entropy like every stage 4."""
-    from diffinject.losses import gce_loss
+    from diffinject.nets.gce_loss import gce_loss
 
     data = _tiny_data()
     method, _ = _method("a2", data, a2_loss=a2_loss)
@@ -370,8 +371,8 @@ def test_a2_trains_its_final_classifier_with_the_loss_its_protocol_names(a2_loss
     stats = method.update(x, y, torch.arange(6))
     assert stats["loss"] == pytest.approx(float(want), rel=1e-6)
     assert abs(stats["loss"] - float(other)) > 1e-3
-    assert preset("colored_mnist_5k", "1", baselines="reference").baselines.a2_loss == "gce"
-    assert preset("colored_mnist_5k", "1", baselines="uniform").baselines.a2_loss == "ce"
+    assert experiment_config("colored_mnist_5k", "1", baselines="reference").baselines.a2_loss == "gce"
+    assert experiment_config("colored_mnist_5k", "1", baselines="uniform").baselines.a2_loss == "ce"
 
 
 @pytest.mark.parametrize("name", [m for m in table_methods() if not get_method(m).needs_synthetic])

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.config import InjectionConfig
-from diffinject.diffusion import build_unet
-from diffinject.errors import CheckpointError, ConfigError
-from diffinject.inject import InjectionEngine, timestep_grid
-from diffinject.inject import calibrate
-from diffinject import perceptual
+from diffinject.config.schema import InjectionConfig
+from diffinject.nets.diffusion import build_unet
+from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.stages.inject import InjectionEngine, timestep_grid
+from diffinject.stages.inject import calibrate
+from diffinject.nets import perceptual
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_calibrate_picks_plots_and_uses_what_it_has(lpips_rand, tmp_path, caplog
     threshold = float((curve[2] + curve[3]) / 2)
     cfg = InjectionConfig(inversion_steps=6, lpips_threshold=threshold, calibration_images=100)
     plot = tmp_path / "plots" / "t_edit.png"
-    with caplog.at_level(logging.WARNING, logger="diffinject.inject.calibrate"):
+    with caplog.at_level(logging.WARNING, logger="diffinject.stages.inject.calibrate"):
         t_edit, ts2, curve2 = calibrate.calibrate_t_edit(engine, images, cfg, lpips_rand, plot_path=plot)
     assert t_edit == ts[3] and ts2 == ts
     np.testing.assert_allclose(curve2, curve)

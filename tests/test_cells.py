@@ -12,15 +12,16 @@ import json
 import pytest
 import torch
 
-from diffinject.artifacts import ArtifactCache, artifact_key
-from diffinject.cells import CellRunner
-from diffinject.config import apply_overrides, preset
+from diffinject.experiment.cache import ArtifactCache, artifact_key
+from diffinject.experiment.cells import CellRunner
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
 from diffinject.data.layout import write_layout
 from diffinject.data.parquet import load_split
 from diffinject.data.registry import get_dataset_spec
-from diffinject.errors import CheckpointError, ConfigError
-from diffinject.pipeline import with_seed
-from diffinject.tracking import Tracker
+from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.experiment.stage_runs import with_seed
+from diffinject.tracking.client import Tracker
 from test_guided_diffusion import random_openai_state
 from test_layout import make_split
 
@@ -32,7 +33,7 @@ TINY = ["classifier.num_steps=6", "classifier.eval_every=3", "bias.classifier.nu
 
 @pytest.fixture
 def tiny_cfg(digits_root, tmp_path):
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
     cfg.run.storage_path, cfg.run.experiment = str(tmp_path / "ray_results"), "cells"
     return apply_overrides(cfg, TINY)
@@ -129,7 +130,7 @@ def test_a_cell_reused_in_another_experiment_gets_a_run_there(ray_session, tiny_
 
 def test_an_interrupted_cell_redoes_only_its_unfinished_stages(ray_session, tiny_cfg, tmp_path, mlflow_uri,
                                                               monkeypatch):
-    import diffinject.cells as cells
+    import diffinject.experiment.cells as cells
 
     runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker())
     real = cells.run_stage3
@@ -148,7 +149,7 @@ def test_an_interrupted_cell_redoes_only_its_unfinished_stages(ray_session, tiny
 
 
 def test_two_parallel_cells_train_the_shared_diffusion_model_once(ray_session, tiny_cfg, tmp_path, mlflow_uri):
-    from diffinject.ray_cells import RunnerSpec, run_cells
+    from diffinject.experiment.parallel_cells import RunnerSpec, run_cells
 
     spec = RunnerSpec(str(tmp_path / "artifacts"), mlflow_uri, {})
     Tracker().experiment("cells")  # created on the driver before the cells log (SQLite)
@@ -183,16 +184,16 @@ def test_a_rerun_marks_killed_the_runs_a_dead_process_left_running_under_its_key
 
 
 def test_diffinject_cells_carry_their_protocol_as_a_tag_and_param():
-    from diffinject.pipeline import cell_params, cell_tags
+    from diffinject.experiment.stage_runs import cell_params, cell_tags
 
-    cfg = preset("colored_digits", "1", quick=True, protocol="paper")
+    cfg = experiment_config("colored_digits", "1", quick=True, protocol="paper")
     assert cell_tags(cfg, "diffinject")["protocol"] == cell_params(cfg, "diffinject")["protocol"] == "paper"
     assert cell_params(cfg, "diffinject")["injection.protocol"] == "paper"
     assert "protocol" not in cell_tags(cfg, "vanilla") and "protocol" not in cell_params(cfg, "vanilla")
 
 
 def test_checkpoint_for_an_unknown_file_or_dataset_is_an_error(tmp_path):
-    from diffinject.cells import check_checkpoint_datasets
+    from diffinject.experiment.cells import check_checkpoint_datasets
 
     with pytest.raises(CheckpointError, match="no such file"):
         CellRunner(ArtifactCache(tmp_path), Tracker(f"sqlite:///{tmp_path / 'm.db'}"), {"bffhq": str(tmp_path / "x.pt")})
@@ -223,7 +224,7 @@ def _write_tiny_bffhq(root: Path) -> None:
 
 def test_miniature_full_run_with_a_guided_diffusion_checkpoint(table1, ray_session, tmp_path, mlflow_uri,
                                                               monkeypatch, capsys):
-    from diffinject.diffusion import get_preset
+    from diffinject.nets.diffusion import get_preset
 
     monkeypatch.chdir(tmp_path)
     _write_tiny_bffhq(tmp_path / "data")
@@ -276,7 +277,7 @@ def test_bad_checkpoint_argument_is_an_error(table1, capsys):
 
 
 def test_train_cli_refuses_diffinject_without_a_synthetic_set(capsys):
-    from diffinject.cli import main
+    from diffinject.cli.main import main
 
     assert main(["train", "diffinject"]) != 0
     assert "--synthetic" in capsys.readouterr().err

@@ -2,12 +2,14 @@
 import numpy as np
 import pytest
 
-from diffinject.checkpoint_quality import (SHARES, QualityPoint, curve_figure, measure, stops_rising, summary,
+from diffinject.experiment.checkpoint_quality import (SHARES, QualityPoint, curve_figure, measure, stops_rising, summary,
                                           write_csv)
-from diffinject.config import DiffusionConfig, apply_overrides, preset
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
+from diffinject.config.schema import DiffusionConfig
 from diffinject.data.parquet import load_split
-from diffinject.stage2 import train_diffusion
-from diffinject.train import TrainContext
+from diffinject.stages.stage2 import train_diffusion
+from diffinject.training.loop import TrainContext
 from test_cells import TINY
 
 
@@ -28,7 +30,7 @@ def tiny_checkpoints(digits_parquet, tmp_path):
 
 def test_each_checkpoint_and_seed_gets_its_set_s_quality_report(ray_session, digits_root, tmp_path, mlflow_uri,
                                                                  tiny_checkpoints):
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
     cfg.run.storage_path, cfg.run.experiment = str(tmp_path / "ray_results"), "curve"
     cfg = apply_overrides(cfg, TINY)
@@ -72,8 +74,8 @@ def test_a_gan_methods_curve_reads_its_starting_generator_checkpoints(ray_sessio
     """--method a2: each source StyleGAN2 checkpoint starts the A² set, read like DiffInject's."""
     import math
 
-    from diffinject.config import StyleGAN2Config
-    from diffinject.synthesis.stylegan2_adapt import train_source
+    from diffinject.config.schema import StyleGAN2Config
+    from diffinject.stages.synthesis.stylegan2_adapt import train_source
     from test_gan_cells import TINY as GAN_TINY
 
     kept = {}
@@ -85,7 +87,7 @@ def test_a_gan_methods_curve_reads_its_starting_generator_checkpoints(ray_sessio
     for name in ("step_0000001.pt", "step_0000002.pt"):
         (tmp_path / name).write_bytes(kept[f"checkpoints/{name}"])
         files.append(tmp_path / name)
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
     cfg.run.storage_path, cfg.run.experiment = str(tmp_path / "ray_results"), "curve-a2"
     cfg = apply_overrides(cfg, GAN_TINY)

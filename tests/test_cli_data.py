@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 
-from diffinject.cli import main
+from diffinject.cli.main import main
 from diffinject.data.layout import LabeledImages, read_layout, split_dirs, write_layout
 from diffinject.data.registry import get_dataset_spec
 

@@ -6,13 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from diffinject.cli import main
-from diffinject.config import DiffusionConfig
-from diffinject.diffusion.checkpoint import FORMAT
-from diffinject.diffusion.models import PRESETS
-from diffinject.errors import ConfigError
-from diffinject.stage2 import train_diffusion
-from diffinject.train import TrainContext
+from diffinject.cli.main import main
+from diffinject.config.schema import DiffusionConfig
+from diffinject.nets.diffusion.checkpoint import FORMAT
+from diffinject.nets.diffusion.models import PRESETS
+from diffinject.core.errors import ConfigError
+from diffinject.stages.stage2 import train_diffusion
+from diffinject.training.loop import TrainContext
 from test_guided_diffusion import GD_TINY, random_openai_state
 
 
@@ -87,12 +87,12 @@ def test_sample_errors(tiny_checkpoint, tmp_path, capsys):
 def test_sample_bounds_the_grid_before_sampling(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     """A count or scale whose grid cannot be held or opened is one error line before any
     sampling (it used to end in a RuntimeError or a MemoryError after it)."""
-    import diffinject.diffusion
+    import diffinject.nets.diffusion
 
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampling started")
 
-    monkeypatch.setattr(diffinject.diffusion, "ddim_sample", no_sampling)
+    monkeypatch.setattr(diffinject.nets.diffusion, "ddim_sample", no_sampling)
     cases = [
         (["--num", "100000"], "--num must be in [1, 10000], got 100000"),
         (["--scale", "100000"], "--scale must be in [1, 16], got 100000"),
@@ -111,7 +111,7 @@ def test_sample_bounds_the_grid_before_sampling(tiny_checkpoint, tmp_path, capsy
 
 
 def test_png_bytes_refuses_a_picture_over_the_pixel_bound():
-    from diffinject import plots
+    from diffinject.core import plots
 
     image = np.zeros((36, 36, 3), dtype=np.uint8)
     with pytest.raises(ConfigError, match="the picture enlarged 100000 times would be 3600000 x 3600000"):
@@ -123,7 +123,7 @@ def test_png_bytes_refuses_a_picture_over_the_pixel_bound():
 def test_sample_output_is_checked_before_loading_or_sampling(tmp_path, capsys, monkeypatch):
     import errno
 
-    from diffinject import preflight
+    from diffinject.core import preflight
 
     missing = tmp_path / "none.pt"  # never read: the output check comes first
     assert main(["diffusion", "sample", "--checkpoint", str(missing), "--out", str(tmp_path)]) == 2
@@ -154,7 +154,7 @@ def test_train_command(ray_session, digits_root, tmp_path, mlflow_uri, monkeypat
 
 
 def test_export_to_float16_halves_the_file_and_loads_back_strictly(tiny_checkpoint, tmp_path, capsys):
-    from diffinject.diffusion.checkpoint import load_unet_checkpoint
+    from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 
     out = tmp_path / "half.pt"
     assert main(["diffusion", "export", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0

@@ -2,10 +2,10 @@
 fit the 10 MB bound that way) loads back strictly, close to the float32 weights."""
 import torch
 
-from diffinject.cli import main
-from diffinject.gan.checkpoint import gan_checkpoint_bytes, read_gan_checkpoint
-from diffinject.gan.fastgan import Discriminator, Generator, get_gan_preset
-from diffinject.synthesis.fastgan import load_class_generators
+from diffinject.cli.main import main
+from diffinject.nets.gan.checkpoint import gan_checkpoint_bytes, read_gan_checkpoint
+from diffinject.nets.gan.fastgan import Discriminator, Generator, get_gan_preset
+from diffinject.stages.synthesis.fastgan_per_class import load_class_generators
 
 
 def test_export_to_float16_halves_a_fastgan_file_and_loads_back_strictly(tmp_path, capsys):

@@ -2,12 +2,12 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from diffinject.cli import main
-from diffinject.config import QUICK_INJECTION
+from diffinject.cli.main import main
+from diffinject.config.quick import QUICK_INJECTION
 from diffinject.data.parquet import conversion_counts, load_split
-from diffinject.diffusion import build_unet, get_preset
-from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
-from diffinject.tracking import Tracker
+from diffinject.nets.diffusion import build_unet, get_preset
+from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
+from diffinject.tracking.client import Tracker
 
 
 @pytest.fixture(scope="module")

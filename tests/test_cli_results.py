@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from diffinject.cli import main
-from diffinject.tracking import Tracker
+from diffinject.cli.main import main
+from diffinject.tracking.client import Tracker
 from scripts import load_script
 
 

@@ -1,7 +1,7 @@
 """`diffinject train|topk|results`: exit codes and one-line errors."""
 import pytest
 
-from diffinject.cli import main
+from diffinject.cli.main import main
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -21,7 +21,7 @@ def test_bad_arguments_exit_non_zero_with_one_line(argv, message, capsys, tmp_pa
 
 @pytest.mark.parametrize("argv,protocol", [([], "release"), (["--protocol", "paper"], "paper")])
 def test_run_commands_build_their_config_with_the_protocol(argv, protocol):
-    from diffinject.cli import _config, build_parser
+    from diffinject.cli.main import _config, build_parser
 
     cfg = _config(build_parser().parse_args(["topk", *argv]))
     assert cfg.injection.protocol == protocol and cfg.bias.scope == ("per_class" if protocol == "release" else "global")

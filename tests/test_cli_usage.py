@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffinject.cli import main
+from diffinject.cli.main import main
 from diffinject.data.registry import DATASETS
 from diffinject.methods import METHODS
 from scripts import load_script

@@ -1,4 +1,4 @@
-"""The cluster-wide artifact lock (diffinject.ray_locks): leases outlive no killed holder,
+"""The cluster-wide artifact lock (diffinject.cluster.locks): leases outlive no killed holder,
 renewals keep a live one, and the lock actor is detached, in its namespace, on the head."""
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _name() -> str:
 def _acquire_in_thread(name: str, lease_s: float = 30.0):
     """Wait for `name` in a daemon thread holding it until `done` is set; returns
     (acquired event, done event, [monotonic time of acquisition])."""
-    from diffinject.ray_locks import cluster_lock
+    from diffinject.cluster.locks import cluster_lock
 
     acquired, done, when = threading.Event(), threading.Event(), []
 
@@ -41,7 +41,7 @@ def _holder_class(ray):
         """Holds a cluster lock in a process of its own, for as long as that process lives."""
 
         def hold(self, name: str, lease_s: float) -> int:
-            from diffinject.ray_locks import cluster_lock
+            from diffinject.cluster.locks import cluster_lock
 
             held = threading.Event()
 
@@ -75,7 +75,7 @@ def test_killed_holder_loses_lock_after_its_lease(ray_session):
     """The acceptance test: a holder killed with SIGKILL while holding the lock (in a process
     of its own) blocks the others for the rest of its lease, no longer."""
     ray = ray_session
-    from diffinject.ray_locks import lock_actor
+    from diffinject.cluster.locks import lock_actor
 
     name, locks = _name(), lock_actor()
     holder = _holder_class(ray).remote()
@@ -105,7 +105,7 @@ def test_killed_holder_loses_lock_after_its_lease(ray_session):
 def test_live_holder_keeps_lock_across_leases(ray_session):
     """Renewals keep a working holder's lock past many lease lengths; its release frees it at once."""
     ray = ray_session
-    from diffinject.ray_locks import cluster_lock, lock_actor
+    from diffinject.cluster.locks import cluster_lock, lock_actor
 
     name, locks, lease_s = _name(), lock_actor(), 0.5
     with cluster_lock(name, lease_s=lease_s, poll_s=0.05):
@@ -126,7 +126,7 @@ def test_live_holder_keeps_lock_across_leases(ray_session):
 def test_key_locks_leases(ray_session):
     """The actor's logic, on an instance of its own: exclusion, expiry, renew and release by owner only."""
     ray = ray_session
-    from diffinject.ray_locks import KeyLocks
+    from diffinject.cluster.locks import KeyLocks
 
     locks, lease = KeyLocks.remote(), 0.3
 
@@ -156,7 +156,7 @@ def test_lock_actor_detached_in_namespace_on_head(ray_session):
     ray = ray_session
     from ray._private import state  # the public ray.util.state needs the dashboard, off in tests
 
-    from diffinject.ray_locks import LOCK_ACTOR, LOCK_NAMESPACE, lock_actor
+    from diffinject.cluster.locks import LOCK_ACTOR, LOCK_NAMESPACE, lock_actor
 
     locks = lock_actor()
     ray.get(locks.__ray_ready__.remote())
@@ -181,7 +181,7 @@ def test_lost_lock_warns_once(ray_session, capfd):
     """A holder whose lock was taken from it (its lease ran out unrenewed) says so once on
     stderr and carries on; its release then leaves the new holder alone."""
     ray = ray_session
-    from diffinject.ray_locks import cluster_lock, lock_actor
+    from diffinject.cluster.locks import cluster_lock, lock_actor
 
     name, locks, lease_s = _name(), lock_actor(), 0.6
     with cluster_lock(name, lease_s=lease_s, poll_s=0.05):

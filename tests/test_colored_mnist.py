@@ -13,7 +13,7 @@ from diffinject.data.idx import read_idx
 from diffinject.data.layout import load_image, read_layout
 from diffinject.data.protocol import CMNIST_COLOR_STD, CMNIST_COLORS, conflict_counts
 from diffinject.data.registry import get_dataset_spec
-from diffinject.errors import DataError
+from diffinject.core.errors import DataError
 
 N_TRAIN, N_TEST, VALID = 300, 100, 50
 RATIOS = ("1", "5")

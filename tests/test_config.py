@@ -4,10 +4,14 @@ from typing import get_type_hints
 
 import pytest
 
-from diffinject.config import (FIELD_RULES, ExperimentConfig, Range, Text, apply_overrides, flatten, from_dict,
-                               method_classifier, preset, to_dict, validate)
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
+from diffinject.config.rules import Range, Text
+from diffinject.config.schema import ExperimentConfig, flatten, from_dict, to_dict
+from diffinject.config.validation import FIELD_RULES, validate
+from diffinject.methods import method_classifier
 from diffinject.data.registry import DATASETS
-from diffinject.errors import ConfigError
+from diffinject.core.errors import ConfigError
 
 
 @pytest.mark.parametrize("dataset,arch,lr,batch,augment,normalize,resize", [
@@ -18,8 +22,8 @@ from diffinject.errors import ConfigError
 ])
 def test_presets_carry_the_paper_hyperparameters(dataset, arch, lr, batch, augment, normalize, resize):
     """The paper's classifier: stage 1's under either baseline protocol, and the uniform one's."""
-    cfg = preset(dataset, "5", protocol="paper", baselines="uniform")
-    for c in (cfg.classifier, cfg.bias.classifier, preset(dataset, "5", protocol="paper").bias.classifier):
+    cfg = experiment_config(dataset, "5", protocol="paper", baselines="uniform")
+    for c in (cfg.classifier, cfg.bias.classifier, experiment_config(dataset, "5", protocol="paper").bias.classifier):
         assert (c.arch, c.lr, c.batch_size, c.augment, c.normalize, c.resize) == (arch, lr, batch, augment, normalize,
                                                                                  resize)
     assert cfg.classifier.select == "valid" and cfg.bias.classifier.select == "last"
@@ -41,8 +45,8 @@ PAPER_MODES = {"cmnist": "local", "colored_digits": "local", "cifar10c": "global
 @pytest.mark.parametrize("dataset", sorted(PAPER_MODES))
 def test_protocol_presets_per_dataset(dataset):
     ratio = DATASETS[dataset].ratios[0]
-    release, paper = preset(dataset, ratio), preset(dataset, ratio, protocol="paper")
-    assert to_dict(release) == to_dict(preset(dataset, ratio, protocol="release"))  # release is the default
+    release, paper = experiment_config(dataset, ratio), experiment_config(dataset, ratio, protocol="paper")
+    assert to_dict(release) == to_dict(experiment_config(dataset, ratio, protocol="release"))  # release is the default
     small = dataset in ("cmnist", "colored_digits", "cifar10c")
     assert _protocol_fields(release) == dict(
         protocol="release", label_from="original" if small else "content", scope="per_class", k=10, select="valid",
@@ -61,12 +65,12 @@ def test_protocol_presets_per_dataset(dataset):
 
 
 def test_quick_presets_keep_the_cpu_injection_on_top_of_the_protocol():
-    quick = preset("colored_digits", "1", quick=True)
+    quick = experiment_config("colored_digits", "1", quick=True)
     assert _protocol_fields(quick) == dict(
         protocol="release", label_from="content", scope="per_class", k=10, select="valid", mode="global",
         t_edit=200, calibrate=False, lpips=0.33, dt_lambda=0.9985, steps=(20, 20), grids=(0, 0))
     assert quick.injection.gamma == 1.0 and quick.bias.classifier.num_steps == 300
-    paper = preset("colored_digits", "1", quick=True, protocol="paper")
+    paper = experiment_config("colored_digits", "1", quick=True, protocol="paper")
     assert _protocol_fields(paper) == dict(
         protocol="paper", label_from="content", scope="global", k=10, select="last", mode="global",
         t_edit=200, calibrate=False, lpips=0.33, dt_lambda=1.0, steps=(20, 20), grids=(0, 0))
@@ -76,24 +80,24 @@ def test_quick_presets_keep_the_cpu_injection_on_top_of_the_protocol():
     ("release", "original", "per_class", "valid", 0.9985), ("paper", "content", "global", "last", 1.0)])
 def test_the_quick_colored_mnist_5k_injects_locally_with_the_protocols_labelling(protocol, label_from, scope, select,
                                                                                  dt_lambda):
-    quick = preset("colored_mnist_5k", "1", quick=True, protocol=protocol)
+    quick = experiment_config("colored_mnist_5k", "1", quick=True, protocol=protocol)
     assert _protocol_fields(quick) | {"gamma": quick.injection.gamma} == dict(
         protocol=protocol, label_from=label_from, scope=scope, k=10, select=select, mode="local", t_edit=200,
         calibrate=False, lpips=0.33, dt_lambda=dt_lambda, steps=(20, 20), grids=(0, 0), gamma=1.0)
-    assert quick.injection.mask == preset("colored_mnist_5k", "1").injection.mask  # the default region
+    assert quick.injection.mask == experiment_config("colored_mnist_5k", "1").injection.mask  # the default region
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_a_protocol_override_applies_the_protocol_first(quick):
-    want = apply_overrides(preset("cmnist", "1", quick=quick, protocol="paper"), [])  # paths made absolute too
+    want = apply_overrides(experiment_config("cmnist", "1", quick=quick, protocol="paper"), [])  # paths made absolute too
     want.injection.t_edit, want.bias.k = 300, 7
     for order in (["injection.protocol=paper", "injection.t_edit=300", "bias.k=7"],
                   ["injection.t_edit=300", "bias.k=7", "injection.protocol=paper"]):
-        assert to_dict(apply_overrides(preset("cmnist", "1", quick=quick), order)) == to_dict(want)
-    back = apply_overrides(preset("cmnist", "1", quick=quick, protocol="paper"), ["injection.protocol=release"])
-    assert to_dict(back) == to_dict(apply_overrides(preset("cmnist", "1", quick=quick), []))
+        assert to_dict(apply_overrides(experiment_config("cmnist", "1", quick=quick), order)) == to_dict(want)
+    back = apply_overrides(experiment_config("cmnist", "1", quick=quick, protocol="paper"), ["injection.protocol=release"])
+    assert to_dict(back) == to_dict(apply_overrides(experiment_config("cmnist", "1", quick=quick), []))
     with pytest.raises(ConfigError, match="^injection.protocol must be release or paper, got 'code'"):
-        apply_overrides(preset("cmnist"), ["injection.protocol=code"])
+        apply_overrides(experiment_config("cmnist"), ["injection.protocol=code"])
 
 
 # The reference repositories' settings per dataset and ratio (config.BASELINE_PROTOCOLS["reference"]):
@@ -126,8 +130,8 @@ def _committee(cfg):
 
 @pytest.mark.parametrize("dataset,ratio", sorted(REFERENCE))
 def test_the_reference_baseline_protocol_per_dataset_and_ratio(dataset, ratio):
-    cfg = preset(dataset, ratio)  # reference is the default
-    assert to_dict(cfg) == to_dict(preset(dataset, ratio, baselines="reference"))
+    cfg = experiment_config(dataset, ratio)  # reference is the default
+    assert to_dict(cfg) == to_dict(experiment_config(dataset, ratio, baselines="reference"))
     assert cfg.baselines.protocol == "reference" and _baseline_fields(cfg) == REFERENCE[dataset, ratio]
     assert cfg.classifier.num_steps == 50_000
     assert (cfg.baselines.curr_step, cfg.baselines.lr_decay_step) == (10_000, 10_000)
@@ -136,7 +140,7 @@ def test_the_reference_baseline_protocol_per_dataset_and_ratio(dataset, ratio):
 
 @pytest.mark.parametrize("dataset,ratio", sorted(REFERENCE))
 def test_the_uniform_baseline_protocol_trains_every_method_with_the_classifier_preset(dataset, ratio):
-    uniform, reference = preset(dataset, ratio, baselines="uniform"), preset(dataset, ratio)
+    uniform, reference = experiment_config(dataset, ratio, baselines="uniform"), experiment_config(dataset, ratio)
     stage1 = uniform.bias.classifier
     assert uniform.baselines.protocol == "uniform"
     assert _baseline_fields(uniform) == dict(REFERENCE[dataset, ratio], lr=stage1.lr, augment=stage1.augment,
@@ -149,51 +153,51 @@ def test_the_uniform_baseline_protocol_trains_every_method_with_the_classifier_p
 
 
 def test_dogs_and_cats_augments_only_under_the_reference_protocol():
-    assert preset("dogs_and_cats", "1", baselines="uniform").classifier.augment == "none"
-    assert preset("dogs_and_cats", "1").classifier.augment == "crop_flip"
-    assert preset("dogs_and_cats", "1").bias.classifier.augment == "none"
+    assert experiment_config("dogs_and_cats", "1", baselines="uniform").classifier.augment == "none"
+    assert experiment_config("dogs_and_cats", "1").classifier.augment == "crop_flip"
+    assert experiment_config("dogs_and_cats", "1").bias.classifier.augment == "none"
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_a_baselines_protocol_override_applies_the_protocol_first(quick):
-    want = apply_overrides(preset("colored_digits", "1", quick=quick, baselines="uniform"), [])
+    want = apply_overrides(experiment_config("colored_digits", "1", quick=quick, baselines="uniform"), [])
     want.classifier.lr, want.baselines.disent_lr, want.baselines.committee_select = 0.05, 0.002, "valid"
     others = ["classifier.lr=0.05", "baselines.disent_lr=0.002", "baselines.committee_select=valid"]
     for order in (["baselines.protocol=uniform", *others], [*others, "baselines.protocol=uniform"]):
-        assert to_dict(apply_overrides(preset("colored_digits", "1", quick=quick), order)) == to_dict(want)
-    back = apply_overrides(preset("colored_digits", "1", quick=quick, baselines="uniform"),
+        assert to_dict(apply_overrides(experiment_config("colored_digits", "1", quick=quick), order)) == to_dict(want)
+    back = apply_overrides(experiment_config("colored_digits", "1", quick=quick, baselines="uniform"),
                            ["baselines.protocol=reference"])
-    assert to_dict(back) == to_dict(apply_overrides(preset("colored_digits", "1", quick=quick), []))
+    assert to_dict(back) == to_dict(apply_overrides(experiment_config("colored_digits", "1", quick=quick), []))
 
 
 def test_the_quick_preset_scales_the_reference_lengths_to_its_steps():
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     c, b = cfg.classifier, cfg.baselines
     assert (c.num_steps, c.eval_every, c.log_every, c.lr, c.mlp_divide_by_255) == (1_000, 50, 10, 0.01, True)
     assert (b.lff_lr, b.lff_num_steps, b.curr_step, b.lr_decay_step) == (1e-3, 470, 200, 200)  # x 1,000 / 50,000
     assert (b.committee_steps, b.committee_eval_every, b.committee_select) == (200, 100, "valid")
-    uniform = preset("colored_digits", "1", quick=True, baselines="uniform")  # x 1,000 / 20,000
+    uniform = experiment_config("colored_digits", "1", quick=True, baselines="uniform")  # x 1,000 / 20,000
     assert uniform.classifier.num_steps == 1_000 and uniform.classifier.lr == 1e-3
     assert (uniform.baselines.lff_num_steps, uniform.baselines.curr_step, uniform.baselines.lr_decay_step) == (0, 500, 500)
     assert cfg.bias.classifier.num_steps == uniform.bias.classifier.num_steps == 300
 
 
 def test_the_quick_colored_mnist_5k_gives_disent_its_own_length_and_unscaled_decay():
-    from diffinject.config import method_classifier
+    from diffinject.methods import method_classifier
 
-    cfg = preset("colored_mnist_5k", "1", quick=True)
+    cfg = experiment_config("colored_mnist_5k", "1", quick=True)
     b = cfg.baselines
     lengths = {m: method_classifier(cfg, m).num_steps for m in ("vanilla", "lff", "lff_be", "disent", "disent_be")}
     assert lengths == {"vanilla": 2_500, "lff": 5_000, "lff_be": 2_500, "disent": 10_000, "disent_be": 10_000}
     assert (b.curr_step, b.lr_decay_step) == (2_000, 10_000)  # 10,000 x 10,000 / 50,000; the reference's decay
     assert (b.committee_steps, b.committee_eval_every) == (250, 125)
-    uniform = preset("colored_mnist_5k", "1", quick=True, baselines="uniform")  # every method alike
+    uniform = experiment_config("colored_mnist_5k", "1", quick=True, baselines="uniform")  # every method alike
     assert uniform.baselines.disent_num_steps == 0
     assert {method_classifier(uniform, m).num_steps for m in ("vanilla", "disent", "disent_be")} == {2_500}
 
 
 def test_method_classifier_gives_lff_its_own_lr_and_length():
-    cfg = preset("colored_digits", "1")
+    cfg = experiment_config("colored_digits", "1")
     lff = method_classifier(cfg, "lff")
     assert (lff.lr, lff.num_steps) == (1e-3, 23_500)
     assert lff == dataclasses.replace(cfg.classifier, lr=1e-3, num_steps=23_500)  # nothing else differs
@@ -201,18 +205,18 @@ def test_method_classifier_gives_lff_its_own_lr_and_length():
         assert method_classifier(cfg, method) is cfg.classifier
     cfg.baselines.lff_lr = 0.0  # 0: the classifier's lr, keeping LfF's length
     assert (method_classifier(cfg, "lff").lr, method_classifier(cfg, "lff").num_steps) == (0.01, 23_500)
-    uniform = preset("colored_digits", "1", baselines="uniform")
+    uniform = experiment_config("colored_digits", "1", baselines="uniform")
     assert method_classifier(uniform, "lff") is uniform.classifier
-    bffhq = preset("bffhq", "1")  # LfF has no BFFHQ setting: it trains as the classifier
+    bffhq = experiment_config("bffhq", "1")  # LfF has no BFFHQ setting: it trains as the classifier
     assert method_classifier(bffhq, "lff") is bffhq.classifier
 
 
 def test_stage_4_trains_each_method_with_its_classifier(monkeypatch):
-    from diffinject import stage4
+    from diffinject.stages import stage4
 
     seen = {}
     monkeypatch.setattr(stage4, "train_method", lambda name, clf, *args, **kw: seen.setdefault(name, clf))
-    cfg = preset("colored_digits", "1")
+    cfg = experiment_config("colored_digits", "1")
     for method in ("lff", "vanilla"):
         stage4.train_classifier(method, cfg, data=None, ctx=None)
     assert seen == {"lff": method_classifier(cfg, "lff"), "vanilla": cfg.classifier}
@@ -221,28 +225,28 @@ def test_stage_4_trains_each_method_with_its_classifier(monkeypatch):
 
 def test_an_unknown_baselines_protocol_is_an_error_naming_the_field():
     with pytest.raises(ConfigError, match="^baselines.protocol must be reference or uniform, got 'code'"):
-        apply_overrides(preset("cmnist"), ["baselines.protocol=code"])
+        apply_overrides(experiment_config("cmnist"), ["baselines.protocol=code"])
     with pytest.raises(ConfigError, match="^baselines.protocol must be reference or uniform, got 'code'"):
-        preset("cmnist", baselines="code")
+        experiment_config("cmnist", baselines="code")
 
 
 def test_an_inject_grid_that_leaves_no_injected_step_is_an_error():
     with pytest.raises(ConfigError, match=r"^injection.inject_grid = 50 leaves no injected step below t = 999"):
-        apply_overrides(preset("cmnist"), ["injection.generation_steps=20"])
-    apply_overrides(preset("cmnist"), ["injection.generation_steps=50"])        # the grid itself
-    apply_overrides(preset("cmnist"), ["injection.generation_steps=20", "injection.inject_grid=0"])
+        apply_overrides(experiment_config("cmnist"), ["injection.generation_steps=20"])
+    apply_overrides(experiment_config("cmnist"), ["injection.generation_steps=50"])        # the grid itself
+    apply_overrides(experiment_config("cmnist"), ["injection.generation_steps=20", "injection.inject_grid=0"])
     with pytest.raises(ConfigError, match=r"^injection.inject_grid must be in \[2, 1000\] \(or 0 to disable\)"):
-        apply_overrides(preset("cmnist"), ["injection.inject_grid=1"])
+        apply_overrides(experiment_config("cmnist"), ["injection.inject_grid=1"])
     with pytest.raises(ConfigError, match="unknown config field 'quick_preset'"):
-        apply_overrides(preset("cmnist"), ["quick_preset=true"])
+        apply_overrides(experiment_config("cmnist"), ["quick_preset=true"])
 
 
 def test_quick_preset_is_smaller():
-    assert preset("colored_digits", quick=True).classifier.num_steps < preset("colored_digits").classifier.num_steps
+    assert experiment_config("colored_digits", quick=True).classifier.num_steps < experiment_config("colored_digits").classifier.num_steps
 
 
 def test_overrides_are_typed():
-    cfg = apply_overrides(preset("cmnist"), ["classifier.lr=1e-4", "bias.k=20", "classifier.normalize=true",
+    cfg = apply_overrides(experiment_config("cmnist"), ["classifier.lr=1e-4", "bias.k=20", "classifier.normalize=true",
                                             "bias.classifier.num_steps=5", "data.ratio=5pct"])
     assert cfg.classifier.lr == 1e-4 and cfg.bias.k == 20 and cfg.classifier.normalize is True
     assert cfg.bias.classifier.num_steps == 5 and cfg.data.ratio == "5"
@@ -274,24 +278,24 @@ def test_overrides_are_typed():
 ])
 def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(ConfigError, match=message):
-        apply_overrides(preset("cmnist"), [override])
+        apply_overrides(experiment_config("cmnist"), [override])
 
 
 def test_a_conflict_ratio_above_1_is_accepted_with_one_warning(monkeypatch, capsys):
-    import diffinject.config
+    import diffinject.config.rules
 
-    monkeypatch.setattr(diffinject.config, "_warned", set(), raising=False)
+    monkeypatch.setattr(diffinject.config.rules, "_warned", set(), raising=False)
     for _ in range(2):
-        assert apply_overrides(preset("cmnist"), ["injection.conflict_ratio=5"]).injection.conflict_ratio == 5
+        assert apply_overrides(experiment_config("cmnist"), ["injection.conflict_ratio=5"]).injection.conflict_ratio == 5
     err = capsys.readouterr().err
     assert err.startswith("warning: injection.conflict_ratio=5 queues N_syn = round(conflict_ratio x |train|) = 5 x "
                           "the training split") and err.count("\n") == 1
-    apply_overrides(preset("cmnist"), ["injection.conflict_ratio=1"])
+    apply_overrides(experiment_config("cmnist"), ["injection.conflict_ratio=1"])
     assert capsys.readouterr().err == ""
 
 
 def test_flatten_and_round_trip():
-    cfg = preset("cifar10c", "1")
+    cfg = experiment_config("cifar10c", "1")
     flat = flatten(cfg)
     assert flat["classifier.lr"] == 1e-3 and flat["bias.classifier.select"] == "valid" and flat["data.ratio"] == "1"
     assert flat["injection.protocol"] == "release"  # MLflow params and the stage-3 key see the protocol
@@ -352,7 +356,7 @@ def test_every_field_rejects_values_outside_its_rule_naming_the_field():
     for cls, key, name, kind in _leaf_fields():
         rule = FIELD_RULES[cls][name]
         for value in _bad_values(rule, kind):
-            cfg = preset("colored_digits", "1")
+            cfg = experiment_config("colored_digits", "1")
             _set(cfg, key, value)
             with pytest.raises(ConfigError, match=f"^{key}[ =:]"):
                 validate(cfg)
@@ -361,12 +365,12 @@ def test_every_field_rejects_values_outside_its_rule_naming_the_field():
 @pytest.mark.parametrize("dataset", sorted(DATASETS))
 def test_every_preset_validates_at_every_ratio(dataset):
     for ratio in DATASETS[dataset].ratios:
-        validate(preset(dataset, ratio))
-    validate(preset(dataset, DATASETS[dataset].ratios[0], quick=True))
+        validate(experiment_config(dataset, ratio))
+    validate(experiment_config(dataset, DATASETS[dataset].ratios[0], quick=True))
 
 
 def test_the_quick_preset_validates():
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     validate(cfg)
     assert cfg.data.ratio == "1"
 
@@ -374,9 +378,9 @@ def test_the_quick_preset_validates():
 @pytest.mark.parametrize("stand_in", ["colored_digits", "colored_mnist_5k"])
 @pytest.mark.parametrize("protocol,baselines", [("release", "reference"), ("paper", "uniform")])
 def test_an_embedded_dataset_trains_with_colored_mnist_s_presets(stand_in, protocol, baselines):
-    from diffinject.config import to_dict
+    from diffinject.config.schema import to_dict
 
-    ours, theirs = (to_dict(preset(d, "1", protocol=protocol, baselines=baselines)) for d in (stand_in, "cmnist"))
+    ours, theirs = (to_dict(experiment_config(d, "1", protocol=protocol, baselines=baselines)) for d in (stand_in, "cmnist"))
     assert ours["data"]["dataset"] == stand_in
     ours["data"]["dataset"] = "cmnist"
     assert ours == theirs
@@ -386,9 +390,9 @@ def test_every_quick_gan_ema_half_life_is_shorter_than_its_run():
     """An EMA that outlives its run stays at its initialisation (the old quick source kept ~97 % of it)."""
     import math
 
-    from diffinject.config import QUICK_FASTGAN_INIT
+    from diffinject.config.quick import QUICK_FASTGAN_INIT
 
-    cfg = preset("colored_mnist_5k", "1", quick=True)
+    cfg = experiment_config("colored_mnist_5k", "1", quick=True)
     s, f = cfg.stylegan2, cfg.fastgan
     assert s.ema_half_life < s.num_steps * s.batch_size          # images
     assert s.adapt_ema_half_life < s.adapt_steps                # steps
@@ -398,5 +402,5 @@ def test_every_quick_gan_ema_half_life_is_shorter_than_its_run():
     # the projection's lr warm-up is a share of its run: more than one step has a non-zero lr
     assert s.project_steps * 0.05 >= 1
     assert s.source_checkpoint == f.init_checkpoint == "shipped"
-    digits = preset("colored_digits", "1", quick=True)
+    digits = experiment_config("colored_digits", "1", quick=True)
     assert digits.stylegan2.source_checkpoint == digits.fastgan.init_checkpoint == ""  # nothing shipped for it

@@ -16,7 +16,7 @@ from diffinject.data.corruptions import CORRUPTIONS, corrupt, rgb_to_hsv
 from diffinject.data.layout import load_image, read_layout
 from diffinject.data.protocol import conflict_counts
 from diffinject.data.registry import get_dataset_spec
-from diffinject.errors import DataError
+from diffinject.core.errors import DataError
 
 HAVE_FROST = importlib.util.find_spec("imagecorruptions") is not None
 

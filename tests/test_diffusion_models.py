@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from diffinject.diffusion import HSpace, build_unet, get_preset, linear_alphas_cumprod, p2_loss, p2_weights
-from diffinject.errors import ConfigError
+from diffinject.nets.diffusion import HSpace, build_unet, get_preset, linear_alphas_cumprod, p2_loss, p2_weights
+from diffinject.core.errors import ConfigError
 
 
 def test_p2_256_is_the_released_architecture():
@@ -93,7 +93,7 @@ def test_p2_loss_is_per_sample_mean_of_weight_times_squared_error():
 
 def test_public_entry_points():
     import diffinject
-    from diffinject.diffusion.guided_diffusion import load_guided_diffusion_checkpoint
+    from diffinject.nets.diffusion.guided_diffusion import load_guided_diffusion_checkpoint
 
     abar = linear_alphas_cumprod()
     assert torch.allclose(diffinject.p2_weights(abar, 1.0, 1.0), 1.0 / (1.0 + abar / (1.0 - abar)), rtol=1e-6)

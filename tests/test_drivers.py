@@ -17,22 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from diffinject.ablations import SettingResult
-from diffinject.artifacts import Artifact, ArtifactCache
-from diffinject.cells import CellResult, CellRunner, parse_checkpoints
-from diffinject.config import apply_overrides, preset
+from diffinject.sweeps.ablations import SettingResult
+from diffinject.experiment.cache import Artifact, ArtifactCache
+from diffinject.experiment.cells import CellResult, CellRunner, parse_checkpoints
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
 from diffinject.data.layout import read_layout
 from diffinject.data.parquet import fingerprint
 from diffinject.data.registry import get_dataset_spec
-from diffinject.tracking import Tracker
+from diffinject.tracking.client import Tracker
 from scripts import load_script as _script
 
 
 def test_paths_are_made_absolute_and_uris_left_alone(tmp_path, monkeypatch):
-    from diffinject.config import absolute_args
+    from diffinject.config.overrides import absolute_args
 
     monkeypatch.chdir(tmp_path)
-    cfg = preset("colored_digits", "1", quick=True)  # data, cache, ray_results: relative defaults
+    cfg = experiment_config("colored_digits", "1", quick=True)  # data, cache, ray_results: relative defaults
     cfg.run.storage_path = "s3://bucket/ray"
     apply_overrides(cfg, ["data.cache_root=sub/cache"])
     assert (cfg.data.data_root, cfg.data.cache_root) == (str(tmp_path / "data"), str(tmp_path / "sub" / "cache"))
@@ -52,7 +53,7 @@ def test_stage_keys_do_not_depend_on_how_the_data_root_is_written(digits_root, t
     monkeypatch.chdir(digits_root)
     spec = get_dataset_spec("colored_digits")
     assert fingerprint(read_layout(Path("data"), spec, "1")) == fingerprint(read_layout(digits_root / "data", spec, "1"))
-    relative = preset("colored_digits", "1", quick=True)  # data, cache: relative to digits_root
+    relative = experiment_config("colored_digits", "1", quick=True)  # data, cache: relative to digits_root
     absolute = apply_overrides(copy.deepcopy(relative), [])
     assert absolute.data.data_root == str(digits_root / "data")
     runner = CellRunner(ArtifactCache(tmp_path / "artifacts"), Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}"))
@@ -113,7 +114,7 @@ def _fake_run_cells(jobs_seen: list, accuracy: float = 0.2775):
 
 def test_repeated_grid_values_are_one_value(ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):
     jobs = []
-    monkeypatch.setattr("diffinject.ray_cells.run_cells", _fake_run_cells(jobs))
+    monkeypatch.setattr("diffinject.experiment.parallel_cells.run_cells", _fake_run_cells(jobs))
     table1 = _script("table1")
     assert table1.main(_table1_argv(digits_root, tmp_path, "--seeds", "0", "0", "--ratios", "1", "1.0",
                                     "--methods", "vanilla", "vanilla")) == 0
@@ -127,13 +128,13 @@ def test_repeated_grid_values_are_one_value(ray_session, digits_root, tmp_path, 
 def test_the_quick_table_defaults_to_1_percent_over_5_seeds_from_the_shipped_model(ray_session, digits_root, tmp_path,
                                                                                    mlflow_uri, monkeypatch, capsys):
     jobs, specs = [], []
-    monkeypatch.setattr("diffinject.ray_cells.run_cells", _fake_run_cells(jobs))
+    monkeypatch.setattr("diffinject.experiment.parallel_cells.run_cells", _fake_run_cells(jobs))
     table1 = _script("table1")
-    real_spec = __import__("diffinject.ray_cells", fromlist=["RunnerSpec"]).RunnerSpec
-    monkeypatch.setattr("diffinject.ray_cells.RunnerSpec", lambda *a, **k: specs.append(a) or real_spec(*a, **k))
+    real_spec = __import__("diffinject.experiment.parallel_cells", fromlist=["RunnerSpec"]).RunnerSpec
+    monkeypatch.setattr("diffinject.experiment.parallel_cells.RunnerSpec", lambda *a, **k: specs.append(a) or real_spec(*a, **k))
     assert table1.main(_table1_argv(digits_root, tmp_path, "--methods", "vanilla")) == 0
     assert [(cfg.data.ratio, cfg.run.seed) for cfg, _ in jobs] == [("1", s) for s in range(5)]
-    from diffinject.diffusion.shipped import SHIPPED
+    from diffinject.experiment.shipped_diffusion import SHIPPED
 
     assert specs[0][2] == {"colored_digits": str(SHIPPED["colored_digits"].path)}  # the cells start from it
 
@@ -142,7 +143,7 @@ def test_stage_1_left_to_build_for_precision_at_k_is_counted_in_the_progress(cap
     """A method on synthetic data built every stage-1 set its table needs, except one that is
     no longer in the cache: that one is built for the precision@K row, as a counted step."""
     table1 = _script("table1")
-    cfgs = [preset("colored_digits", "1", quick=True) for _ in range(2)]
+    cfgs = [experiment_config("colored_digits", "1", quick=True) for _ in range(2)]
     cfgs[1].run.seed = 1
 
     class Runner:
@@ -183,14 +184,14 @@ def test_sigterm_ends_a_table_run_like_ctrl_c(ray_session, digits_root, tmp_path
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
 
-    monkeypatch.setattr("diffinject.ray_cells.run_cells", terminated_cells)
+    monkeypatch.setattr("diffinject.experiment.parallel_cells.run_cells", terminated_cells)
     assert _script("table1").main(_table1_argv(digits_root, tmp_path, "--seeds", "0", "--methods", "vanilla")) == 130
     assert "interrupted: finished stages are kept" in capsys.readouterr().err
     assert [tracker.client.get_run(r).info.status for r in runs] == ["KILLED", "KILLED"]
 
 
 def test_sigterm_is_a_keyboard_interrupt_whatever_handles_sigint(no_sigterm_handler):
-    from diffinject.drivers import sigterm_as_interrupt
+    from diffinject.cli.run_guards import sigterm_as_interrupt
 
     sigterm_as_interrupt()
     signal.signal(signal.SIGINT, lambda signum, frame: None)  # e.g. one a finished Ray Train run left
@@ -215,7 +216,7 @@ def _fake_run_sweep(sweeps_seen: list):
 
 def test_a_repeated_seed_of_a_sweep_is_one_seed(ray_session, digits_root, tmp_path, mlflow_uri, monkeypatch, capsys):
     sweeps = []
-    monkeypatch.setattr("diffinject.ray_tune.run_sweep", _fake_run_sweep(sweeps))
+    monkeypatch.setattr("diffinject.sweeps.tune.run_sweep", _fake_run_sweep(sweeps))
     argv = _ablations_argv(digits_root, tmp_path, "--sweep", "gamma=0,1,0.0")
     argv[argv.index("--seeds") + 1:argv.index("--seeds") + 2] = ["0", "0"]
     assert _script("ablations").main(argv) == 0
@@ -228,7 +229,7 @@ def test_a_repeated_seed_of_a_sweep_is_one_seed(ray_session, digits_root, tmp_pa
 def test_a_second_sweep_on_the_same_tune_state_is_refused(ray_session, digits_root, tmp_path, mlflow_uri,
                                                           monkeypatch, capsys):
     sweeps = []
-    monkeypatch.setattr("diffinject.ray_tune.run_sweep", _fake_run_sweep(sweeps))
+    monkeypatch.setattr("diffinject.sweeps.tune.run_sweep", _fake_run_sweep(sweeps))
     lock = tmp_path / "results" / "tune" / "abl.lock"
     lock.parent.mkdir(parents=True)
     with open(lock, "a") as running:  # the sweep that is running now
@@ -248,7 +249,7 @@ def test_a_second_sweep_on_the_same_tune_state_is_refused(ray_session, digits_ro
 def test_swept_values_are_checked_against_the_data_before_tune_starts(ray_session, digits_root, tmp_path, mlflow_uri,
                                                                        monkeypatch, capsys, sweep, message):
     sweeps = []
-    monkeypatch.setattr("diffinject.ray_tune.run_sweep", _fake_run_sweep(sweeps))
+    monkeypatch.setattr("diffinject.sweeps.tune.run_sweep", _fake_run_sweep(sweeps))
     assert _script("ablations").main(_ablations_argv(digits_root, tmp_path, "--sweep", "gamma=1", "--sweep",
                                                      sweep)) == 2
     assert capsys.readouterr().err == message + "\n" and not sweeps
@@ -264,7 +265,7 @@ def test_sigterm_ends_a_sweep_like_ctrl_c(ray_session, digits_root, tmp_path, ml
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
 
-    monkeypatch.setattr("diffinject.ray_tune.run_sweep", terminated_sweep)
+    monkeypatch.setattr("diffinject.sweeps.tune.run_sweep", terminated_sweep)
     assert _script("ablations").main(_ablations_argv(digits_root, tmp_path, "--sweep", "gamma=0")) == 130
     assert "interrupted:" in capsys.readouterr().err
     assert tracker.client.get_run(runs[0]).info.status == "KILLED"
@@ -275,7 +276,7 @@ def test_an_error_inside_a_trial_is_one_line(ray_session, digits_root, tmp_path,
     """A DiffInjectError in a trial's cell (here: the --checkpoint file is gone, removed after
     the driver checked it) reaches the user as its message, without the tracebacks of the Ray
     tasks it crossed."""
-    from diffinject.diffusion.shipped import quick_checkpoint
+    from diffinject.experiment.shipped_diffusion import quick_checkpoint
 
     gone = tmp_path / "gone.pt"
     shutil.copyfile(quick_checkpoint("colored_digits"), gone)
@@ -292,8 +293,8 @@ def test_an_error_inside_a_trial_is_one_line(ray_session, digits_root, tmp_path,
 def test_user_error_unwraps_ray_task_errors():
     from ray.exceptions import RayTaskError
 
-    from diffinject.errors import ConfigError
-    from diffinject.ray_tune import user_error
+    from diffinject.core.errors import ConfigError
+    from diffinject.sweeps.tune import user_error
 
     inner = RayTaskError("task", "Traceback ...", ConfigError("bias.k too large")).as_instanceof_cause()
     outer = RayTaskError("trial", "Traceback ...", inner).as_instanceof_cause()

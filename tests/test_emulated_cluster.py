@@ -55,7 +55,7 @@ def cluster(tmp_path_factory):
 def test_quick_table_on_two_nodes_that_share_no_files(cluster, tmp_path):
     import pyarrow.fs
 
-    from diffinject.artifacts import MARKER
+    from diffinject.experiment.cache import MARKER
 
     # the same command on one node: a local Ray of its own (the driver starts it), local folders
     single = {k: v for k, v in cluster.env.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}

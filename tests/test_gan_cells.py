@@ -7,13 +7,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from diffinject.artifacts import ArtifactCache
-from diffinject.cells import CellRunner
-from diffinject.config import apply_overrides, preset
+from diffinject.experiment.cache import ArtifactCache
+from diffinject.experiment.cells import CellRunner
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
 from diffinject.data.parquet import load_split
-from diffinject.pipeline import dataset_folder
-from diffinject.ray_train import load_topk
-from diffinject.tracking import Tracker
+from diffinject.experiment.stage_runs import dataset_folder
+from diffinject.cluster.train_jobs import load_topk
+from diffinject.tracking.client import Tracker
 
 TINY = ["classifier.num_steps=6", "classifier.eval_every=3", "bias.classifier.num_steps=6",
         "bias.classifier.eval_every=3", "injection.conflict_ratio=0.01",
@@ -26,14 +27,14 @@ TINY = ["classifier.num_steps=6", "classifier.eval_every=3", "bias.classifier.nu
 
 @pytest.fixture
 def tiny_cfg(digits_root, tmp_path):
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
     cfg.run.storage_path, cfg.run.experiment = str(tmp_path / "ray_results"), "gan-cells"
     return apply_overrides(cfg, TINY)
 
 
 def _synthetic(runner: CellRunner, cfg, method: str):
-    from diffinject.artifacts import artifact_key
+    from diffinject.experiment.cache import artifact_key
 
     art = runner.cache.lookup("stage3", artifact_key("stage3", runner.stage3_material(cfg, method)))
     folder = art.path / "synthetic"
@@ -80,12 +81,12 @@ def test_starting_generators_from_the_gan_train_command_start_the_cells(ray_sess
     """`diffinject gan train` makes A²'s source and AmpliBias's per-class starting points; a cell
     given them (stylegan2.source_checkpoint, fastgan.init_checkpoint) imports the source strictly,
     keyed by its hash, instead of training one, and starts each class's FastGAN from the file."""
-    from diffinject.cells import given_source
-    from diffinject.cli import main
-    from diffinject.config import check_shipped_generators, without_shipped_generators
-    from diffinject.errors import CheckpointError, ConfigError
-    from diffinject.gan.checkpoint import read_gan_checkpoint
-    from diffinject.integrity import file_digest
+    from diffinject.experiment.keys import given_source
+    from diffinject.cli.main import main
+    from diffinject.config.builder import check_shipped_generators, without_shipped_generators
+    from diffinject.core.errors import CheckpointError, ConfigError
+    from diffinject.nets.gan.checkpoint import read_gan_checkpoint
+    from diffinject.core.integrity import file_digest
 
     monkeypatch.chdir(tmp_path)
     argv = ["--quick", "--dataset", "colored_digits", "--data-root", str(digits_root / "data"), "--cache-root",

@@ -1,4 +1,4 @@
-"""diffinject.gan: the GAN losses, DiffAugment and the modulated convolution against their
+"""diffinject.nets.gan: the GAN losses, DiffAugment and the modulated convolution against their
 formulas and invariants."""
 import math
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffinject.gan import (ModulatedConv2d, cdc_loss, diff_augment, hinge_d_loss, hinge_g_loss, logistic_d_loss,
+from diffinject.nets.gan import (ModulatedConv2d, cdc_loss, diff_augment, hinge_d_loss, hinge_g_loss, logistic_d_loss,
                             logistic_g_loss, modulated_conv2d, path_length_penalty, r1_penalty)
-from diffinject.gan.diffaugment import color, translation
+from diffinject.nets.gan.diffaugment import color, translation
 
 
 def test_logistic_and_hinge_losses_are_their_formulas():
@@ -160,7 +160,7 @@ def test_modulated_conv_module_starts_with_unit_styles_and_equalised_weights():
 
 
 def test_mapping_network_has_stylegan2s_parameter_count_and_tracks_the_mean_w():
-    from diffinject.gan import MappingNetwork, pixel_norm
+    from diffinject.nets.gan import MappingNetwork, pixel_norm
 
     net = MappingNetwork()
     assert sum(p.numel() for p in net.parameters()) == 8 * (512 * 512 + 512)  # 2,101,248
@@ -175,7 +175,7 @@ def test_mapping_network_has_stylegan2s_parameter_count_and_tracks_the_mean_w():
 
 
 def test_skip_layer_excitation_gates_each_channel_of_the_high_resolution_map():
-    from diffinject.gan import SkipLayerExcitation
+    from diffinject.nets.gan import SkipLayerExcitation
 
     torch.manual_seed(0)
     sle = SkipLayerExcitation(low_channels=16, high_channels=8)

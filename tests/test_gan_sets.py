@@ -8,14 +8,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from diffinject.artifacts import ArtifactCache, artifact_key
-from diffinject.cells import CellRunner
-from diffinject.config import apply_overrides, preset, stage1_config
+from diffinject.experiment.cache import ArtifactCache, artifact_key
+from diffinject.experiment.cells import CellRunner
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
+from diffinject.methods import stage1_config
 from diffinject.data.parquet import load_split
-from diffinject.errors import ConfigError
-from diffinject.inject.manifest import build_manifest, pair_seeds
-from diffinject.inject.synthetic import PARTS, finalize, write_part
-from diffinject.synthesis.sets import GAN_SCHEMA, class_manifest, gan_batch_table, projection_manifest
+from diffinject.core.errors import ConfigError
+from diffinject.stages.inject.manifest import build_manifest, pair_seeds
+from diffinject.stages.inject.synthetic import PARTS, finalize, write_part
+from diffinject.stages.synthesis.sets import GAN_SCHEMA, class_manifest, gan_batch_table, projection_manifest
 
 
 def test_class_manifest_spreads_n_syn_evenly_over_the_classes_in_order():
@@ -61,17 +63,18 @@ def test_gan_rows_finalize_into_a_readable_set_with_unknown_bias(tmp_path):
 def runner(tmp_path, monkeypatch):
     """A runner whose data fingerprints are a constant (keys here differ by config only) and that
     never tracks anything."""
-    import diffinject.cells as cells
+    import diffinject.experiment.cells as cells
+    import diffinject.experiment.keys as keys
 
     monkeypatch.setattr(cells.CellRunner, "_fingerprint", staticmethod(lambda cfg: "data"))
-    monkeypatch.setattr(cells, "diffusion_training_data", lambda cfg: (cfg.data.dataset, cfg.data.ratio, tmp_path))
-    monkeypatch.setattr(cells, "conversion_fingerprint", lambda folder: "data")
+    monkeypatch.setattr(keys, "diffusion_training_data", lambda cfg: (cfg.data.dataset, cfg.data.ratio, tmp_path))
+    monkeypatch.setattr(keys, "conversion_fingerprint", lambda folder: "data")
     return CellRunner(ArtifactCache(tmp_path / "artifacts"), tracker=SimpleNamespace())
 
 
 @pytest.fixture
 def cfg(digits_root, tmp_path):
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.data.data_root, cfg.data.cache_root = str(digits_root / "data"), str(digits_root / "cache")
     return cfg
 
@@ -113,8 +116,8 @@ def test_amplibias_stage1_is_its_own_top_k_per_class(cfg):
 
 
 def test_a_missing_vgg16_file_is_an_error_before_anything_trains(cfg, tmp_path, monkeypatch):
-    from diffinject.errors import CheckpointError
-    from diffinject.pipeline import check_against_data
+    from diffinject.core.errors import CheckpointError
+    from diffinject.experiment.stage_runs import check_against_data
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     check_against_data(cfg, ("a2", "amplibias"))  # the quick preset measures with the mean squared error

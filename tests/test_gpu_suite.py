@@ -14,8 +14,8 @@ def suite():
 
 
 def test_passes_per_sample_count_the_plan(suite):
-    from diffinject.config import InjectionConfig
-    from diffinject.inject.engine import InjectionPlan
+    from diffinject.config.schema import InjectionConfig
+    from diffinject.stages.inject.engine import InjectionPlan
 
     plan = InjectionPlan.from_config(InjectionConfig(inversion_steps=50, generation_steps=50, t_edit=500))
     injected = len(plan.content_step)

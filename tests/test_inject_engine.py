@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.config import InjectionConfig, apply_overrides, preset
-from diffinject.diffusion import build_unet, linear_alphas_cumprod
-from diffinject.errors import ConfigError
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
+from diffinject.config.schema import InjectionConfig
+from diffinject.nets.diffusion import build_unet, linear_alphas_cumprod
+from diffinject.core.errors import ConfigError
 import diffinject
-from diffinject.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
+from diffinject.stages.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
                                region_mask, slerp, timestep_grid)
-from diffinject.diffusion.pixels import to_model_pixels
-from diffinject.inject import engine as engine_module
+from diffinject.nets.diffusion.pixels import to_model_pixels
+from diffinject.stages.inject import engine as engine_module
 
 
 def test_timestep_grid_is_the_released_one():
@@ -207,7 +209,7 @@ def test_gamma_zero_without_boosting_is_plain_ddim_reconstruction(tiny64):
 
 
 def test_latent_calibration_formula():
-    from diffinject.inject.formulas import calibrated_latent, predict_x0
+    from diffinject.nets.injection import calibrated_latent, predict_x0
 
     g = torch.Generator().manual_seed(3)
     x, eps, eps2 = (torch.randn(2, 3, 4, 4, generator=g, dtype=torch.float64) for _ in range(3))
@@ -285,16 +287,16 @@ def test_bad_input_is_a_clear_error(tiny64):
                               ("injection.mask=0.5,0.5", "injection.mask must be 'top,left,bottom,right'"),
                               ("injection.omega=-1", "injection.omega must be >= 0")]:
         with pytest.raises(ConfigError, match=message):
-            apply_overrides(preset("colored_digits", "1"), [override])
+            apply_overrides(experiment_config("colored_digits", "1"), [override])
 
 
 def test_batched_engine_equals_the_reference_path_in_float32_on_a_trained_model(digits_parquet):
     """float32 on CPU: batching changes the rounding of each conv (~1e-7), which DDIM inversion
     amplifies; on a (briefly) trained model the paths still agree to ~2e-4 (an untrained one is chaotic)."""
-    from diffinject.config import DiffusionConfig
+    from diffinject.config.schema import DiffusionConfig
     from diffinject.data.parquet import load_split
-    from diffinject.stage2 import train_diffusion
-    from diffinject.train import TrainContext
+    from diffinject.stages.stage2 import train_diffusion
+    from diffinject.training.loop import TrainContext
 
     images = load_split(digits_parquet, "train").images
     cfg = DiffusionConfig(preset="tiny_32", batch_size=16, num_steps=40, lr=2e-3, ema_decay=0.9, sample_every=0,
@@ -310,7 +312,7 @@ def test_batched_engine_equals_the_reference_path_in_float32_on_a_trained_model(
 
 
 def test_inject_and_boost_grids_at_1000_steps_take_only_on_grid_steps():
-    from diffinject.inject.engine import DT_LAMBDA_FROM
+    from diffinject.stages.inject.engine import DT_LAMBDA_FROM
 
     cfg = InjectionConfig(inversion_steps=1000, generation_steps=1000, t_edit=500, t_boost=200, dt_lambda=0.9985,
                           inject_grid=50, boost_grid=50)

@@ -7,11 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from diffinject.config import InjectionConfig
+from diffinject.config.schema import InjectionConfig
 from diffinject.data.parquet import concat_splits, conversion_counts, load_split
-from diffinject.errors import ConfigError, DataError
-from diffinject.inject.manifest import build_manifest
-from diffinject.inject.synthetic import (PARTS, SYNTHETIC_SCHEMA, batch_table, checkpoint_hash, finalize, part_files,
+from diffinject.core.errors import ConfigError, DataError
+from diffinject.stages.inject.manifest import build_manifest
+from diffinject.stages.inject.synthetic import (PARTS, SYNTHETIC_SCHEMA, batch_table, checkpoint_hash, finalize, part_files,
                                          write_part)
 
 NUM_TRAIN, K, SIZE = 24, 4, 32
@@ -34,8 +34,8 @@ def data():
 def checkpoint(tmp_path_factory):
     import torch
 
-    from diffinject.diffusion import build_unet, get_preset
-    from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
+    from diffinject.nets.diffusion import build_unet, get_preset
+    from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "unet.pt"
@@ -49,7 +49,7 @@ def _manifest(d, **kw):
 
 
 def _run(d, checkpoint, out, manifest, **kw):
-    from diffinject.ray_inject import run_injection_job
+    from diffinject.cluster.inject_job import run_injection_job
 
     t = d["topk"]
     return run_injection_job(manifest, d["images"], d["ids"], d["labels"], d["biases"], d["images"][t], d["ids"][t],
@@ -146,8 +146,8 @@ def test_finalize_dedupes_and_checks(data, tmp_path):
 # ---------------------------------------------------------------- the Ray job
 
 def test_job_writes_every_pair_once_and_matches_engine(ray_session, data, checkpoint, tmp_path, capsys):
-    from diffinject.diffusion.checkpoint import load_unet_checkpoint
-    from diffinject.inject.engine import InjectionEngine
+    from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+    from diffinject.stages.inject.engine import InjectionEngine
 
     m = _manifest(data)
     out = _run(data, checkpoint, tmp_path / "syn", m)
@@ -215,7 +215,7 @@ def test_job_survives_an_actor_killed_mid_job(ray_session, data, checkpoint, tmp
 
 
 def test_cpu_actors_share_the_cluster_but_fit_on_a_node():
-    from diffinject.ray_inject import actor_cpus
+    from diffinject.cluster.inject_job import actor_cpus
 
     assert actor_cpus(4, 2, [2, 2]) == 2        # one actor per 2-CPU node
     assert actor_cpus(3, 1, [2, 1]) == 2        # a 3-CPU share fits no node: the largest node's 2
@@ -224,7 +224,7 @@ def test_cpu_actors_share_the_cluster_but_fit_on_a_node():
 
 
 def test_gpu_actors_take_their_nodes_cpu_share_per_gpu():
-    from diffinject.ray_inject import gpu_actor_cpus
+    from diffinject.cluster.inject_job import gpu_actor_cpus
 
     assert gpu_actor_cpus([(16, 1)]) == 16                # one GPU: the node's CPUs, for host noise
     assert gpu_actor_cpus([(16, 8), (0, 0), (32, 0)]) == 2  # CPU-only nodes hold no GPU actor

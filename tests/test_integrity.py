@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffinject.artifacts import MARKER, ArtifactCache, artifact_key
+from diffinject.experiment.cache import MARKER, ArtifactCache, artifact_key
 from diffinject.data.layout import read_layout, write_layout
 from diffinject.data.parquet import MARKER as PARQUET_MARKER
 from diffinject.data.parquet import convert_to_parquet, load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
-from diffinject.errors import CheckpointError, DataError
-from diffinject.inject.synthetic import PARTS, batch_table, check_output_folder, finalize, write_part, written_pair_ids
+from diffinject.core.errors import CheckpointError, DataError
+from diffinject.stages.inject.synthetic import PARTS, batch_table, check_output_folder, finalize, write_part, written_pair_ids
 from test_parquet import make_split
 
 CMNIST = get_dataset_spec("cmnist")
@@ -103,7 +103,7 @@ def test_inject_refuses_a_non_empty_out_folder_before_any_work(digits_root, tmp_
                                                                capsys):
     from test_cli_inject import _argv
 
-    from diffinject.cli import main
+    from diffinject.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "mine"
@@ -243,9 +243,9 @@ def test_an_unreadable_part_file_is_set_aside_and_its_pairs_redone(tmp_path, cap
 
 
 def test_a_checkpoint_that_does_not_fit_its_preset_is_never_cached(quick_cfg, tmp_path):
-    from diffinject.cells import CellRunner
-    from diffinject.diffusion import build_unet, get_preset
-    from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
+    from diffinject.experiment.cells import CellRunner
+    from diffinject.nets.diffusion import build_unet, get_preset
+    from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
 
     weights = build_unet("tiny_32").state_dict()
     weights.pop(next(iter(weights)))
@@ -262,7 +262,7 @@ def test_a_checkpoint_that_does_not_fit_its_preset_is_never_cached(quick_cfg, tm
 # ---- 7: stage keys by content ---------------------------------------------------------------
 
 def test_stage_keys_follow_the_content_not_the_path_or_mtimes(digits_root, quick_cfg, tmp_path, monkeypatch):
-    from diffinject.cells import CellRunner
+    from diffinject.experiment.cells import CellRunner
 
     source = digits_root / "data" / "colored_digits"
     for name in ("1pct", "test", "build.json"):

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from diffinject.learning_curves import (CURVE_METRICS, CurvePoint, family_figure, flattening_step, learning_curve,
+from diffinject.experiment.learning_curves import (CURVE_METRICS, CurvePoint, family_figure, flattening_step, learning_curve,
                                         mean_curve, write_csv)
 
 

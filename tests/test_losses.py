@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffinject import gce_loss
+from diffinject.nets.gce_loss import gce_loss
 
 
 def test_gce_matches_reference_formula():

@@ -8,11 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import diffinject.cells as cells
-from diffinject.artifacts import ArtifactCache, artifact_key
-from diffinject.cells import CellRunner
-from diffinject.config import apply_overrides, preset
-from diffinject.numerics import resolve_precision, training_numerics
+import diffinject.experiment.cells as cells
+import diffinject.experiment.keys as keys
+from diffinject.experiment.cache import ArtifactCache, artifact_key
+from diffinject.experiment.cells import CellRunner
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
+from diffinject.core.numerics import resolve_precision, training_numerics
 
 TRAINING = ("stage1", "stage2", "stylegan2_source", "stylegan2_adapted", "fastgan_classes", "cell vanilla")
 SYNTHESIS = ("stage3 diffinject", "stage3 a2", "stage3 amplibias", "cell diffinject")
@@ -20,17 +22,17 @@ SYNTHESIS = ("stage3 diffinject", "stage3 a2", "stage3 amplibias", "cell diffinj
 
 @pytest.fixture
 def cfg():
-    return preset("colored_digits", "1", quick=True)
+    return experiment_config("colored_digits", "1", quick=True)
 
 
 def _runner(tmp_path, monkeypatch, cluster_gpus: bool, cuda_here: bool, checkpoints=None) -> CellRunner:
     """A runner whose data fingerprints are a constant, on a cluster with or without GPUs, in a
     process that does or does not see one."""
     monkeypatch.setattr(cells.CellRunner, "_fingerprint", staticmethod(lambda cfg: "data"))
-    monkeypatch.setattr(cells, "diffusion_training_data", lambda cfg: (cfg.data.dataset, cfg.data.ratio, tmp_path))
-    monkeypatch.setattr(cells, "conversion_fingerprint", lambda folder: "data")
-    monkeypatch.setattr(cells, "resolve_use_gpu", lambda use_gpu: cluster_gpus, raising=False)
-    monkeypatch.setattr(cells, "cuda_here", lambda: cuda_here, raising=False)
+    monkeypatch.setattr(keys, "diffusion_training_data", lambda cfg: (cfg.data.dataset, cfg.data.ratio, tmp_path))
+    monkeypatch.setattr(keys, "conversion_fingerprint", lambda folder: "data")
+    monkeypatch.setattr(keys, "resolve_use_gpu", lambda use_gpu: cluster_gpus, raising=False)
+    monkeypatch.setattr(keys, "cuda_here", lambda: cuda_here, raising=False)
     return CellRunner(ArtifactCache(tmp_path / "artifacts"), tracker=SimpleNamespace(), checkpoints=checkpoints)
 
 

@@ -15,7 +15,7 @@ from diffinject.data.layout import LabeledImages, load_image, read_layout, split
 from diffinject.data.parquet import (MARKER, ArraySplit, concat_splits, convert_to_parquet, load_split,
                                      parquet_dir, prepare_dataset)
 from diffinject.data.registry import get_dataset_spec
-from diffinject.errors import DataError
+from diffinject.core.errors import DataError
 
 SPEC = get_dataset_spec("cmnist")
 

@@ -2,10 +2,10 @@
 import pytest
 from mlflow.tracking import MlflowClient
 
-from diffinject.errors import ConfigError, TrainingError
-from diffinject.pipeline import run_cell, run_stage1
-from diffinject.results import collect, format_table
-from diffinject.tracking import Tracker
+from diffinject.core.errors import ConfigError, TrainingError
+from diffinject.experiment.stage_runs import run_cell, run_stage1
+from diffinject.reporting.results import collect, format_table
+from diffinject.tracking.client import Tracker
 
 
 def test_stage1_and_vanilla_are_logged(ray_session, quick_cfg, mlflow_uri):

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from diffinject import preflight
-from diffinject.cli import main
-from diffinject.diffusion import build_unet, get_preset
-from diffinject.diffusion.checkpoint import unet_checkpoint_bytes
-from diffinject.errors import ConfigError
-from diffinject.preflight import check_output_dir, check_output_file, check_tracking_store
+from diffinject.core import preflight
+from diffinject.cli.main import main
+from diffinject.nets.diffusion import build_unet, get_preset
+from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
+from diffinject.core.errors import ConfigError
+from diffinject.core.preflight import check_output_dir, check_output_file
+from diffinject.tracking.store_check import check_tracking_store
 from scripts import load_script as _script
 
 
@@ -169,7 +170,7 @@ def test_a_refused_database_host_fails_at_once():
 # --- GPU requests ----------------------------------------------------------------------------
 
 def test_a_gpu_request_on_a_cpu_cluster_is_refused(ray_session):
-    from diffinject.ray_cluster import resolve_use_gpu
+    from diffinject.cluster.session import resolve_use_gpu
 
     assert resolve_use_gpu("auto") is False and resolve_use_gpu("false") is False
     with pytest.raises(ConfigError, match="run.use_gpu=true, but the Ray cluster has no GPUs"):
@@ -180,7 +181,7 @@ def test_gpu_training_on_a_cpu_cluster_ends_instead_of_waiting(ray_session, digi
     """In a subprocess with a deadline: a regression would wait for a GPU forever."""
     env = {**os.environ, "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address,
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    argv = [sys.executable, "-m", "diffinject.cli", "train", "vanilla", "--quick", "--data-root",
+    argv = [sys.executable, "-m", "diffinject.cli.main", "train", "vanilla", "--quick", "--data-root",
             str(digits_root / "data"), "--cache-root", str(digits_root / "cache"), "--set", "run.use_gpu=true",
             "--set", "run.num_workers=1", "--set", f"run.storage_path={tmp_path / 'ray_results'}"]
     done = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
@@ -230,7 +231,7 @@ def test_data_and_cache_roots_that_are_files(script, argv, option, in_tmp, capsy
 
 
 def test_a_lock_whose_folder_is_a_file_names_it(tmp_path):
-    from diffinject.artifacts import file_lock
+    from diffinject.core.atomic import file_lock
 
     (tmp_path / "data").write_text("mine")
     with pytest.raises(ConfigError, match=f"^{tmp_path / 'data'} is not a folder"):
@@ -351,13 +352,13 @@ def test_a_bad_checkpoint_stops_a_driver_before_any_work(script, name, bad_check
 @pytest.mark.parametrize("command", ["inject", "calibrate"])
 def test_a_checkpoint_of_another_model_stops_inject_and_calibrate_at_once(command, bad_checkpoints, in_tmp,
                                                                            monkeypatch, capsys):
-    import diffinject.cli
+    import diffinject.cli.main
 
     def no_work(*args, **kwargs):
         raise AssertionError("work started: the checkpoint was not checked first")
 
-    monkeypatch.setattr(diffinject.cli, "_start_ray", no_work)
-    monkeypatch.setattr("diffinject.pipeline.dataset_folder", no_work)
+    monkeypatch.setattr(diffinject.cli.main, "_start_ray", no_work)
+    monkeypatch.setattr("diffinject.experiment.stage_runs.dataset_folder", no_work)
     path = bad_checkpoints["relabelled.pt"]
     assert _fails([command, "--quick", "--checkpoint", str(path)], capsys).startswith(
         f"error: {path} (small_32): the weights are for another architecture: ")

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from diffinject.cells import CellResult
-from diffinject.progress import Progress, minutes, time_left
+from diffinject.experiment.cells import CellResult
+from diffinject.experiment.progress import Progress, minutes, time_left
 
 
 def test_time_left_is_each_pending_cell_at_its_methods_mean_time_shared_by_the_parallel_cells():
@@ -44,12 +44,12 @@ def test_cell_lines_and_the_heartbeat_carry_the_estimate_from_built_cells_only(c
 
 
 def test_results_are_taken_in_job_order_whatever_order_the_cells_finished_in():
-    from diffinject.config import preset
-    from diffinject.ray_cells import in_job_order
+    from diffinject.config.builder import experiment_config
+    from diffinject.experiment.parallel_cells import in_job_order
 
     jobs = []
     for seed in (0, 1):
-        cfg = preset("colored_digits", "1", quick=True)
+        cfg = experiment_config("colored_digits", "1", quick=True)
         cfg.run.seed = seed
         jobs += [(cfg, "diffinject"), (cfg, "vanilla")]
     finished = [CellResult("colored_digits", "1", m, s, {}, f"{m}{s}") for m, s in
@@ -58,7 +58,7 @@ def test_results_are_taken_in_job_order_whatever_order_the_cells_finished_in():
 
 
 def test_a_quick_table_on_cpus_runs_one_cell_per_cpu_by_default(ray_session):
-    from diffinject.ray_cells import default_num_workers, default_parallel
+    from diffinject.experiment.parallel_cells import default_num_workers, default_parallel
 
     none = {"alive": 0, "scalable": 0}
     assert default_parallel(False, none, quick=True) == 2  # the test session's Ray has 2 CPUs

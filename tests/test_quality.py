@@ -1,4 +1,4 @@
-"""The synthetic-set quality oracles and metrics (diffinject.quality)."""
+"""The synthetic-set quality oracles and metrics (diffinject.stages.quality)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +6,10 @@ import pytest
 
 from diffinject.data.parquet import ArraySplit, load_split
 from diffinject.data.protocol import CMNIST_COLORS
-from diffinject.errors import CheckpointError, ConfigError
-from diffinject.quality.oracles import (QualityConfig, colourless, dataset_oracles, group_weights, load_oracles,
+from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.stages.quality.oracles import (QualityConfig, colourless, dataset_oracles, group_weights, load_oracles,
                                         oracle_kind, score_with, train_oracles)
-from diffinject.quality.report import labels_of, quality_metrics
+from diffinject.stages.quality.metrics import labels_of, quality_metrics
 
 
 @pytest.fixture(scope="module")

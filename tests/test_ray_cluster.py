@@ -7,9 +7,9 @@ import time
 import pytest
 import yaml
 
-from diffinject import ray_cluster, ray_shipping
-from diffinject.config import preset
-from diffinject.errors import ConfigError
+from diffinject.cluster import session as ray_cluster, shipping as ray_shipping
+from diffinject.config.builder import experiment_config
+from diffinject.core.errors import ConfigError
 
 
 def _bootstrap(tmp_path, monkeypatch, gpu_max: int, cpu_max: int = 0):
@@ -39,13 +39,13 @@ def test_gpus_the_autoscaler_may_add_count_as_gpus_the_table_can_use(ray_session
 
 
 def test_a_table_decides_once_and_writes_the_answer_into_every_config():
-    configs = [preset("colored_digits", "1", quick=True) for _ in range(3)]
+    configs = [experiment_config("colored_digits", "1", quick=True) for _ in range(3)]
     on_gpu, line = ray_cluster.decide_gpu_use(configs, {"alive": 0, "scalable": 2})
     assert on_gpu and line == "GPUs: yes (0 alive now, the autoscaler may add 2)"
     assert {cfg.run.use_gpu for cfg in configs} == {"true"}  # jobs read "true": nothing left to re-decide
     # a later resolution on a cluster whose GPU nodes are gone for now keeps the choice
     assert ray_cluster.resolve_use_gpu(configs[0].run.use_gpu, {"alive": 0, "scalable": 2}) is True
-    configs = [preset("colored_digits", "1", quick=True) for _ in range(2)]
+    configs = [experiment_config("colored_digits", "1", quick=True) for _ in range(2)]
     assert ray_cluster.decide_gpu_use(configs, {"alive": 0, "scalable": 0}) == \
         (False, "GPUs: no (the cluster has none and no autoscaler node type with GPUs)")
     assert {cfg.run.use_gpu for cfg in configs} == {"false"}
@@ -94,15 +94,15 @@ def test_a_fastgan_job_ships_the_lpips_trunk_and_the_worker_installs_it(ray_sess
     node gets them with the job and puts them into its hub cache, where load_lpips reads them."""
     import torch
 
-    from diffinject.perceptual import backbone_checkpoint
-    from diffinject.ray_train import LPIPS_TRUNK, TrainJob, received, shipped
+    from diffinject.nets.perceptual import backbone_checkpoint
+    from diffinject.cluster.train_jobs import LPIPS_TRUNK, TrainJob, received, shipped
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "driver-torch"))
     trunk, _ = backbone_checkpoint("vgg")
     trunk.parent.mkdir(parents=True)
     trunk.write_bytes(b"vgg weights")
     (tmp_path / "parquet").mkdir()
-    cfg = preset("colored_digits", "1", quick=True)
+    cfg = experiment_config("colored_digits", "1", quick=True)
     cfg.fastgan.distance = "lpips_vgg"
     job = shipped(TrainJob("fastgan", "", {}, str(tmp_path / "parquet"), inputs={"topk": str(tmp_path / "parquet")}),
                   cfg)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffinject.config import from_dict, to_dict
-from diffinject.errors import TrainingError
-from diffinject.ray_train import FaultInjection, TrainJob, load_model_state, load_topk, run_train_job
+from diffinject.config.schema import from_dict, to_dict
+from diffinject.core.errors import TrainingError
+from diffinject.cluster.train_jobs import FaultInjection, TrainJob, load_topk, run_train_job
+from train_outputs import load_model_state
 
 
 _UNINTERRUPTED: dict[str, object] = {}
@@ -60,14 +61,14 @@ def test_only_bffhq_reports_its_bias_conflicting_test_images():
 def test_the_train_data_carries_the_accuracy_its_dataset_reports(dataset, reported, monkeypatch):
     import numpy as np
 
-    import diffinject.ray_train as ray_train
-    from diffinject.config import preset
+    import diffinject.cluster.train_jobs as ray_train
+    from diffinject.config.builder import experiment_config
     from diffinject.data.parquet import ArraySplit
 
     split = ArraySplit(np.zeros((2, 4, 4, 3), np.uint8), np.array([0, 1]), np.array([0, 0]), np.array(["a", "b"]))
     monkeypatch.setattr(ray_train, "load_split", lambda path, name: split)  # no Parquet set needed
     data = ray_train.load_train_data(TrainJob(kind="classifier", method="vanilla", config={}, parquet="unused"),
-                                     preset(dataset, "1"))
+                                     experiment_config(dataset, "1"))
     assert data.reported == reported
 
 
@@ -90,7 +91,7 @@ def test_the_next_job_deletes_the_run_folder_a_killed_job_left(ray_session, quic
     that of a job still running, or of one that ended on an error, stays."""
     import multiprocessing
 
-    from diffinject.ray_train import OWNER_FILE, claim_run_folder
+    from diffinject.cluster.train_jobs import OWNER_FILE, claim_run_folder
 
     failing = dataclasses.replace(quick_cfg.classifier, lr=1e30)
     with pytest.raises(TrainingError, match="non-finite loss"):
@@ -117,7 +118,7 @@ def test_the_next_job_deletes_the_run_folder_a_killed_job_left(ray_session, quic
 def test_the_sweep_deletes_ray_s_copies_of_a_killed_job_under_a_storage_uri(tmp_path):
     import multiprocessing
 
-    from diffinject.ray_train import claim_run_folder, sweep_killed_runs
+    from diffinject.cluster.train_jobs import claim_run_folder, sweep_killed_runs
 
     local, bucket = tmp_path / "local", tmp_path / "bucket"
     (bucket / "job" / "checkpoint_000001").mkdir(parents=True)

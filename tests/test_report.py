@@ -1,10 +1,10 @@
-"""diffinject.report: the paper-shaped Table 1 (Markdown, CSV, bar chart)."""
+"""diffinject.reporting.table1: the paper-shaped Table 1 (Markdown, CSV, bar chart)."""
 import csv
 
 import numpy as np
 import pytest
 
-from diffinject.report import PAPER_TABLE1, Table1, paper_number
+from diffinject.reporting.table1 import PAPER_TABLE1, Table1, paper_number
 
 # (dataset, ratio) -> method -> per-seed reported accuracy of the valid-selected weights (fractions, as
 # the trainers report them)
@@ -128,7 +128,7 @@ def test_selection_markdown_gives_each_selection_and_the_inflation_paired_per_se
 
 
 def test_bffhq_columns_say_conflicting_and_the_notes_say_why():
-    from diffinject.report import column_title
+    from diffinject.reporting.table1 import column_title
 
     assert column_title("bffhq", "1") == "BFFHQ 1% (conflicting)"
     assert column_title("cifar10c", "0.5") == "Corrupted CIFAR-10 0.5%"

@@ -10,8 +10,8 @@ from ray.train import Checkpoint
 from test_baselines import _copy, _method, _tiny_data
 
 from diffinject.methods.sample_ema import SampleLossEMA
-from diffinject.ray_train import STATE_FILE, read_resume_state
-from diffinject.train import TrainContext, fit
+from diffinject.cluster.train_jobs import STATE_FILE, read_resume_state
+from diffinject.training.loop import TrainContext, fit
 
 
 def _tensors(tree):

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from diffinject.diffusion import build_unet, ddim_sample, linear_alphas_cumprod
+from diffinject.nets.diffusion import build_unet, ddim_sample, linear_alphas_cumprod
 
 
 class OracleDenoiser(torch.nn.Module):

@@ -5,12 +5,13 @@ import dataclasses
 
 import pytest
 
-from diffinject.cells import DIFFUSION_LOGGING
-from diffinject.config import QUICK_DATASET, preset
-from diffinject.diffusion import shipped
-from diffinject.diffusion.checkpoint import load_unet_checkpoint
-from diffinject.errors import CheckpointError, ConfigError
-from diffinject.integrity import file_digest
+from diffinject.experiment.keys import DIFFUSION_LOGGING
+from diffinject.config.builder import experiment_config
+from diffinject.config.quick import QUICK_DATASET
+from diffinject.experiment import shipped_diffusion as shipped
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.core.integrity import file_digest
 
 
 @pytest.mark.parametrize("dataset", sorted(shipped.SHIPPED))
@@ -18,7 +19,7 @@ def test_each_shipped_file_has_its_hash_fits_10_mb_and_its_quick_preset(dataset)
     path = shipped.quick_checkpoint(dataset)
     assert file_digest(path) == shipped.SHIPPED[dataset].sha256
     assert path.stat().st_size <= 10_000_000
-    quick = preset(dataset, "1", quick=True).diffusion
+    quick = experiment_config(dataset, "1", quick=True).diffusion
     unet, meta = load_unet_checkpoint(path, quick.preset)
     # the quick preset's settings are the ones it was trained with (--retrain-diffusion retrains it)
     assert meta["step"] == quick.num_steps
@@ -47,7 +48,7 @@ def test_a_damaged_or_missing_file_is_a_clear_error(tmp_path):
 
 
 def test_quick_runs_use_the_model_of_each_of_their_datasets_unless_retrained_or_given():
-    digits, mnist = preset("colored_digits", quick=True), preset("colored_mnist_5k", quick=True)
+    digits, mnist = experiment_config("colored_digits", quick=True), experiment_config("colored_mnist_5k", quick=True)
     assert shipped.with_quick_checkpoint({}, False, False, [digits]) == {}
     assert shipped.with_quick_checkpoint({}, True, True, [digits]) == {}
     assert shipped.with_quick_checkpoint({}, True, False, [digits, mnist]) == {
@@ -55,11 +56,11 @@ def test_quick_runs_use_the_model_of_each_of_their_datasets_unless_retrained_or_
         "colored_mnist_5k": str(shipped.SHIPPED["colored_mnist_5k"].path)}
     mine = {"colored_digits": "/elsewhere/diffusion.pt"}
     assert shipped.with_quick_checkpoint(mine, True, False, [digits]) == mine
-    assert shipped.with_quick_checkpoint({}, True, False, [preset("cmnist", quick=True)]) == {}  # none shipped
+    assert shipped.with_quick_checkpoint({}, True, False, [experiment_config("cmnist", quick=True)]) == {}  # none shipped
 
 
 def test_a_diffusion_override_or_sweep_on_the_shipped_model_says_to_retrain():
-    cfg = preset("colored_digits", "5", quick=True)
+    cfg = experiment_config("colored_digits", "5", quick=True)
     assert shipped.with_quick_checkpoint({}, True, False, [cfg]) == {
         "colored_digits": str(shipped.SHIPPED["colored_digits"].path)}
     cfg.diffusion.num_steps = 3
@@ -67,7 +68,7 @@ def test_a_diffusion_override_or_sweep_on_the_shipped_model_says_to_retrain():
         shipped.with_quick_checkpoint({}, True, False, [cfg, cfg])
     assert shipped.with_quick_checkpoint({}, True, True, [cfg]) == {}
     with pytest.raises(ConfigError, match=r"so a sweep of diffusion.gamma would change nothing"):
-        shipped.with_quick_checkpoint({}, True, False, [preset("colored_digits", quick=True)],
+        shipped.with_quick_checkpoint({}, True, False, [experiment_config("colored_digits", quick=True)],
                                       swept=["injection.gamma", "diffusion.gamma"])
     # the Colored Digits model was trained on Colored Digits: the Colored MNIST 5k preset differs
-    assert preset("colored_mnist_5k", quick=True).diffusion != preset("colored_digits", quick=True).diffusion
+    assert experiment_config("colored_mnist_5k", quick=True).diffusion != experiment_config("colored_digits", quick=True).diffusion

@@ -3,12 +3,13 @@ starting points, on the main job's data): present, the recorded hash, at most 10
 loadable, trained with the quick preset's settings, and used by --quick unless retrained."""
 import pytest
 
-from diffinject.config import QUICK_DATASET, QUICK_FASTGAN_INIT, SOURCE_TRAINING, preset, without_shipped_generators
-from diffinject.errors import CheckpointError, ConfigError
-from diffinject.gan import shipped
-from diffinject.gan.checkpoint import load_net, read_gan_checkpoint
-from diffinject.integrity import file_digest
-from diffinject.synthesis.fastgan import load_class_generators
+from diffinject.config.builder import SOURCE_TRAINING, experiment_config, without_shipped_generators
+from diffinject.config.quick import QUICK_DATASET, QUICK_FASTGAN_INIT
+from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.experiment import shipped_gans as shipped
+from diffinject.nets.gan.checkpoint import load_net, read_gan_checkpoint
+from diffinject.core.integrity import file_digest
+from diffinject.stages.synthesis.fastgan_per_class import load_class_generators
 
 
 def test_the_main_job_has_both_starting_generators():
@@ -20,9 +21,9 @@ def test_each_shipped_gan_has_its_hash_fits_10_mb_and_was_trained_as_the_quick_p
     model = shipped.SHIPPED_GANS[(QUICK_DATASET, what)]
     path = shipped.resolve_gan_checkpoint("shipped", QUICK_DATASET, what, "field")
     assert file_digest(path) == model.sha256 and path.stat().st_size <= 10_000_000
-    quick = preset(QUICK_DATASET, "1", quick=True)
+    quick = experiment_config(QUICK_DATASET, "1", quick=True)
     if what == "stylegan2_source":
-        from diffinject.gan.stylegan2 import Discriminator, Generator, get_gan_preset
+        from diffinject.nets.gan.stylegan2 import Discriminator, Generator, get_gan_preset
 
         payload = read_gan_checkpoint(path, "stylegan2")
         gan = get_gan_preset("stylegan2", payload["preset"])
@@ -49,5 +50,5 @@ def test_a_damaged_file_and_a_dataset_without_one_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="ships no fastgan_init checkpoint for colored_digits"):
         shipped.resolve_gan_checkpoint("shipped", "colored_digits", "fastgan_init", "fastgan.init_checkpoint")
     assert shipped.resolve_gan_checkpoint("", QUICK_DATASET, "fastgan_init", "fastgan.init_checkpoint") is None
-    cleared = without_shipped_generators(preset(QUICK_DATASET, "1", quick=True))
+    cleared = without_shipped_generators(experiment_config(QUICK_DATASET, "1", quick=True))
     assert cleared.stylegan2.source_checkpoint == cleared.fastgan.init_checkpoint == ""

@@ -1,4 +1,4 @@
-"""The speed levers (diffinject.accel and the engine's, stage 2's and the classifier's switches):
+"""The speed levers (diffinject.core.accel and the engine's, stage 2's and the classifier's switches):
 each against the eager float32 reference path, on the CPU where torch supports the lever."""
 import math
 
@@ -6,11 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.accel import attention_kernels, pairs_that_fit, set_attention
-from diffinject.config import ClassifierConfig, DiffusionConfig, InjectionConfig
-from diffinject.errors import ConfigError
-from diffinject.inject import InjectionEngine
-from diffinject.inject.formulas import _mix32, counter_normal, counter_uniform
+from diffinject.core.accel import pairs_that_fit, set_attention
+from diffinject.config.schema import ClassifierConfig, DiffusionConfig, InjectionConfig
+from diffinject.core.errors import ConfigError
+from diffinject.stages.inject import InjectionEngine
+from diffinject.nets.injection import _mix32, counter_normal, counter_uniform
+
+
+def attention_kernels(unet) -> set[str]:
+    """The attention processor classes in use (empty for a model without attention)."""
+    from diffusers.models.attention_processor import Attention
+
+    return {type(m.processor).__name__ for m in unet.modules() if isinstance(m, Attention)}
+
 
 # A float32 lever computes the same passes with another summation order (conv algorithm, kernel
 # fusion), which DDIM inversion amplifies: within half a uint8 level (1/255 in [-1, 1] units).
@@ -73,8 +81,8 @@ def test_pairs_that_fit_is_a_multiple_of_eight_within_the_fraction():
 def shipped_unet():
     """The trained small_32 model the project ships: an untrained U-Net is chaotic under DDIM
     inversion, a trained one is not. It has self-attention (the attention lever matters)."""
-    from diffinject.diffusion.checkpoint import load_unet_checkpoint
-    from diffinject.diffusion.shipped import quick_checkpoint
+    from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+    from diffinject.experiment.shipped_diffusion import quick_checkpoint
 
     unet, _ = load_unet_checkpoint(quick_checkpoint("colored_digits"))
     return unet
@@ -158,7 +166,8 @@ def test_lever_errors_name_the_field(shipped_unet, pairs):
 
 
 def test_the_config_validates_the_lever_fields():
-    from diffinject.config import ExperimentConfig, apply_overrides
+    from diffinject.config.overrides import apply_overrides
+    from diffinject.config.schema import ExperimentConfig
 
     for bad in ("injection.compile=fast", "injection.precision=fp16", "injection.noise=gpu",
                 "diffusion.compile=yes", "injection.memory_fraction=0"):
@@ -172,8 +181,8 @@ def test_the_config_validates_the_lever_fields():
 def test_diffusion_training_levers_match_the_reference_loop(digits_parquet):
     """channels_last and fused AdamW (both run on the CPU) give the reference loop's losses."""
     from diffinject.data.parquet import load_split
-    from diffinject.stage2 import train_diffusion
-    from diffinject.train import TrainContext
+    from diffinject.stages.stage2 import train_diffusion
+    from diffinject.training.loop import TrainContext
 
     images = load_split(digits_parquet, "train").images[:64]
 
@@ -200,7 +209,8 @@ def test_classifier_channels_last_trains_like_the_reference(digits_parquet):
     over two steps: Adam's normalised first step turns rounding-level gradients into lr-sized
     moves, so later losses drift apart by design); bf16 is a GPU lever: a CPU run stays float32."""
     from diffinject.data.parquet import ArraySplit, load_split
-    from diffinject.train import TrainContext, TrainData, train_method
+    from diffinject.methods.train import train_method
+    from diffinject.training.loop import TrainContext, TrainData
 
     split = load_split(digits_parquet, "train")
     small = ArraySplit(split.images[:32], split.labels[:32], split.biases[:32], split.ids[:32])

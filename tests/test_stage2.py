@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject import stage2
-from diffinject.config import DiffusionConfig, apply_overrides, preset
-from diffinject.diffusion.checkpoint import load_unet_checkpoint
-from diffinject.diffusion.models import PRESETS, UNetPreset
-from diffinject.errors import CheckpointError, ConfigError, TrainingError
-from diffinject.diffusion.pixels import to_model_pixels, to_uint8
-from diffinject.stage2 import check_image_size, train_diffusion
-from diffinject.train import TrainContext
+from diffinject.stages import stage2
+from diffinject.config.builder import experiment_config
+from diffinject.config.overrides import apply_overrides
+from diffinject.config.schema import DiffusionConfig
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+from diffinject.nets.diffusion.models import PRESETS, UNetPreset
+from diffinject.core.errors import CheckpointError, ConfigError, TrainingError
+from diffinject.nets.diffusion.pixels import to_model_pixels, to_uint8
+from diffinject.stages.stage2 import check_image_size, train_diffusion
+from diffinject.training.loop import TrainContext
 
 # tiny_32 plus dropout, so exact resume also covers the dropout masks
 DROPOUT_PRESET = UNetPreset("tiny_dropout_32", 32, (16, 32), 1, (), False, "conv", 16, norm_num_groups=8, dropout=0.3)
@@ -157,13 +159,13 @@ def test_image_size_must_match_the_preset_unless_resized():
 
 
 def test_unknown_preset_and_bad_values_are_config_errors():
-    cfg = preset("colored_digits", "1")
+    cfg = experiment_config("colored_digits", "1")
     with pytest.raises(ConfigError, match="unknown U-Net preset 'huge'; expected one of"):
         apply_overrides(cfg, ["diffusion.preset=huge"])
     with pytest.raises(ConfigError, match="diffusion.ema_decay must be in"):
-        apply_overrides(preset("colored_digits", "1"), ["diffusion.ema_decay=1.5"])
+        apply_overrides(experiment_config("colored_digits", "1"), ["diffusion.ema_decay=1.5"])
     with pytest.raises(ConfigError, match="diffusion.train_data must be 'train' or 'DATASET@RATIO'"):
-        apply_overrides(preset("colored_digits", "1"), ["diffusion.train_data=mnist"])
+        apply_overrides(experiment_config("colored_digits", "1"), ["diffusion.train_data=mnist"])
 
 
 def test_pixels_map_to_minus_one_one_and_back_exactly():

@@ -3,10 +3,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from diffinject.diffusion.checkpoint import load_unet_checkpoint
-from diffinject.pipeline import diffusion_checkpoint, run_stage2
-from diffinject.ray_train import FaultInjection
-from diffinject.tracking import Tracker
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
+from diffinject.experiment.stage_runs import diffusion_checkpoint, run_stage2
+from diffinject.cluster.train_jobs import FaultInjection
+from diffinject.tracking.client import Tracker
 
 
 def _tiny(cfg, **overrides):
@@ -64,8 +64,8 @@ def test_ddp_keeps_ranks_identical_and_a_killed_worker_resumes(ray_session, quic
 def test_progress_lines_report_what_rank_zero_logged(mlflow_uri, capsys):
     import time
 
-    from diffinject.pipeline import progress_lines
-    from diffinject.tracking import Tracker
+    from diffinject.experiment.stage_runs import progress_lines
+    from diffinject.tracking.client import Tracker
 
     tracker = Tracker()
     run_id = tracker.start_run(tracker.experiment("t-progress"), "r", {})

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject import perceptual
-from diffinject.config import StyleGAN2Config
-from diffinject.errors import CheckpointError, ConfigError
-from diffinject.gan.projection import project
-from diffinject.gan.stylegan2 import Discriminator, Generator, build_discriminator, build_generator, parameter_count
-from diffinject.gan.checkpoint import read_gan_checkpoint
-from diffinject.gan.presets import PRESETS, StyleGAN2Preset
-from diffinject.synthesis.stylegan2_adapt import adapt, project_and_decode, train_source
-from diffinject.train import TrainContext
+from diffinject.nets import perceptual
+from diffinject.config.schema import StyleGAN2Config
+from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.nets.gan.projection import project
+from diffinject.nets.gan.stylegan2 import Discriminator, Generator, build_discriminator, build_generator, parameter_count
+from diffinject.nets.gan.checkpoint import read_gan_checkpoint
+from diffinject.nets.gan.presets import PRESETS, StyleGAN2Preset
+from diffinject.stages.synthesis.stylegan2_adapt import adapt, project_and_decode, train_source
+from diffinject.training.loop import TrainContext
 
 TINY = StyleGAN2Preset("tiny_16", 16, 16, 16, 1, ((4, 16), (8, 16), (16, 8)))
 TINY_64 = StyleGAN2Preset("tiny_64", 64, 8, 8, 1, ((4, 8), (8, 8), (16, 8), (32, 4), (64, 4)))

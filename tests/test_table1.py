@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diffinject.config import QUICK_DATASET, quick_lengths
+from diffinject.config.quick import QUICK_DATASET, quick_lengths
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "table1.py"
 
@@ -40,7 +40,7 @@ def test_quick_table_of_one_seed_twice(table1, ray_session, digits_root, tmp_pat
     assert "± 0.00" in rows["Vanilla"] and "(32.59)" in rows["Vanilla"] and "(74.23)" in rows["LfF"]  # 1 seed; CMNIST
     assert "top-K precision (stage 1)" not in rows
     # the table run holds the table's numbers as metrics, and links the cell runs behind them
-    from diffinject.tracking import Tracker
+    from diffinject.tracking.client import Tracker
 
     tracker = Tracker(mlflow_uri)
     exp = tracker.client.get_experiment_by_name("table1-quick")
@@ -68,7 +68,7 @@ def test_unknown_method_fails_before_any_training(table1, capsys):
 
 
 def test_the_table_shows_diffinjects_protocol():
-    from diffinject.report import Table1
+    from diffinject.reporting.table1 import Table1
 
     table = Table1(["vanilla", "diffinject"], protocol="paper")
     for method in ("vanilla", "diffinject"):
@@ -84,7 +84,7 @@ def test_the_table_shows_diffinjects_protocol():
     (["--set", "injection.protocol=paper"], "paper", "reference"), (["--baselines", "uniform"], "release", "uniform"),
     (["--set", "baselines.protocol=uniform"], "release", "uniform")])
 def test_protocol_reaches_every_config(table1, monkeypatch, capsys, argv, protocol, baselines):
-    from diffinject.errors import ConfigError
+    from diffinject.core.errors import ConfigError
 
     seen = []
 

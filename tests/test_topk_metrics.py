@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.errors import ConfigError
-from diffinject.metrics import accuracy_metrics, cell_counts
-from diffinject.stage1 import precision_at_k, select_topk
+from diffinject.core.errors import ConfigError
+from diffinject.nets.metrics import accuracy_metrics, cell_counts
+from diffinject.stages.stage1 import precision_at_k, select_topk
 
 
 def test_global_topk_orders_by_loss_and_breaks_ties_by_id():

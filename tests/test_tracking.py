@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from diffinject.tracking import Tracker
+from diffinject.tracking.client import Tracker
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_experiments_open_in_the_training_view_with_a_description(tracker):
 
 
 def test_runs_name_their_source_commit_and_user(tracker):
-    from diffinject.tracking import git_commit
+    from diffinject.tracking.client import git_commit
 
     (run,) = _runs(tracker, 1)
     tags = tracker.client.get_run(run).data.tags

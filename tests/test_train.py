@@ -7,12 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffinject.config import ClassifierConfig
+from diffinject.config.schema import ClassifierConfig
 from diffinject.data.parquet import ArraySplit
-from diffinject.errors import TrainingError
+from diffinject.core.errors import TrainingError
 from diffinject.methods import get_method
 from diffinject.methods.vanilla import Vanilla
-from diffinject.train import (SELECTIONS, Preprocess, TrainContext, TrainData, batch_indices, fit, random_crop_flip,
+from diffinject.core.vocabulary import SELECTIONS
+from diffinject.training.loop import (Preprocess, TrainContext, TrainData, batch_indices, fit, random_crop_flip,
                               seed_everything)
 
 
@@ -259,7 +260,7 @@ def test_preprocess_normalises_and_resizes():
 
 
 def test_mlp_divide_by_255_flag():
-    from diffinject.models import MLP
+    from diffinject.nets.classifiers import MLP
 
     torch.manual_seed(0)
     plain, scaled = MLP(12, 3), MLP(12, 3, divide_by_255=True)

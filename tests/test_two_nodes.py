@@ -26,9 +26,9 @@ import pytest
 from test_inject_job import CFG, _final, _manifest, checkpoint, data  # noqa: F401 (module fixtures)
 from two_node_driver import busy_injector, kill_tree
 
-from diffinject.config import to_dict
+from diffinject.config.schema import to_dict
 from diffinject.data.parquet import load_split
-from diffinject.inject.synthetic import PARTS
+from diffinject.stages.inject.synthetic import PARTS
 
 DRIVER = Path(__file__).with_name("two_node_driver.py")
 RAY = shutil.which("ray", path=os.path.dirname(sys.executable)) or "ray"  # the CLI of this Python's Ray

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from diffinject.diffusion import linear_alphas_cumprod
-from diffinject.diffusion.vlb import GaussianPosterior, discretized_gaussian_log_likelihood, normal_kl, vb_term
+from diffinject.nets.diffusion import linear_alphas_cumprod
+from diffinject.nets.diffusion.vlb import GaussianPosterior, discretized_gaussian_log_likelihood, normal_kl, vb_term
 
 
 def test_normal_kl_matches_torch_distributions():
@@ -69,7 +69,7 @@ def test_t0_uses_the_decoder_nll():
 
 
 def test_diffusion_loss_adds_the_vb_term_only_for_learned_variance():
-    from diffinject.diffusion import diffusion_loss, p2_loss, p2_weights
+    from diffinject.nets.diffusion import diffusion_loss, p2_loss, p2_weights
 
     torch.manual_seed(1)
     abar = linear_alphas_cumprod()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import ray
 
-from diffinject.pipeline import ensure_ray
+from diffinject.cluster.session import ensure_ray
 
 TIMEOUT_S = 60
 
@@ -124,7 +124,8 @@ def run_train(spec: dict) -> dict:
     head, whose weights the resumed job must end with."""
     import torch
 
-    from diffinject.ray_train import TrainJob, load_model_state, run_train_job
+    from diffinject.cluster.train_jobs import TrainJob, run_train_job
+    from train_outputs import load_model_state
 
     job = TrainJob(kind="classifier", method="vanilla", config=spec["config"], parquet=spec["parquet"])
     out = run_train_job(job, name=TRAIN_NAME, placement_strategy="SPREAD")
@@ -144,7 +145,7 @@ def busy_injector(title: str) -> bool:
 
 def inject_trigger(spec: dict):
     """Kill once a part file exists while node 2's actor computes a batch: that batch is lost."""
-    from diffinject.inject.synthetic import PARTS, part_files
+    from diffinject.stages.inject.synthetic import PARTS, part_files
 
     parts = Path(spec["out"]) / PARTS
     return (lambda: len(part_files(parts)) if parts.is_dir() else 0,
@@ -158,8 +159,8 @@ def run_inject(spec: dict) -> dict:
 
     from ray.data import DataContext
 
-    from diffinject.config import InjectionConfig
-    from diffinject.ray_inject import run_injection_job
+    from diffinject.config.schema import InjectionConfig
+    from diffinject.cluster.inject_job import run_injection_job
 
     # Hand out batches only once every actor is up: otherwise, on a busy machine, the head's
     # actor can finish the job before node 2's has loaded its model.

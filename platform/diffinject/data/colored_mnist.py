@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .idx import find_idx, read_idx
-from .layout import LabeledImages, write_ratio, write_shared_splits
-from .protocol import assign_biases, colorize
-from .registry import get_dataset_spec, normalize_ratio
+from diffinject.data.idx import find_idx, read_idx
+from diffinject.data.layout import LabeledImages, write_ratio, write_shared_splits
+from diffinject.data.protocol import assign_biases, colorize
+from diffinject.data.registry import get_dataset_spec, normalize_ratio
 
 UNBIASED = 0.9  # with 10 colours, a 90% conflict fraction spreads colours uniformly
 VALID_SIZE = 5000
@@ -18,7 +18,7 @@ def download_mnist(target: Path) -> Path:
     """Fetch MNIST with torchvision's downloader (needs the network)."""
     from torchvision.datasets import MNIST
 
-    from .download import download_torchvision
+    from diffinject.data.download import download_torchvision
 
     return download_torchvision(MNIST, target, MNIST.mirrors[0], "the MNIST IDX files")
 
@@ -30,7 +30,7 @@ def load_mnist(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         labels = read_idx(find_idx(folder, f"{prefix}-labels-idx1-ubyte"))
         if (images.ndim != 3 or images.shape[1:] != (28, 28) or labels.ndim != 1
                 or len(images) != len(labels)):
-            from ..errors import DataError
+            from diffinject.core.errors import DataError
             raise DataError(f"{folder}: MNIST {prefix} images {images.shape} and labels {labels.shape} "
                             "do not match (expected N x 28 x 28 and N)")
         out[split] = (images, labels.astype(np.int64))

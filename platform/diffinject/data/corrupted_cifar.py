@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
-from .corruptions import CORRUPTIONS, corrupt
-from .layout import LabeledImages, write_layout
-from .protocol import assign_biases
-from .registry import get_dataset_spec, normalize_ratio
+from diffinject.core.errors import DataError
+from diffinject.data.corruptions import CORRUPTIONS, corrupt
+from diffinject.data.layout import LabeledImages, write_layout
+from diffinject.data.protocol import assign_biases
+from diffinject.data.registry import get_dataset_spec, normalize_ratio
 
 UNBIASED = 0.9  # with 10 corruptions, a 90% conflict fraction spreads them uniformly
 VALID_SIZE = 5000
@@ -25,7 +25,7 @@ def download_cifar10(target: Path) -> Path:
     """Fetch CIFAR-10 with torchvision's downloader (needs the network)."""
     from torchvision.datasets import CIFAR10
 
-    from .download import download_torchvision
+    from diffinject.data.download import download_torchvision
 
     return download_torchvision(CIFAR10, target, CIFAR10.url, BATCH_DIR)
 

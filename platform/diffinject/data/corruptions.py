@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter, map_coordinates, zoom
 
-from ..errors import DataError
+from diffinject.core.errors import DataError
 
 CORRUPTIONS = ("snow", "frost", "fog", "brightness", "contrast", "spatter", "elastic_transform",
                "jpeg_compression", "pixelate", "saturate")

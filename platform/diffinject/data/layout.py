@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..atomic import atomic_dir
-from ..errors import DataError
-from .registry import DatasetSpec, ratio_folder
+from diffinject.core.atomic import atomic_dir
+from diffinject.core.errors import DataError
+from diffinject.data.registry import DatasetSpec, ratio_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SPLITS = ("train", "valid", "test")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DataError
+from diffinject.core.errors import DataError
 
 COUNT = 5000
 

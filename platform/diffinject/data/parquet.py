@@ -29,11 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..atomic import atomic_dir, read_json, write_json
-from ..errors import DataError
-from ..integrity import first_damage, record_files
-from .layout import SPLITS, LayoutIndex, SampleRecord, load_image, read_layout
-from .registry import DatasetSpec, ratio_folder
+from diffinject.core.atomic import atomic_dir, read_json, write_json
+from diffinject.core.errors import DataError
+from diffinject.core.integrity import first_damage, record_files
+from diffinject.data.layout import SPLITS, LayoutIndex, SampleRecord, load_image, read_layout
+from diffinject.data.registry import DatasetSpec, ratio_folder
 
 ROWS_PER_SHARD = 20_000
 MARKER = "_SUCCESS.json"
@@ -221,7 +221,7 @@ def load_split(folder: Path, split: str) -> ArraySplit:
 
 def prepare_dataset(data_root: Path, cache_root: Path, spec: DatasetSpec, ratio: str) -> Path:
     """The Parquet folder of a dataset/ratio, building what is missing of an embedded dataset first."""
-    from .embedded import EMBEDDED, build_missing_embedded
+    from diffinject.data.embedded import EMBEDDED, build_missing_embedded
 
     if spec.name in EMBEDDED:
         build_missing_embedded(spec.name, data_root, ratio)

@@ -6,14 +6,10 @@ import abc
 import torch
 from torch import nn
 
-from ..config import ClassifierConfig
-from ..errors import ConfigError, TrainingError
-from ..metrics import all_ranks_finite
-from ..models import build_classifier
-
-
-class NonFiniteLoss(TrainingError):
-    """Raised by a method when a loss is NaN or infinite; the harness adds the step."""
+from diffinject.config.schema import ClassifierConfig, ExperimentConfig
+from diffinject.core.errors import ConfigError, NonFiniteLoss
+from diffinject.nets.metrics import all_ranks_finite
+from diffinject.nets.classifiers import build_classifier
 
 
 class Method(abc.ABC):
@@ -26,7 +22,7 @@ class Method(abc.ABC):
     name: str = ""
     in_table: bool = True  # whether experiment drivers list it as a Table 1 method
     needs_synthetic: bool = False  # trained on original + synthetic data (stages 1-3 run first)
-    synthesis: str = ""  # the stage-3 kind that makes its synthetic data (STAGE3_KINDS in cells)
+    synthesis: str = ""  # the stage-3 kind that makes its synthetic data (stages.kinds.STAGE3_KINDS)
 
     def __init__(self, cfg: ClassifierConfig, num_classes: int, input_shape: tuple[int, int, int],
                  num_train: int, options: dict | None = None):
@@ -38,6 +34,17 @@ class Method(abc.ABC):
         self.nets: dict[str, nn.Module] = {}
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.setup()
+
+    @classmethod
+    def classifier_config(cls, cfg: ExperimentConfig) -> ClassifierConfig:
+        """The classifier settings the method trains with: cfg.classifier, unless the method has
+        its own regime."""
+        return cfg.classifier
+
+    @classmethod
+    def stage1_config(cls, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The config whose stage 1 (top-K) serves the method: cfg, unless it takes its own top-K."""
+        return cfg
 
     @abc.abstractmethod
     def setup(self) -> None:
@@ -145,6 +152,16 @@ def get_method(name: str) -> type[Method]:
         return METHODS[name]
     except KeyError:
         raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(sorted(METHODS))}") from None
+
+
+def method_classifier(cfg: ExperimentConfig, method: str) -> ClassifierConfig:
+    """The classifier settings registered method `method` trains with (Method.classifier_config)."""
+    return get_method(method).classifier_config(cfg)
+
+
+def stage1_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
+    """The config whose stage 1 serves registered method `method` (Method.stage1_config)."""
+    return get_method(method).stage1_config(cfg)
 
 
 def table_methods() -> list[str]:

@@ -3,14 +3,13 @@ samples are bias-aligned (Lee et al., 2022). Used by `lff_be` and `disent_be`.""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # the training harness imports the method registry
-    from ..train import Preprocess, TrainContext, TrainData
+from diffinject.methods.train import train_method
+from diffinject.training.loop import Preprocess, TrainContext, TrainData
 
 
 def committee_vote(probabilities: np.ndarray, tau: float, agreement: int) -> np.ndarray:
@@ -49,8 +48,6 @@ def detect_aligned(clf_cfg, options: dict, data: TrainData, ctx: TrainContext, s
     Returns the pseudo-aligned mask over the training rows and the detector's precision and
     recall against the true alignment flags (for logging only: they train nothing).
     """
-    from ..train import Preprocess, TrainContext, train_method
-
     quiet = TrainContext(rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
     cfg, eval_offset = committee_config(clf_cfg, options)
     probabilities, kept_steps = [], []

@@ -4,8 +4,8 @@ bias-conflict samples of stages 1-3, labelled with their content image's label
 code on the 32x32 datasets); see inject.synthetic."""
 from __future__ import annotations
 
-from .base import register_method
-from .vanilla import Vanilla
+from diffinject.methods.base import register_method
+from diffinject.methods.vanilla import Vanilla
 
 
 @register_method

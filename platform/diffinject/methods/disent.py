@@ -4,15 +4,17 @@ swapping: bias features permuted within the batch. The intrinsic head is evaluat
 `disent_be`: the bias branch learns with plain CE on BiasEnsemble's pseudo-aligned samples."""
 from __future__ import annotations
 
+import dataclasses
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import gce_loss
-from ..models import MLP
-from .base import Method, register_method
-from .bias_ensemble import BiasEnsembleMixin
-from .sample_ema import SampleLossEMA, relative_difficulty
+from diffinject.config.schema import ClassifierConfig, ExperimentConfig
+from diffinject.nets.gce_loss import gce_loss
+from diffinject.nets.classifiers import MLP
+from diffinject.methods.base import Method, register_method
+from diffinject.methods.bias_ensemble import BiasEnsembleMixin
+from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
 
 
 class Encoder(nn.Module):
@@ -62,6 +64,13 @@ class DisentNet(nn.Module):
 @register_method
 class DisEnt(Method):
     name = "disent"
+
+    @classmethod
+    def classifier_config(cls, cfg: ExperimentConfig) -> ClassifierConfig:
+        """DisEnt's (and DisEnt + BE's) own length where a quick preset gives one."""
+        if cfg.baselines.disent_num_steps:
+            return dataclasses.replace(cfg.classifier, num_steps=cfg.baselines.disent_num_steps)
+        return cfg.classifier
 
     def setup(self) -> None:
         o = self.options

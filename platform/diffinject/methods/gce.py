@@ -1,8 +1,8 @@
 """The stage-1 bias classifier: trained with the generalized cross-entropy to become biased."""
 from __future__ import annotations
 
-from ..losses import gce_loss
-from .base import Method, register_method
+from diffinject.nets.gce_loss import gce_loss
+from diffinject.methods.base import Method, register_method
 
 
 @register_method

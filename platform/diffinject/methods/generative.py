@@ -9,9 +9,11 @@ training set plus a synthetic set), the synthetic set from a GAN instead of h-sp
 """
 from __future__ import annotations
 
-from ..losses import gce_loss
-from .base import register_method
-from .vanilla import Vanilla
+import dataclasses
+from diffinject.config.schema import ExperimentConfig
+from diffinject.nets.gce_loss import gce_loss
+from diffinject.methods.base import register_method
+from diffinject.methods.vanilla import Vanilla
 
 
 @register_method
@@ -34,3 +36,9 @@ class AmpliBias(Vanilla):
     name = "amplibias"
     needs_synthetic = True
     synthesis = "fastgan"
+
+    @classmethod
+    def stage1_config(cls, cfg: ExperimentConfig) -> ExperimentConfig:
+        """AmpliBias takes its own top-K per class (fastgan.k_per_class; AmpliBias Sec. 4.1)."""
+        return dataclasses.replace(cfg, bias=dataclasses.replace(cfg.bias, scope="per_class",
+                                                                  k=cfg.fastgan.k_per_class))

@@ -3,18 +3,30 @@ with CE weighted by the relative difficulty W = l_B / (l_B + l_D); f_D is evalua
 `lff_be`: f_B is instead trained with plain CE on BiasEnsemble's pseudo-aligned samples only."""
 from __future__ import annotations
 
+import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..losses import gce_loss
-from .base import Method, register_method
-from .bias_ensemble import BiasEnsembleMixin
-from .sample_ema import SampleLossEMA, relative_difficulty
+from diffinject.config.schema import ClassifierConfig, ExperimentConfig
+from diffinject.nets.gce_loss import gce_loss
+from diffinject.methods.base import Method, register_method
+from diffinject.methods.bias_ensemble import BiasEnsembleMixin
+from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
 
 
 @register_method
 class LfF(Method):
     name = "lff"
+
+    @classmethod
+    def classifier_config(cls, cfg: ExperimentConfig) -> ClassifierConfig:
+        """LfF's own lr and length where the baseline protocol gives them (non-zero: the reference
+        protocol, from alinlab/LfF config.py)."""
+        b = cfg.baselines
+        if b.lff_lr or b.lff_num_steps:
+            return dataclasses.replace(cfg.classifier, lr=b.lff_lr or cfg.classifier.lr,
+                                       num_steps=b.lff_num_steps or cfg.classifier.num_steps)
+        return cfg.classifier
 
     def setup(self) -> None:
         for name in ("biased", "model"):
@@ -53,3 +65,4 @@ class LfF(Method):
 @register_method
 class LfFBiasEnsemble(BiasEnsembleMixin, LfF):
     name = "lff_be"
+    classifier_config = Method.classifier_config  # cfg.classifier: BiasEnsemble's scripts train it as Vanilla

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import Method, register_method
+from diffinject.methods.base import Method, register_method
 
 
 @register_method
