@@ -51,7 +51,7 @@ from diffinject.cli.run_guards import exclusive, sigterm_as_interrupt
 from diffinject.core.errors import ConfigError, DiffInjectError
 from diffinject.methods import get_method
 from diffinject.cluster.session import ensure_ray
-from diffinject.experiment.stage_runs import check_against_data, dataset_folder
+from diffinject.experiment.run_context import check_against_data, dataset_folder
 from diffinject.core.preflight import check_data_paths, check_output_dir
 from diffinject.tracking.store_check import check_tracking_store
 from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes

@@ -27,7 +27,7 @@ from diffinject.config.overrides import distinct
 from diffinject.cli.run_guards import sigterm_as_interrupt
 from diffinject.core.errors import ConfigError, DiffInjectError
 from diffinject.cluster.session import ensure_ray
-from diffinject.experiment.stage_runs import check_against_data
+from diffinject.experiment.run_context import check_against_data
 from diffinject.core.preflight import check_data_paths, check_output_dir
 from diffinject.tracking.store_check import check_tracking_store
 from diffinject.reporting.table1 import DISPLAY

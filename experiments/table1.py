@@ -35,7 +35,7 @@ from diffinject.cli.run_guards import sigterm_as_interrupt
 from diffinject.core.errors import DiffInjectError
 from diffinject.methods import get_method, table_methods
 from diffinject.cluster.session import ensure_ray
-from diffinject.experiment.stage_runs import check_against_data, dataset_folder, with_seed
+from diffinject.experiment.run_context import check_against_data, dataset_folder, with_seed
 from diffinject.core.preflight import check_data_paths, check_output_dir
 from diffinject.tracking.store_check import check_tracking_store
 from diffinject.experiment.progress import Progress

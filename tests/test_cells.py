@@ -20,7 +20,7 @@ from diffinject.data.layout import write_layout
 from diffinject.data.parquet import load_split
 from diffinject.data.registry import get_dataset_spec
 from diffinject.core.errors import CheckpointError, ConfigError
-from diffinject.experiment.stage_runs import with_seed
+from diffinject.experiment.run_context import with_seed
 from diffinject.tracking.client import Tracker
 from test_guided_diffusion import random_openai_state
 from test_layout import make_split
@@ -184,7 +184,7 @@ def test_a_rerun_marks_killed_the_runs_a_dead_process_left_running_under_its_key
 
 
 def test_diffinject_cells_carry_their_protocol_as_a_tag_and_param():
-    from diffinject.experiment.stage_runs import cell_params, cell_tags
+    from diffinject.experiment.run_context import cell_params, cell_tags
 
     cfg = experiment_config("colored_digits", "1", quick=True, protocol="paper")
     assert cell_tags(cfg, "diffinject")["protocol"] == cell_params(cfg, "diffinject")["protocol"] == "paper"

@@ -12,7 +12,7 @@ from diffinject.experiment.cells import CellRunner
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.data.parquet import load_split
-from diffinject.experiment.stage_runs import dataset_folder
+from diffinject.experiment.run_context import dataset_folder
 from diffinject.cluster.train_jobs import load_topk
 from diffinject.tracking.client import Tracker
 

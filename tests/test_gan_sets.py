@@ -63,12 +63,9 @@ def test_gan_rows_finalize_into_a_readable_set_with_unknown_bias(tmp_path):
 def runner(tmp_path, monkeypatch):
     """A runner whose data fingerprints are a constant (keys here differ by config only) and that
     never tracks anything."""
-    import diffinject.experiment.cells as cells
     import diffinject.experiment.keys as keys
 
-    monkeypatch.setattr(cells.CellRunner, "_fingerprint", staticmethod(lambda cfg: "data"))
-    monkeypatch.setattr(keys, "diffusion_training_data", lambda cfg: (cfg.data.dataset, cfg.data.ratio, tmp_path))
-    monkeypatch.setattr(keys, "conversion_fingerprint", lambda folder: "data")
+    monkeypatch.setattr(keys.StageKeys, "data_fingerprint", lambda self, cfg, dataset=None, ratio=None: "data")
     return CellRunner(ArtifactCache(tmp_path / "artifacts"), tracker=SimpleNamespace())
 
 
@@ -117,7 +114,7 @@ def test_amplibias_stage1_is_its_own_top_k_per_class(cfg):
 
 def test_a_missing_vgg16_file_is_an_error_before_anything_trains(cfg, tmp_path, monkeypatch):
     from diffinject.core.errors import CheckpointError
-    from diffinject.experiment.stage_runs import check_against_data
+    from diffinject.experiment.run_context import check_against_data
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-hub"))
     check_against_data(cfg, ("a2", "amplibias"))  # the quick preset measures with the mean squared error

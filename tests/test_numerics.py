@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import pytest
 
-import diffinject.experiment.cells as cells
 import diffinject.experiment.keys as keys
 from diffinject.experiment.cache import ArtifactCache, artifact_key
 from diffinject.experiment.cells import CellRunner
@@ -28,9 +27,7 @@ def cfg():
 def _runner(tmp_path, monkeypatch, cluster_gpus: bool, cuda_here: bool, checkpoints=None) -> CellRunner:
     """A runner whose data fingerprints are a constant, on a cluster with or without GPUs, in a
     process that does or does not see one."""
-    monkeypatch.setattr(cells.CellRunner, "_fingerprint", staticmethod(lambda cfg: "data"))
-    monkeypatch.setattr(keys, "diffusion_training_data", lambda cfg: (cfg.data.dataset, cfg.data.ratio, tmp_path))
-    monkeypatch.setattr(keys, "conversion_fingerprint", lambda folder: "data")
+    monkeypatch.setattr(keys.StageKeys, "data_fingerprint", lambda self, cfg, dataset=None, ratio=None: "data")
     monkeypatch.setattr(keys, "resolve_use_gpu", lambda use_gpu: cluster_gpus, raising=False)
     monkeypatch.setattr(keys, "cuda_here", lambda: cuda_here, raising=False)
     return CellRunner(ArtifactCache(tmp_path / "artifacts"), tracker=SimpleNamespace(), checkpoints=checkpoints)

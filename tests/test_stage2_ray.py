@@ -64,7 +64,7 @@ def test_ddp_keeps_ranks_identical_and_a_killed_worker_resumes(ray_session, quic
 def test_progress_lines_report_what_rank_zero_logged(mlflow_uri, capsys):
     import time
 
-    from diffinject.experiment.stage_runs import progress_lines
+    from diffinject.experiment.run_context import progress_lines
     from diffinject.tracking.client import Tracker
 
     tracker = Tracker()

@@ -112,7 +112,7 @@ def cmd_gan_train(args: argparse.Namespace) -> None:
     one FastGAN per class on all of its training images). The GAN file is `generator.pt` in the
     printed folder; with `--set <section>.keep_checkpoints=true` every checkpoint_every-th step's
     file is an MLflow artifact under `checkpoints/`."""
-    from diffinject.experiment.gan_stage_runs import run_generator_training
+    from diffinject.experiment.generator_runs import run_generator_training
 
     if args.job == "fastgan_init" and args.quick:  # the starting points' own length and EMA, under any --set
         args.set = [f"fastgan.{k}={v}" for k, v in QUICK_FASTGAN_INIT.items()] + (args.set or [])
@@ -214,7 +214,8 @@ def cmd_diffusion_export(args: argparse.Namespace) -> None:
 def cmd_inject(args: argparse.Namespace) -> None:
     from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
     from diffinject.stages.inject.synthetic import check_output_folder
-    from diffinject.experiment.stage_runs import check_checkpoint_resolution, run_stage1, run_stage3
+    from diffinject.experiment.set_makers import check_checkpoint_resolution
+    from diffinject.experiment.stage_runs import run_stage1, run_stage3
 
     cfg = _training_config(args)
     if args.topk_dir is not None:
@@ -246,7 +247,8 @@ def cmd_inject(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from diffinject.data.parquet import load_split
     from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
-    from diffinject.experiment.stage_runs import dataset_folder, check_checkpoint_resolution, resolve_t_edit
+    from diffinject.experiment.run_context import dataset_folder
+    from diffinject.experiment.set_makers import check_checkpoint_resolution, resolve_t_edit
     from diffinject.tracking.client import Tracker
 
     cfg = _config(args)

@@ -34,16 +34,14 @@ from diffinject.data.registry import get_dataset_spec
 from diffinject.core.numerics import TRAINING_TF32
 from diffinject.cluster.session import fake_gpus, resolve_use_gpu
 from diffinject.cluster.shipping import Shipment, receive, ship
-from diffinject.stages.stage1 import train_bias_classifier
-from diffinject.stages.stage2 import train_diffusion
-from diffinject.stages.kinds import GENERATOR_JOBS
+from diffinject.stages.stage1 import load_topk, topk_files, train_bias_classifier
+from diffinject.stages.stage2 import DIFFUSION_FILE, train_diffusion
+from diffinject.stages.kinds import GENERATOR_FILE, GENERATOR_JOBS
 from diffinject.stages.stage4 import train_classifier
 from diffinject.tracking.client import Tracker
 from diffinject.training.loop import TrainContext, TrainData
 
 STATE_FILE = "state.pt"
-DIFFUSION_FILE = "diffusion.pt"
-GENERATOR_FILE = "generator.pt"
 # the generator trainings of the GAN stage-3 kinds (synthesis/): A²'s source StyleGAN2 and its CDC
 # adaptation to the top-K set, AmpliBias's FastGAN per class
 GAN_JOBS = tuple(GENERATOR_JOBS)  # the GAN generators a job trains (stages.kinds)
@@ -197,8 +195,7 @@ def _worker_loop(loop_config: dict) -> None:
             data = load_train_data(job, cfg)
             if job.kind == "bias":
                 result, topk = train_bias_classifier(cfg, data, ctx)
-                files["topk.json"] = json.dumps(topk.to_json(), indent=1).encode()
-                files["topk_images.npy"] = _to_bytes(lambda buffer: np.save(buffer, topk.images))
+                files.update(topk_files(topk))
             else:
                 result = train_classifier(job.method, cfg, data, ctx)
             files["model.pt"] = _to_bytes(lambda buffer: torch.save({"nets": result.method.state_dict()["nets"]},
@@ -395,9 +392,3 @@ def _drop_run_folder(result, staging: Path, keep: Path) -> None:
         staging.parent.rmdir()
 
 
-def load_topk(checkpoint_dir: Path) -> dict:
-    """The top-K set of a stage-1 job: indices, ids, labels, losses and images."""
-    payload = json.loads((Path(checkpoint_dir) / "topk.json").read_text())
-    payload["indices"] = np.asarray(payload["indices"], dtype=np.int64)
-    payload["images"] = np.load(Path(checkpoint_dir) / "topk_images.npy")
-    return payload

@@ -10,6 +10,7 @@ from diffinject.config.quick import QUICK_INJECTION, QUICK_INJECTION_BY_DATASET,
 from diffinject.config.rules import OneOf
 from diffinject.config.schema import ExperimentConfig
 from diffinject.core.errors import ConfigError
+from diffinject.data.registry import DATASETS, recipes
 
 
 # How the comparison methods are trained (docs/design.md 2.4): the fields each protocol sets, one
@@ -58,9 +59,10 @@ BASELINE_PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 
 
-def _by_dataset(small: Any, large: Any) -> dict[str, Any]:
-    """One value for the 32x32 datasets (cmnist and its stand-ins, cifar10c), another for bffhq and dogs_and_cats."""
-    return {"cmnist": small, "cifar10c": small, "bffhq": large, "dogs_and_cats": large}
+def by_resolution(small: Any, large: Any) -> dict[str, Any]:
+    """One value for the recipes whose images are at most 32 px (cmnist, cifar10c: 32x32 diffusion
+    models), another for the others (bffhq, dogs_and_cats: 256x256), per the data registry."""
+    return {name: small if (DATASETS[name].image_size or 256) <= 32 else large for name in recipes()}
 
 
 # The two DiffInject protocols (docs/design.md 2.3): the fields each sets, one value or one per
@@ -69,7 +71,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "release": {
         # train_classifier.py BaseDataset.__getitem__ reads the label from the synthetic file name:
         # field -2 (the original's) for new-cmnist / cifar10c, field -6 (the content's) otherwise
-        "injection.label_from": _by_dataset("original", "content"),
+        "injection.label_from": by_resolution("original", "content"),
         "bias.scope": "per_class",               # top_k_loss.py: the K highest-loss samples of each class
         "bias.k": 10,                            # top_k_loss.py --K default
         "bias.classifier.select": "valid",       # top_k_loss.py loads best.path.tar, the best-on-valid GCE model

@@ -98,6 +98,12 @@ def get_dataset_spec(name: str) -> DatasetSpec:
             f"unknown dataset {name!r}; expected one of {', '.join(sorted(DATASETS))}") from None
 
 
+def recipes() -> list[str]:
+    """The datasets whose presets the others take (the paper's): every registered one that stands in
+    for no other, in registration order."""
+    return [name for name, spec in DATASETS.items() if spec.paper_dataset is None]
+
+
 def normalize_ratio(spec: DatasetSpec, ratio: str | float) -> str:
     """Turn '1', 1, 1.0, '1pct' or '1%' into the canonical percent string of `spec`."""
     text = str(ratio).strip().removesuffix("pct").removesuffix("%")

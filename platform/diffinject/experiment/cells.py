@@ -59,12 +59,13 @@ from diffinject.config.schema import ExperimentConfig
 from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.methods import get_method, stage1_config
 from diffinject.tracking.descriptions import cell_note, linked_run
-from diffinject.experiment.stage_runs import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_folder,
-                       run_cell, run_stage1, run_stage2, run_stage3, selected_metrics, synthetic_quality)
+from diffinject.experiment.run_context import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_folder, selected_metrics)
+from diffinject.experiment.stage_runs import (run_cell, run_stage1, run_stage2, run_stage3, run_synthetic_set, synthetic_quality)
 from diffinject.stages.quality.metrics import PREFIX as QUALITY_PREFIX
-from diffinject.cluster.train_jobs import DIFFUSION_FILE, GENERATOR_FILE
+from diffinject.experiment.set_makers import GanSet
+from diffinject.stages.stage2 import DIFFUSION_FILE
 from diffinject.experiment.keys import StageKeys, given_fastgan_init, given_source
-from diffinject.stages.kinds import GENERATOR_JOBS, get_stage3_kind
+from diffinject.stages.kinds import GENERATOR_FILE, GENERATOR_JOBS, get_stage3_kind
 from diffinject.tracking.client import Tracker
 
 
@@ -199,7 +200,7 @@ class CellRunner(StageKeys):
                   method: str | None) -> Artifact:
         """A GAN job's generator file (`generator.pt`): A²'s source StyleGAN2 (stage `stylegan2_source`)
         or its adaptation (`stylegan2_adapted`), AmpliBias's FastGANs (`fastgan_classes`)."""
-        from diffinject.experiment.gan_stage_runs import run_generator_training
+        from diffinject.experiment.generator_runs import run_generator_training
 
         stage, material = GENERATOR_JOBS[job].stage, self.generator_material(job, cfg)
         key = artifact_key(stage, material)
@@ -244,15 +245,13 @@ class CellRunner(StageKeys):
     def gan_stage3(self, cfg: ExperimentConfig, method: str, stage1: Artifact, checkpoints: dict[str, Path],
                    parent: str | None) -> Artifact:
         """A GAN kind's synthetic set (`synthetic/`, Parquet split train), its grid and quality report."""
-        from diffinject.experiment.gan_stage_runs import run_gan_stage3
-
         material = self.stage3_material(cfg, method)
+        maker = GanSet(get_method(method).synthesis, checkpoints, self.random_lpips_backbone)
 
         def build(work: Path) -> dict:
             tags = self._stage_tags(cfg, artifact_key("stage3", material), method)
-            out = run_gan_stage3(cfg, get_method(method).synthesis, stage1.path, checkpoints, self.tracker,
-                                 out_dir=work / "synthetic", parent=parent, figures_dir=work, tags=tags,
-                                 oracles_dir=self.oracles(cfg).path, random_lpips_backbone=self.random_lpips_backbone)
+            out = run_synthetic_set(cfg, maker, stage1.path, self.tracker, out_dir=work / "synthetic", parent=parent,
+                                    figures_dir=work, tags=tags, oracles_dir=self.oracles(cfg).path)
             return {"run_id": out.run_id, "metrics": out.metrics}
 
         return self.cache.get_or_build("stage3", material, build)

@@ -13,9 +13,9 @@ from diffinject.core.integrity import file_digest
 from diffinject.core.numerics import injection_numerics, synthesis_numerics, training_numerics, training_on_gpu
 from diffinject.data.parquet import conversion_fingerprint
 from diffinject.experiment.cache import artifact_key
-from diffinject.experiment.stage_runs import dataset_folder, diffusion_training_data
+from diffinject.experiment.run_context import dataset_folder, diffusion_data, diffusion_training_data
 from diffinject.methods import get_method, stage1_config
-from diffinject.stages.kinds import GENERATOR_JOBS, STYLEGAN2_PROJECT, get_stage3_kind
+from diffinject.stages.kinds import STYLEGAN2_PROJECT, get_stage3_kind
 from diffinject.stages.quality.oracles import QualityConfig
 from diffinject.cluster.session import resolve_use_gpu
 
@@ -74,10 +74,22 @@ def cuda_here() -> bool:
 
 class StageKeys:
     """The key material of each stage, for a runner that holds `checkpoints` (dataset -> a given
-    diffusion checkpoint) and resolves run.use_gpu against the cluster once per value."""
+    diffusion checkpoint) and resolves run.use_gpu against the cluster once per value.
+
+    Keys read data only through `data_fingerprint`, one method per stage builds its material."""
 
     checkpoints: dict[str, str]
     _cluster_gpus: dict[str, bool]
+
+    # ---- the data a key names -----------------------------------------------------------
+    def data_fingerprint(self, cfg: ExperimentConfig, dataset: str | None = None, ratio: str | None = None) -> str:
+        """The content fingerprint of the Parquet conversion of `dataset` at `ratio` (default cfg's),
+        the one place keys read data from. The conversion is made on first use; after that this only
+        checks it against the data (its files' paths, sizes and mtimes, and their content when those
+        changed), so a key follows the data's content, wherever it lies, even while a runner lives."""
+        if (dataset or cfg.data.dataset, ratio or cfg.data.ratio) == (cfg.data.dataset, cfg.data.ratio):
+            return conversion_fingerprint(dataset_folder(cfg))
+        return conversion_fingerprint(diffusion_training_data(cfg)[2])  # the only other data a key names
 
     # ---- key material ------------------------------------------------------------------
     def stage1_material(self, cfg: ExperimentConfig) -> dict:
@@ -88,9 +100,10 @@ class StageKeys:
         given = self.checkpoints.get(cfg.data.dataset)
         if given:
             return {"checkpoint_sha256": file_digest(given), "preset": cfg.diffusion.preset}
-        dataset, ratio, parquet = diffusion_training_data(cfg)
+        dataset, ratio = diffusion_data(cfg)
         settings = {k: v for k, v in to_dict(cfg.diffusion).items() if k not in DIFFUSION_LOGGING}
-        return {"data": conversion_fingerprint(parquet), "dataset": dataset, "ratio": ratio, "diffusion": settings,
+        return {"data": self.data_fingerprint(cfg, dataset, ratio), "dataset": dataset, "ratio": ratio,
+                "diffusion": settings,
                 "numerics": self._training_numerics(cfg, cfg.diffusion.bf16)}
 
     def stylegan2_source_material(self, cfg: ExperimentConfig) -> dict:
@@ -130,9 +143,9 @@ class StageKeys:
                 "numerics": synthesis_numerics(self._cluster_gpus_for(cfg))}
 
     def generator_material(self, job: str, cfg: ExperimentConfig) -> dict:
-        """The material of a GAN job's generator (stages.kinds.GENERATOR_JOBS)."""
+        """The material of a GAN job's generator (a stages.kinds.GENERATOR_JOBS job a stage-3 kind trains)."""
         return {"stylegan2_source": self.stylegan2_source_material, "stylegan2_adapt": self.stylegan2_adapted_material,
-                "fastgan": self.fastgan_material}[GENERATOR_JOBS[job].job](cfg)
+                "fastgan": self.fastgan_material}[job](cfg)
 
     def oracle_material(self, cfg: ExperimentConfig) -> dict:
         return {"data": self._fingerprint(cfg), "quality": dataclasses.asdict(QualityConfig()), "seed": 0}
@@ -145,9 +158,8 @@ class StageKeys:
             material["stage3"] = artifact_key("stage3", self.stage3_material(cfg, method))
         return material
 
-    @staticmethod
-    def _fingerprint(cfg: ExperimentConfig) -> str:
-        return conversion_fingerprint(dataset_folder(cfg))
+    def _fingerprint(self, cfg: ExperimentConfig) -> str:
+        return self.data_fingerprint(cfg)
 
     # ---- the device each stage runs on, and so its numerics (numerics.py) ---------------
     def _cluster_gpus_for(self, cfg: ExperimentConfig) -> bool:

@@ -13,6 +13,8 @@ from typing import Callable
 from diffinject.config.schema import ExperimentConfig
 from diffinject.core.errors import ConfigError
 
+GENERATOR_FILE = "generator.pt"  # what a generator job makes: a GAN checkpoint (nets.gan.checkpoint)
+
 
 @dataclass(frozen=True)
 class GeneratorJob:

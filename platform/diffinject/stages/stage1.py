@@ -5,7 +5,10 @@ whether the top-K really are bias-conflicting.
 """
 from __future__ import annotations
 
+import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,6 +20,9 @@ from diffinject.core.errors import ConfigError
 from diffinject.methods import Method
 from diffinject.methods.train import train_method
 from diffinject.training.loop import FitResult, Preprocess, TrainContext, TrainData
+
+# a stage-1 job's top-K set, beside its model.pt: the rows, ids, labels and losses, and the images
+TOPK_FILE, TOPK_IMAGES_FILE = "topk.json", "topk_images.npy"
 
 
 @dataclass
@@ -81,3 +87,18 @@ def train_bias_classifier(cfg: ExperimentConfig, data: TrainData, ctx: TrainCont
     topk = TopK(indices=indices, ids=[str(i) for i in data.train.ids[indices]],
                 labels=data.train.labels[indices], losses=losses[indices], images=data.train.images[indices])
     return result, topk
+
+
+def topk_files(topk: TopK) -> dict[str, bytes]:
+    """The top-K set's files (TOPK_FILE, TOPK_IMAGES_FILE) as bytes."""
+    buffer = io.BytesIO()
+    np.save(buffer, topk.images)
+    return {TOPK_FILE: json.dumps(topk.to_json(), indent=1).encode(), TOPK_IMAGES_FILE: buffer.getvalue()}
+
+
+def load_topk(checkpoint_dir: Path) -> dict:
+    """The top-K set of a stage-1 job: indices, ids, labels, losses and images."""
+    payload = json.loads((Path(checkpoint_dir) / TOPK_FILE).read_text())
+    payload["indices"] = np.asarray(payload["indices"], dtype=np.int64)
+    payload["images"] = np.load(Path(checkpoint_dir) / TOPK_IMAGES_FILE)
+    return payload

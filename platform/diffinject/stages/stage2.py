@@ -36,6 +36,8 @@ from diffinject.core.numerics import bf16_autocast_on
 from diffinject.core.plots import png_bytes, tile_images
 from diffinject.training.loop import TrainContext, batch_indices, seed_everything
 
+DIFFUSION_FILE = "diffusion.pt"  # what stage 2 makes: the EMA U-Net checkpoint (nets.diffusion.checkpoint)
+
 
 @dataclass
 class DiffusionResult:

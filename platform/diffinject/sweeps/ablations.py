@@ -29,7 +29,7 @@ from diffinject.config.overrides import apply_overrides
 from diffinject.config.schema import ExperimentConfig, flatten
 from diffinject.config.overrides import distinct
 from diffinject.core.errors import ConfigError
-from diffinject.experiment.stage_runs import with_seed
+from diffinject.experiment.run_context import with_seed
 from diffinject.stages.quality.metrics import PREFIX as QUALITY_PREFIX
 from diffinject.reporting.runs import mean_std, per_seed_difference
 from diffinject.tracking.client import Tracker
