@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from diffinject.cluster.train_jobs import TrainJob, load_train_data
 from diffinject.config.builder import experiment_config
 from diffinject.config.schema import to_dict
 from diffinject.data.parquet import prepare_dataset
 from diffinject.data.registry import get_dataset_spec
 from diffinject.experiment.run_context import with_seed
-from diffinject.cluster.train_jobs import TrainJob, load_train_data
 from diffinject.stages.stage4 import train_classifier
 from diffinject.training.loop import TrainContext
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
+from diffinject.cluster.session import ensure_ray
+from diffinject.cluster.train_jobs import TrainJob, load_train_data, run_train_job
 from diffinject.config.builder import experiment_config
 from diffinject.config.schema import to_dict
 from diffinject.data.parquet import prepare_dataset
 from diffinject.data.registry import get_dataset_spec
 from diffinject.methods import Method
-from diffinject.cluster.session import ensure_ray
-from diffinject.cluster.train_jobs import TrainJob, load_train_data, run_train_job
 from diffinject.stages.stage4 import train_classifier
 from diffinject.training.loop import TrainContext
 

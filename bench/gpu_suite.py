@@ -62,10 +62,10 @@ import torch
 from diffinject.config.protocols import apply_protocol
 from diffinject.config.quick import QUICK_DATASET
 from diffinject.config.schema import ExperimentConfig, InjectionConfig
+from diffinject.experiment.shipped_diffusion import quick_checkpoint
 from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint, unet_checkpoint_bytes
 from diffinject.nets.diffusion.hspace import decode, encode
 from diffinject.nets.diffusion.models import build_unet, get_preset
-from diffinject.experiment.shipped_diffusion import quick_checkpoint
 from diffinject.stages.inject import InjectionEngine, reference_inject_tensor
 from diffinject.stages.inject.engine import AUTO_CPU_PAIRS, InjectionPlan, padded_size
 
@@ -578,7 +578,7 @@ def classifier_run(scale: Scale, device: torch.device, peaks: dict, figure: str,
     def run() -> list[Row]:
         from diffinject.config.schema import ClassifierConfig
         from diffinject.data.parquet import ArraySplit
-        from diffinject.methods.train import train_method
+        from diffinject.methods.registry import train_method
         from diffinject.training.loop import TrainContext, TrainData
 
         size, batch = scale.classifier_size, scale.classifier_batch

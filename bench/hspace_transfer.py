@@ -31,11 +31,11 @@ from diffinject.config.quick import QUICK_INJECTION, quick_diffusion
 from diffinject.config.schema import DiffusionConfig, InjectionConfig
 from diffinject.data.parquet import load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
-from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.experiment.shipped_diffusion import quick_checkpoint
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.stages.inject.engine import InjectionEngine
-from diffinject.stages.quality.oracles import dataset_oracles
 from diffinject.stages.quality.metrics import quality_metrics
+from diffinject.stages.quality.oracles import dataset_oracles
 from diffinject.stages.stage2 import train_diffusion
 from diffinject.training.loop import TrainContext
 

@@ -32,30 +32,30 @@ import sys
 import time
 from pathlib import Path
 
-from diffinject.sweeps.ablations import (Axis, SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
-                                  evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
-                                  setting_label, trial_key, write_csv)
 from diffinject.cli.arguments import ArgumentParser
-from diffinject.core.atomic import atomic_file
-from diffinject.experiment.cells import check_checkpoint_datasets, parse_checkpoints
+from diffinject.cli.run_guards import exclusive, sigterm_as_interrupt
+from diffinject.cluster.session import ensure_ray
+from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import absolute_args, apply_overrides
+from diffinject.config.overrides import distinct
 from diffinject.config.quick import QUICK_DATASET
 from diffinject.config.rules import COUNT, NON_NEGATIVE, SEED, check_options
 from diffinject.config.schema import flatten
-from diffinject.data.embedded import EMBEDDED
-from diffinject.nets.diffusion.checkpoint import check_given_checkpoints
-from diffinject.experiment.shipped_diffusion import with_quick_checkpoint
-from diffinject.config.overrides import distinct
-from diffinject.cli.run_guards import exclusive, sigterm_as_interrupt
+from diffinject.core.atomic import atomic_file
 from diffinject.core.errors import ConfigError, DiffInjectError
-from diffinject.methods import get_method
-from diffinject.cluster.session import ensure_ray
-from diffinject.experiment.run_context import check_against_data, dataset_folder
 from diffinject.core.preflight import check_data_paths, check_output_dir
-from diffinject.tracking.store_check import check_tracking_store
-from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
+from diffinject.data.embedded import EMBEDDED
+from diffinject.experiment.cells import check_checkpoint_datasets, parse_checkpoints
+from diffinject.experiment.run_context import check_against_data, dataset_folder
+from diffinject.experiment.shipped_diffusion import with_quick_checkpoint
+from diffinject.methods import get_method
+from diffinject.nets.diffusion.checkpoint import check_given_checkpoints
+from diffinject.sweeps.ablations import (Axis, SettingResult, ablation_plot, apply_setting, best_setting,
+                                         end_stopped_runs, evaluate_setting, finished_trial, format_results,
+                                         grid_settings, parse_axis, setting_label, trial_key, write_csv)
 from diffinject.tracking.client import Tracker, tracking_uri
+from diffinject.tracking.store_check import check_tracking_store
 
 QUICK_SWEEPS = ["gamma=0,0.5,1", "ratio=0.05,0.1,0.2"]
 

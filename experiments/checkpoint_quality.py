@@ -18,19 +18,19 @@ import sys
 from pathlib import Path
 
 from diffinject.cli.arguments import ArgumentParser
-from diffinject.experiment.checkpoint_quality import (GAN_CHECKPOINT_FIELDS, LABELLINGS, SHARES, STOP_TOLERANCE, curve_figure,
-                                          measure, stops_rising, summary, write_csv)
+from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.cluster.session import ensure_ray
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import absolute_args, apply_overrides
-from diffinject.config.rules import SEED, check_options
 from diffinject.config.overrides import distinct
-from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.config.rules import SEED, check_options
 from diffinject.core.errors import ConfigError, DiffInjectError
-from diffinject.cluster.session import ensure_ray
-from diffinject.experiment.run_context import check_against_data
 from diffinject.core.preflight import check_data_paths, check_output_dir
-from diffinject.tracking.store_check import check_tracking_store
+from diffinject.experiment.checkpoint_quality import (GAN_CHECKPOINT_FIELDS, LABELLINGS, SHARES, STOP_TOLERANCE,
+                                                      curve_figure, measure, stops_rising, summary, write_csv)
+from diffinject.experiment.run_context import check_against_data
 from diffinject.reporting.table1 import DISPLAY
+from diffinject.tracking.store_check import check_tracking_store
 
 
 def parse_args(argv: list[str] | None):

@@ -14,9 +14,9 @@ import argparse
 import sys
 
 from diffinject.cli.arguments import ArgumentParser
-from diffinject.reporting.compare import compare, difference_plot, format_comparison, load_cell_runs
 from diffinject.core.errors import DiffInjectError
 from diffinject.core.preflight import check_output_file
+from diffinject.reporting.compare import compare, difference_plot, format_comparison, load_cell_runs
 from diffinject.reporting.runs import open_store
 
 

@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 
 from diffinject.cli.arguments import ArgumentParser
+from diffinject.cli.run_guards import sigterm_as_interrupt
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import absolute_args, apply_overrides
-from diffinject.config.rules import COUNT, SEED, check_options
 from diffinject.config.overrides import distinct
-from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.config.rules import COUNT, SEED, check_options
 from diffinject.core.errors import DiffInjectError
-from diffinject.experiment.learning_curves import (FAMILIES, family_figure, flattening_step, learning_curve, length_of,
-                                        mean_curve, write_csv)
-from diffinject.methods import get_method
 from diffinject.core.preflight import check_data_paths, check_output_dir
+from diffinject.experiment.learning_curves import (FAMILIES, family_figure, flattening_step, learning_curve, length_of,
+                                                   mean_curve, write_csv)
+from diffinject.methods import get_method
 from diffinject.reporting.table1 import DISPLAY
 
 CLASSIFIER_METHODS = tuple(m for family in FAMILIES.values() for m in family)

@@ -21,27 +21,27 @@ from collections import Counter
 from pathlib import Path
 
 from diffinject.cli.arguments import ArgumentParser
-from diffinject.experiment.cache import artifact_key
-from diffinject.experiment.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
+from diffinject.cli.run_guards import sigterm_as_interrupt
+from diffinject.cluster.session import ensure_ray
+from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
 from diffinject.config.builder import check_shipped_generators, experiment_config, without_shipped_generators
 from diffinject.config.overrides import absolute_args, apply_overrides
+from diffinject.config.overrides import distinct
 from diffinject.config.quick import QUICK_DATASET
 from diffinject.config.rules import COUNT, NON_NEGATIVE, SEED, check_options
-from diffinject.data.registry import get_dataset_spec, normalize_ratio
-from diffinject.nets.diffusion.checkpoint import check_given_checkpoints
-from diffinject.experiment.shipped_diffusion import with_quick_checkpoint
-from diffinject.config.overrides import distinct
-from diffinject.cli.run_guards import sigterm_as_interrupt
 from diffinject.core.errors import DiffInjectError
-from diffinject.methods import get_method, table_methods
-from diffinject.cluster.session import ensure_ray
-from diffinject.experiment.run_context import check_against_data, dataset_folder, with_seed
 from diffinject.core.preflight import check_data_paths, check_output_dir
-from diffinject.tracking.store_check import check_tracking_store
+from diffinject.data.registry import get_dataset_spec, normalize_ratio
+from diffinject.experiment.cache import artifact_key
+from diffinject.experiment.cells import CellResult, check_checkpoint_datasets, parse_checkpoints
 from diffinject.experiment.progress import Progress
-from diffinject.cluster.session import check_shared_services, decide_gpu_use, gpu_capacity, request_gpu_nodes
+from diffinject.experiment.run_context import check_against_data, dataset_folder, with_seed
+from diffinject.experiment.shipped_diffusion import with_quick_checkpoint
+from diffinject.methods import get_method, table_methods
+from diffinject.nets.diffusion.checkpoint import check_given_checkpoints
 from diffinject.reporting.table1 import Table1
 from diffinject.tracking.client import Tracker
+from diffinject.tracking.store_check import check_tracking_store
 
 PAPER_DATASETS = ("cmnist", "cifar10c", "bffhq", "dogs_and_cats")
 
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             print(line, flush=True)
         capacity = gpu_capacity()
         on_gpu, gpu_line = decide_gpu_use(configs, capacity)  # once: no job decides again
-        from diffinject.experiment.parallel_cells import RunnerSpec, default_num_workers, default_parallel, in_job_order, run_cells
+        from diffinject.experiment.parallel_cells import (RunnerSpec, default_num_workers, default_parallel,
+                                                          in_job_order, run_cells)
 
         for cfg in configs:
             cfg.run.num_workers = args.num_workers if args.num_workers is not None else default_num_workers(on_gpu)

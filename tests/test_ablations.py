@@ -13,12 +13,12 @@ import time
 import numpy as np
 import pytest
 
-from diffinject.sweeps.ablations import (SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
-                                  evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
-                                  trial_key)
-from diffinject.experiment.cells import CellResult
 from diffinject.config.builder import experiment_config
 from diffinject.core.errors import ConfigError
+from diffinject.experiment.cells import CellResult
+from diffinject.sweeps.ablations import (SettingResult, ablation_plot, apply_setting, best_setting, end_stopped_runs,
+                                         evaluate_setting, finished_trial, format_results, grid_settings, parse_axis,
+                                         trial_key)
 from diffinject.tracking.client import Tracker
 from scripts import load_script as _script
 from test_cells import TINY

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from diffinject.experiment.cache import MARKER, ArtifactCache, artifact_key
-from diffinject.core.integrity import file_digest
 from diffinject.core.errors import ConfigError
+from diffinject.core.integrity import file_digest
+from diffinject.experiment.cache import MARKER, ArtifactCache, artifact_key
 
 MATERIAL = {"seed": 0, "model": {"width": 64, "blocks": [1, 2]}, "input": "abc"}
 

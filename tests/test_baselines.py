@@ -11,9 +11,9 @@ from diffinject.config.builder import experiment_config
 from diffinject.methods import get_method, table_methods
 from diffinject.methods.bias_ensemble import committee_config, committee_vote, true_label_probabilities
 from diffinject.methods.disent import DisentNet, Encoder
+from diffinject.methods.registry import train_method
 from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
 from diffinject.nets.classifiers import MLP
-from diffinject.methods.train import train_method
 from diffinject.training.loop import Preprocess, TrainContext, TrainData, fit
 
 

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from diffinject.config.schema import InjectionConfig
-from diffinject.nets.diffusion import build_unet
 from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.nets import perceptual
+from diffinject.nets.diffusion import build_unet
 from diffinject.stages.inject import InjectionEngine, timestep_grid
 from diffinject.stages.inject import calibrate
-from diffinject.nets import perceptual
 
 
 @pytest.fixture

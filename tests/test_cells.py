@@ -12,14 +12,14 @@ import json
 import pytest
 import torch
 
-from diffinject.experiment.cache import ArtifactCache, artifact_key
-from diffinject.experiment.cells import CellRunner
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
+from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.data.layout import write_layout
 from diffinject.data.parquet import load_split
 from diffinject.data.registry import get_dataset_spec
-from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.experiment.cache import ArtifactCache, artifact_key
+from diffinject.experiment.cells import CellRunner
 from diffinject.experiment.run_context import with_seed
 from diffinject.tracking.client import Tracker
 from test_guided_diffusion import random_openai_state

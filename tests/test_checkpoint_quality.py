@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from diffinject.experiment.checkpoint_quality import (SHARES, QualityPoint, curve_figure, measure, stops_rising, summary,
-                                          write_csv)
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.config.schema import DiffusionConfig
 from diffinject.data.parquet import load_split
+from diffinject.experiment.checkpoint_quality import (SHARES, QualityPoint, curve_figure, measure, stops_rising,
+                                                      summary, write_csv)
 from diffinject.stages.stage2 import train_diffusion
 from diffinject.training.loop import TrainContext
 from test_cells import TINY

@@ -8,9 +8,9 @@ from PIL import Image
 
 from diffinject.cli.main import main
 from diffinject.config.schema import DiffusionConfig
+from diffinject.core.errors import ConfigError
 from diffinject.nets.diffusion.checkpoint import FORMAT
 from diffinject.nets.diffusion.models import PRESETS
-from diffinject.core.errors import ConfigError
 from diffinject.stages.stage2 import train_diffusion
 from diffinject.training.loop import TrainContext
 from test_guided_diffusion import GD_TINY, random_openai_state

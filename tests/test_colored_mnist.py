@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from diffinject.core.errors import DataError
 from diffinject.data.colored_mnist import build_colored_mnist, load_mnist
 from diffinject.data.idx import read_idx
 from diffinject.data.layout import load_image, read_layout
 from diffinject.data.protocol import CMNIST_COLOR_STD, CMNIST_COLORS, conflict_counts
 from diffinject.data.registry import get_dataset_spec
-from diffinject.core.errors import DataError
 
 N_TRAIN, N_TEST, VALID = 300, 100, 50
 RATIOS = ("1", "5")

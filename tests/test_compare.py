@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffinject.reporting.compare import compare, format_comparison, load_cell_runs
 from diffinject.core.errors import ConfigError
+from diffinject.reporting.compare import compare, format_comparison, load_cell_runs
 from diffinject.tracking.client import Tracker
 
 

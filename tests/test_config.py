@@ -9,9 +9,9 @@ from diffinject.config.overrides import apply_overrides
 from diffinject.config.rules import Range, Text
 from diffinject.config.schema import ExperimentConfig, flatten, from_dict, to_dict
 from diffinject.config.validation import FIELD_RULES, validate
-from diffinject.methods import method_classifier
-from diffinject.data.registry import DATASETS
 from diffinject.core.errors import ConfigError
+from diffinject.data.registry import DATASETS
+from diffinject.methods import method_classifier
 
 
 @pytest.mark.parametrize("dataset,arch,lr,batch,augment,normalize,resize", [

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffinject.core.errors import DataError
 from diffinject.data import corruptions
 from diffinject.data.corrupted_cifar import TEST_CODE, build_corrupted_cifar10, load_cifar10
 from diffinject.data.corruptions import CORRUPTIONS, corrupt, rgb_to_hsv
 from diffinject.data.layout import load_image, read_layout
 from diffinject.data.protocol import conflict_counts
 from diffinject.data.registry import get_dataset_spec
-from diffinject.core.errors import DataError
 
 HAVE_FROST = importlib.util.find_spec("imagecorruptions") is not None
 

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from diffinject.nets.diffusion import HSpace, build_unet, get_preset, linear_alphas_cumprod, p2_loss, p2_weights
 from diffinject.core.errors import ConfigError
+from diffinject.nets.diffusion import HSpace, build_unet, get_preset, linear_alphas_cumprod, p2_loss, p2_weights
 
 
 def test_p2_256_is_the_released_architecture():

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from diffinject.sweeps.ablations import SettingResult
-from diffinject.experiment.cache import Artifact, ArtifactCache
-from diffinject.experiment.cells import CellResult, CellRunner, parse_checkpoints
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.data.layout import read_layout
 from diffinject.data.parquet import fingerprint
 from diffinject.data.registry import get_dataset_spec
+from diffinject.experiment.cache import Artifact, ArtifactCache
+from diffinject.experiment.cells import CellResult, CellRunner, parse_checkpoints
+from diffinject.sweeps.ablations import SettingResult
 from diffinject.tracking.client import Tracker
 from scripts import load_script as _script
 

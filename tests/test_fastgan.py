@@ -18,13 +18,13 @@ from diffinject.config.schema import FastGANConfig
 from diffinject.core.errors import CheckpointError, ConfigError, DataError
 from diffinject.nets.gan import hinge_d_loss, hinge_g_loss, reconstruction_loss
 from diffinject.nets.gan.checkpoint import gan_checkpoint_bytes, read_gan_checkpoint
-from diffinject.nets.gan.fastgan import (Discriminator, Generator, build_discriminator, build_generator, parameter_count,
-                                    quadrant, widths)
+from diffinject.nets.gan.fastgan import (Discriminator, Generator, build_discriminator, build_generator,
+                                         parameter_count, quadrant, widths)
 from diffinject.nets.gan.fastgan_blocks import (NoiseInjection, SkipLayerExcitation, UpBlock, UpBlockComp,
-                                           is_comp_resolution)
+                                                is_comp_resolution)
 from diffinject.nets.gan.presets import get_gan_preset
-from diffinject.stages.synthesis.fastgan_per_class import (class_batch, load_class_generators, random_hflip, sample_class_images,
-                                         train_class_generators)
+from diffinject.stages.synthesis.fastgan_per_class import (class_batch, load_class_generators, random_hflip,
+                                                           sample_class_images, train_class_generators)
 from diffinject.training.loop import TrainContext
 
 MULTIPLIERS = {4: 16, 8: 8, 16: 4, 32: 2, 64: 2, 128: 1, 256: 0.5}  # FastGAN's widths, x ngf / ndf

@@ -7,13 +7,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from diffinject.experiment.cache import ArtifactCache
-from diffinject.experiment.cells import CellRunner
+from diffinject.cluster.train_jobs import load_topk
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.data.parquet import load_split
+from diffinject.experiment.cache import ArtifactCache
+from diffinject.experiment.cells import CellRunner
 from diffinject.experiment.run_context import dataset_folder
-from diffinject.cluster.train_jobs import load_topk
 from diffinject.tracking.client import Tracker
 
 TINY = ["classifier.num_steps=6", "classifier.eval_every=3", "bias.classifier.num_steps=6",

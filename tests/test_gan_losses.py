@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from diffinject.nets.gan import (ModulatedConv2d, cdc_loss, diff_augment, hinge_d_loss, hinge_g_loss, logistic_d_loss,
-                            logistic_g_loss, modulated_conv2d, path_length_penalty, r1_penalty)
+                                 logistic_g_loss, modulated_conv2d, path_length_penalty, r1_penalty)
 from diffinject.nets.gan.diffaugment import color, translation
 
 

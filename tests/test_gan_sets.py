@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from diffinject.experiment.cache import ArtifactCache, artifact_key
-from diffinject.experiment.cells import CellRunner
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
-from diffinject.methods import stage1_config
-from diffinject.data.parquet import load_split
 from diffinject.core.errors import ConfigError
+from diffinject.data.parquet import load_split
+from diffinject.experiment.cache import ArtifactCache, artifact_key
+from diffinject.experiment.cells import CellRunner
+from diffinject.methods import stage1_config
 from diffinject.stages.inject.manifest import build_manifest, pair_seeds
 from diffinject.stages.inject.synthetic import PARTS, finalize, write_part
 from diffinject.stages.synthesis.sets import GAN_SCHEMA, class_manifest, gan_batch_table, projection_manifest

@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.nets.diffusion import UNetPreset, build_unet, get_preset
 from diffinject.nets.diffusion.guided_diffusion import (convert_guided_diffusion_state_dict,
-                                                   load_guided_diffusion_checkpoint)
-from diffinject.core.errors import CheckpointError, ConfigError
+                                                        load_guided_diffusion_checkpoint)
 
 # Attention at level 1 (32 ch, 2 heads of 16) and in the middle (64 ch, 4 heads): the legacy order matters.
 GD_TINY = UNetPreset("gd_tiny", 32, (32, 32, 64), 1, (1,), True, "resnet", 16, norm_num_groups=8)

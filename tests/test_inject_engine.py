@@ -8,12 +8,12 @@ import torch
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.config.schema import InjectionConfig
-from diffinject.nets.diffusion import build_unet, linear_alphas_cumprod
 from diffinject.core.errors import ConfigError
+from diffinject.nets.diffusion import build_unet, linear_alphas_cumprod
 import diffinject
-from diffinject.stages.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
-                               region_mask, slerp, timestep_grid)
 from diffinject.nets.diffusion.pixels import to_model_pixels
+from diffinject.stages.inject import (InjectionEngine, InjectionPlan, ddim_step, inject_h, reference_inject_tensor,
+                                      region_mask, slerp, timestep_grid)
 from diffinject.stages.inject import engine as engine_module
 
 

@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from diffinject.config.schema import InjectionConfig
-from diffinject.data.parquet import concat_splits, conversion_counts, load_split
 from diffinject.core.errors import ConfigError, DataError
+from diffinject.data.parquet import concat_splits, conversion_counts, load_split
 from diffinject.stages.inject.manifest import build_manifest
-from diffinject.stages.inject.synthetic import (PARTS, SYNTHETIC_SCHEMA, batch_table, checkpoint_hash, finalize, part_files,
-                                         write_part)
+from diffinject.stages.inject.synthetic import (PARTS, SYNTHETIC_SCHEMA, batch_table, checkpoint_hash, finalize,
+                                                part_files, write_part)
 
 NUM_TRAIN, K, SIZE = 24, 4, 32
 CFG = InjectionConfig(inversion_steps=3, generation_steps=3, batch_size=4, t_edit=300, t_boost=400,

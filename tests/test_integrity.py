@@ -16,13 +16,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffinject.experiment.cache import MARKER, ArtifactCache, artifact_key
+from diffinject.core.errors import CheckpointError, DataError
 from diffinject.data.layout import read_layout, write_layout
 from diffinject.data.parquet import MARKER as PARQUET_MARKER
 from diffinject.data.parquet import convert_to_parquet, load_split, prepare_dataset
 from diffinject.data.registry import get_dataset_spec
-from diffinject.core.errors import CheckpointError, DataError
-from diffinject.stages.inject.synthetic import PARTS, batch_table, check_output_folder, finalize, write_part, written_pair_ids
+from diffinject.experiment.cache import MARKER, ArtifactCache, artifact_key
+from diffinject.stages.inject.synthetic import (PARTS, batch_table, check_output_folder, finalize, write_part,
+                                                written_pair_ids)
 from test_parquet import make_split
 
 CMNIST = get_dataset_spec("cmnist")

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffinject.data.layout import (LabeledImages, load_image, parse_sample_filename, read_layout,
-                                    sample_filename, split_dirs, write_layout)
-from diffinject.data.registry import DATASETS, get_dataset_spec
 from diffinject.core.errors import DataError
+from diffinject.data.layout import (LabeledImages, load_image, parse_sample_filename, read_layout, sample_filename,
+                                    split_dirs, write_layout)
+from diffinject.data.registry import DATASETS, get_dataset_spec
 
 SIZES = {"cmnist": (28, 28), "cifar10c": (32, 32), "colored_digits": (28, 28), "colored_mnist_5k": (28, 28),
          "bffhq": (12, 10), "dogs_and_cats": (9, 7)}  # (height, width) for image_size=None specs

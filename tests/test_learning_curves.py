@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from diffinject.experiment.learning_curves import (CURVE_METRICS, CurvePoint, family_figure, flattening_step, learning_curve,
-                                        mean_curve, write_csv)
+from diffinject.experiment.learning_curves import (CURVE_METRICS, CurvePoint, family_figure, flattening_step,
+                                                   learning_curve, mean_curve, write_csv)
 
 
 def test_flattening_is_the_first_step_the_curve_never_rises_a_point_above():

@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 
 import diffinject.experiment.keys as keys
-from diffinject.experiment.cache import ArtifactCache, artifact_key
-from diffinject.experiment.cells import CellRunner
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.core.numerics import resolve_precision, training_numerics
+from diffinject.experiment.cache import ArtifactCache, artifact_key
+from diffinject.experiment.cells import CellRunner
 
 TRAINING = ("stage1", "stage2", "stylegan2_source", "stylegan2_adapted", "fastgan_classes", "cell vanilla")
 SYNTHESIS = ("stage3 diffinject", "stage3 a2", "stage3 amplibias", "cell diffinject")

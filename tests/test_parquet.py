@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from diffinject.core.errors import DataError
 from diffinject.data import parquet
 from diffinject.data.layout import LabeledImages, load_image, read_layout, split_dirs, write_layout
-from diffinject.data.parquet import (MARKER, ArraySplit, concat_splits, convert_to_parquet, load_split,
-                                     parquet_dir, prepare_dataset)
+from diffinject.data.parquet import (MARKER, ArraySplit, concat_splits, convert_to_parquet, load_split, parquet_dir,
+                                     prepare_dataset)
 from diffinject.data.registry import get_dataset_spec
-from diffinject.core.errors import DataError
 
 SPEC = get_dataset_spec("cmnist")
 

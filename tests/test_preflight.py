@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from diffinject.core import preflight
 from diffinject.cli.main import main
-from diffinject.nets.diffusion import build_unet, get_preset
-from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
+from diffinject.core import preflight
 from diffinject.core.errors import ConfigError
 from diffinject.core.preflight import check_output_dir, check_output_file
+from diffinject.nets.diffusion import build_unet, get_preset
+from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
 from diffinject.tracking.store_check import check_tracking_store
 from scripts import load_script as _script
 

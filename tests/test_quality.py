@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.data.parquet import ArraySplit, load_split
 from diffinject.data.protocol import CMNIST_COLORS
-from diffinject.core.errors import CheckpointError, ConfigError
-from diffinject.stages.quality.oracles import (QualityConfig, colourless, dataset_oracles, group_weights, load_oracles,
-                                        oracle_kind, score_with, train_oracles)
 from diffinject.stages.quality.metrics import labels_of, quality_metrics
+from diffinject.stages.quality.oracles import (QualityConfig, colourless, dataset_oracles, group_weights, load_oracles,
+                                               oracle_kind, score_with, train_oracles)
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""What the cluster can provide (ray_cluster) and files handed to workers on other nodes (ray_shipping)."""
+"""What the cluster can provide (cluster.session) and files handed to workers on other nodes (cluster.shipping)."""
 from __future__ import annotations
 
 import os

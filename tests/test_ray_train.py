@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from diffinject.cluster.train_jobs import FaultInjection, TrainJob, load_topk, run_train_job
 from diffinject.config.schema import from_dict, to_dict
 from diffinject.core.errors import TrainingError
-from diffinject.cluster.train_jobs import FaultInjection, TrainJob, load_topk, run_train_job
 from train_outputs import load_model_state
 
 

@@ -4,10 +4,10 @@ generator jobs the Ray layer trains."""
 import pytest
 
 from diffinject.config.protocols import BASELINE_PROTOCOLS, PROTOCOLS
+from diffinject.core.errors import ConfigError
 from diffinject.data.registry import DATASETS, recipes
 from diffinject.methods import METHODS
 from diffinject.stages.kinds import GAN_KINDS, GENERATOR_JOBS, STAGE3_KINDS, get_stage3_kind
-from diffinject.core.errors import ConfigError
 
 
 def test_recipes_are_the_datasets_no_other_stands_in_for():

@@ -9,8 +9,8 @@ import torch
 from ray.train import Checkpoint
 from test_baselines import _copy, _method, _tiny_data
 
-from diffinject.methods.sample_ema import SampleLossEMA
 from diffinject.cluster.train_jobs import STATE_FILE, read_resume_state
+from diffinject.methods.sample_ema import SampleLossEMA
 from diffinject.training.loop import TrainContext, fit
 
 

@@ -5,13 +5,13 @@ import dataclasses
 
 import pytest
 
-from diffinject.experiment.keys import DIFFUSION_LOGGING
 from diffinject.config.builder import experiment_config
 from diffinject.config.quick import QUICK_DATASET
-from diffinject.experiment import shipped_diffusion as shipped
-from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.core.integrity import file_digest
+from diffinject.experiment import shipped_diffusion as shipped
+from diffinject.experiment.keys import DIFFUSION_LOGGING
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 
 
 @pytest.mark.parametrize("dataset", sorted(shipped.SHIPPED))

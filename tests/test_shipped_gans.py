@@ -6,9 +6,9 @@ import pytest
 from diffinject.config.builder import SOURCE_TRAINING, experiment_config, without_shipped_generators
 from diffinject.config.quick import QUICK_DATASET, QUICK_FASTGAN_INIT
 from diffinject.core.errors import CheckpointError, ConfigError
+from diffinject.core.integrity import file_digest
 from diffinject.experiment import shipped_gans as shipped
 from diffinject.nets.gan.checkpoint import load_net, read_gan_checkpoint
-from diffinject.core.integrity import file_digest
 from diffinject.stages.synthesis.fastgan_per_class import load_class_generators
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.core.accel import pairs_that_fit, set_attention
 from diffinject.config.schema import ClassifierConfig, DiffusionConfig, InjectionConfig
+from diffinject.core.accel import pairs_that_fit, set_attention
 from diffinject.core.errors import ConfigError
-from diffinject.stages.inject import InjectionEngine
 from diffinject.nets.injection import _mix32, counter_normal, counter_uniform
+from diffinject.stages.inject import InjectionEngine
 
 
 def attention_kernels(unet) -> set[str]:
@@ -209,7 +209,7 @@ def test_classifier_channels_last_trains_like_the_reference(digits_parquet):
     over two steps: Adam's normalised first step turns rounding-level gradients into lr-sized
     moves, so later losses drift apart by design); bf16 is a GPU lever: a CPU run stays float32."""
     from diffinject.data.parquet import ArraySplit, load_split
-    from diffinject.methods.train import train_method
+    from diffinject.methods.registry import train_method
     from diffinject.training.loop import TrainContext, TrainData
 
     split = load_split(digits_parquet, "train")

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.stages import stage2
 from diffinject.config.builder import experiment_config
 from diffinject.config.overrides import apply_overrides
 from diffinject.config.schema import DiffusionConfig
+from diffinject.core.errors import CheckpointError, ConfigError, TrainingError
 from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.nets.diffusion.models import PRESETS, UNetPreset
-from diffinject.core.errors import CheckpointError, ConfigError, TrainingError
 from diffinject.nets.diffusion.pixels import to_model_pixels, to_uint8
+from diffinject.stages import stage2
 from diffinject.stages.stage2 import check_image_size, train_diffusion
 from diffinject.training.loop import TrainContext
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
-from diffinject.experiment.stage_runs import diffusion_checkpoint, run_stage2
 from diffinject.cluster.train_jobs import FaultInjection
+from diffinject.experiment.stage_runs import diffusion_checkpoint, run_stage2
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.tracking.client import Tracker
 
 

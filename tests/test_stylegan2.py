@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffinject.nets import perceptual
 from diffinject.config.schema import StyleGAN2Config
 from diffinject.core.errors import CheckpointError, ConfigError
-from diffinject.nets.gan.projection import project
-from diffinject.nets.gan.stylegan2 import Discriminator, Generator, build_discriminator, build_generator, parameter_count
+from diffinject.nets import perceptual
 from diffinject.nets.gan.checkpoint import read_gan_checkpoint
 from diffinject.nets.gan.presets import PRESETS, StyleGAN2Preset
+from diffinject.nets.gan.projection import project
+from diffinject.nets.gan.stylegan2 import (Discriminator, Generator, build_discriminator, build_generator,
+                                           parameter_count)
 from diffinject.stages.synthesis.stylegan2_adapt import adapt, project_and_decode, train_source
 from diffinject.training.loop import TrainContext
 

@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from diffinject.config.schema import ClassifierConfig
-from diffinject.data.parquet import ArraySplit
 from diffinject.core.errors import TrainingError
+from diffinject.core.vocabulary import SELECTIONS
+from diffinject.data.parquet import ArraySplit
 from diffinject.methods import get_method
 from diffinject.methods.vanilla import Vanilla
-from diffinject.core.vocabulary import SELECTIONS
 from diffinject.training.loop import (Preprocess, TrainContext, TrainData, batch_indices, fit, random_crop_flip,
-                              seed_everything)
+                                      seed_everything)
 
 
 def easy_split(n: int, seed: int) -> ArraySplit:

@@ -1,3 +1,3 @@
-"""The command line: the `diffinject` console script, the argument parser and the options the
-experiment drivers share, and preflight checks of paths. The top layer; nothing imports it
-(nor experiments/ or bench/)."""
+"""The command line: the `diffinject` console script (main, data_commands), the argument parser
+that answers a bad command line in one line, and the run guards the experiment scripts share.
+The top layer: nothing in the package imports it (nor experiments/ or bench/)."""

@@ -17,7 +17,7 @@ pair_ids missing from `OUT/_parts` (parts of a different job there are discarded
 retries its batch (Ray 2.60 defaults `max_restarts=-1`, `max_task_retries=-1` for actor
 pools); a pair written twice by a retried batch is kept once by `finalize`.
 
-Actors may run on any node: the checkpoint reaches them through ray_shipping, the arrays through
+Actors may run on any node: the checkpoint reaches them through cluster.shipping, the arrays through
 the object store, and each batch's rows come back to the calling process, which writes the part
 files; `out_dir` is on its disk only.
 """
@@ -35,14 +35,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from diffinject.core.atomic import read_json
-from diffinject.config.schema import InjectionConfig
-from diffinject.data.parquet import MARKER
-from diffinject.core.errors import ConfigError
-from diffinject.stages.inject.manifest import MANIFEST_SCHEMA
-from diffinject.stages.inject.synthetic import PARTS, batch_table, checkpoint_hash, finalize, provenance, write_part, written_pair_ids
 from diffinject.cluster.session import fake_gpus, node_cpus, node_id, resolve_use_gpu
 from diffinject.cluster.shipping import receive, ship
+from diffinject.config.schema import InjectionConfig
+from diffinject.core.atomic import read_json
+from diffinject.core.errors import ConfigError
+from diffinject.data.parquet import MARKER
+from diffinject.stages.inject.manifest import MANIFEST_SCHEMA
+from diffinject.stages.inject.synthetic import (PARTS, batch_table, checkpoint_hash, finalize, provenance, write_part,
+                                                written_pair_ids)
 
 JOB_FILE = "_job.json"
 AUTO_BLOCK_PAIRS = 1024  # manifest rows per Ray block when the engine sizes its own passes (batch_size 0)
@@ -90,7 +91,7 @@ class InjectorActor:
 def actor_device(device: str) -> str:
     """The torch device of an actor given `device`; a GPU actor whose torch sees no CUDA device is
     an error (a silent fall back to the CPU would also change the set's numerics), except on the
-    tests' fake GPUs (ray_cluster.fake_gpus)."""
+    tests' fake GPUs (cluster.session.fake_gpus)."""
     import socket
 
     import torch
@@ -153,7 +154,7 @@ def run_injection_job(manifest, train_images: np.ndarray, train_ids, train_label
     import ray
 
     if not ray.is_initialized():
-        raise ConfigError("run_injection_job needs a running Ray cluster (ray.init / pipeline.ensure_ray)")
+        raise ConfigError("run_injection_job needs a running Ray cluster (ray.init / cluster.session.ensure_ray)")
     t_edit = cfg.t_edit if t_edit is None else int(t_edit)
     checkpoint_path, out_dir = Path(checkpoint_path).resolve(), Path(out_dir).resolve()
     table = _manifest_table(manifest)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import ray
 
-from diffinject.core.errors import ConfigError
 from diffinject.cluster.session import node_id, on_node
+from diffinject.core.errors import ConfigError
 
 SCRATCH = "diffinject-inputs"
 

@@ -1,6 +1,6 @@
 """The GAN stage-3 kinds on Ray Data: a GAN manifest -> actor pool of generators -> Parquet.
 
-Same job shape as the injection job (ray_inject.run_parts_job: one block per batch, part files,
+Same job shape as the injection job (cluster.inject_job.run_parts_job: one block per batch, part files,
 resume of the missing pair_ids, finalize; where a CPU cluster would give it a single actor, the
 actor's code runs in the calling process, sparing the pool's start): each actor loads the generator files once; a batch
 of `stylegan2_adapt` rows projects its originals into the source generator's W space and decodes
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from diffinject.core.errors import ConfigError
-from diffinject.stages.inject.synthetic import checkpoint_hash
 from diffinject.cluster.inject_job import actor_device, run_parts_job
 from diffinject.cluster.shipping import receive, ship
 from diffinject.cluster.train_jobs import install_hub_file
+from diffinject.core.errors import ConfigError
+from diffinject.stages.inject.synthetic import checkpoint_hash
 from diffinject.stages.kinds import GAN_KINDS
 from diffinject.stages.synthesis.sets import GAN_MANIFEST_SCHEMA, GAN_SCHEMA, gan_batch_table
 
@@ -127,7 +127,7 @@ def run_gan_synthesis_job(kind: str, manifest: pa.Table, checkpoints: dict[str, 
     if kind not in KINDS:
         raise ConfigError(f"unknown GAN stage-3 kind {kind!r}; expected one of {', '.join(KINDS)}")
     if not ray.is_initialized():
-        raise ConfigError("run_gan_synthesis_job needs a running Ray cluster (ray.init / pipeline.ensure_ray)")
+        raise ConfigError("run_gan_synthesis_job needs a running Ray cluster (ray.init / cluster.session.ensure_ray)")
     table = manifest.select(GAN_MANIFEST_SCHEMA.names).cast(GAN_MANIFEST_SCHEMA)
     train_images = np.asarray(train_images)
     if train_images.ndim != 4 or train_images.dtype != np.uint8 or train_images.shape[1] != train_images.shape[2]:

@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffinject.core import errors
-from diffinject.core.atomic import process_alive, read_json, write_json
-from diffinject.config.schema import ExperimentConfig, from_dict
-from diffinject.data.parquet import concat_splits, load_split
-from diffinject.data.registry import get_dataset_spec
-from diffinject.core.numerics import TRAINING_TF32
 from diffinject.cluster.session import fake_gpus, resolve_use_gpu
 from diffinject.cluster.shipping import Shipment, receive, ship
+from diffinject.config.schema import ExperimentConfig, from_dict
+from diffinject.core import errors
+from diffinject.core.atomic import process_alive, read_json, write_json
+from diffinject.core.numerics import TRAINING_TF32
+from diffinject.data.parquet import concat_splits, load_split
+from diffinject.data.registry import get_dataset_spec
+from diffinject.stages.kinds import GENERATOR_FILE, GENERATOR_JOBS
 from diffinject.stages.stage1 import load_topk, topk_files, train_bias_classifier
 from diffinject.stages.stage2 import DIFFUSION_FILE, train_diffusion
-from diffinject.stages.kinds import GENERATOR_FILE, GENERATOR_JOBS
 from diffinject.stages.stage4 import train_classifier
 from diffinject.tracking.client import Tracker
 from diffinject.training.loop import TrainContext, TrainData
@@ -65,7 +65,7 @@ class TrainJob:
     kind: str                      # "bias" (stage 1) | "diffusion" (stage 2) | "classifier" (stage 4) | GAN_JOBS
     method: str                    # registered method for "classifier"
     config: dict                   # ExperimentConfig as a dict
-    # paths on the driver's node; run_train_job ships them (ray_shipping) and workers receive them
+    # paths on the driver's node; run_train_job ships them (cluster.shipping) and workers receive them
     parquet: str | Shipment        # finished Parquet conversion of the dataset/ratio (stage 2: its images)
     extra_train: list = field(default_factory=list)  # more Parquet folders added to train
     tracking_uri: str | None = None
@@ -250,7 +250,7 @@ def _to_bytes(write) -> bytes:
 
 
 def shipped(job: TrainJob, cfg: ExperimentConfig) -> TrainJob:
-    """`job` with every file it reads named for a worker on any node (ray_shipping), and, for a
+    """`job` with every file it reads named for a worker on any node (cluster.shipping), and, for a
     FastGAN job measuring with LPIPS, the VGG trunk's weights from this node's torch hub cache."""
     inputs = {name: ship(path) for name, path in job.inputs.items()}
     if job.kind in ("fastgan", "fastgan_init") and cfg.fastgan.distance == "lpips_vgg" and not job.random_lpips_backbone:

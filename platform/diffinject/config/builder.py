@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from diffinject.config.presets import classifier_preset, diffusion_preset, fastgan_preset, injection_preset, stylegan2_preset
+from diffinject.config.presets import (classifier_preset, diffusion_preset, fastgan_preset, injection_preset,
+                                       stylegan2_preset)
 from diffinject.config.protocols import apply_baseline_protocol, apply_protocol, set_field
 from diffinject.config.quick import QUICK_FASTGAN, QUICK_GANS_BY_DATASET, QUICK_STYLEGAN2, quick_diffusion
 from diffinject.config.schema import BiasConfig, DataConfig, ExperimentConfig

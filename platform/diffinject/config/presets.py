@@ -3,7 +3,8 @@
 stand-in trains as its paper dataset)."""
 from __future__ import annotations
 
-from diffinject.config.schema import BaselinesConfig, ClassifierConfig, DiffusionConfig, FastGANConfig, InjectionConfig, StyleGAN2Config
+from diffinject.config.schema import (BaselinesConfig, ClassifierConfig, DiffusionConfig, FastGANConfig,
+                                      InjectionConfig, StyleGAN2Config)
 from diffinject.core.errors import ConfigError
 
 

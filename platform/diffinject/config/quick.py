@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-# The quick run's diffusion models: each model the project ships (diffusion/shipped.py) was
+# The quick run's diffusion models: each model the project ships (experiment/shipped_diffusion.py) was
 # trained with exactly these settings on its dataset's 1% split (`diffinject diffusion train
 # --quick`, then exported to float16); `--retrain-diffusion` trains it again. One model serves
 # both ratios and every seed of the quick table.
@@ -70,7 +70,7 @@ QUICK_FASTGAN = dict(preset="quick_32", k_per_class=10, batch_size=8, num_steps=
 # FastGAN-pytorch train.py; EMA 0.95 per step, a half-life of 13.5 steps: 1/72 of the run, the
 # reference's 0.999 over 50,000 steps)
 QUICK_FASTGAN_INIT = dict(num_steps=1_000, ema_decay=0.95, checkpoint_every=250, sample_every=250, log_every=50)
-# The embedded datasets with shipped starting generators (gan/shipped.py): their quick rows start from them.
+# The embedded datasets with shipped starting generators (experiment/shipped_gans.py): their quick rows start from them.
 QUICK_GANS_BY_DATASET = {"colored_mnist_5k": {"stylegan2.source_checkpoint": "shipped",
                                               "fastgan.init_checkpoint": "shipped"}}
 

@@ -11,8 +11,6 @@ from typing import Any, Callable
 from diffinject.core.errors import ConfigError
 
 
-
-
 @dataclass(frozen=True)
 class Range:
     """low <= value <= high (an open end excludes the bound); `also` lists values allowed
@@ -124,7 +122,7 @@ def diffaugment_policy(key: str, text: str) -> None:
 
 
 def gan_checkpoint(key: str, value: str) -> None:
-    """"" (train in the run), "shipped" (gan/shipped.py, checked against the dataset when resolved) or a file."""
+    """"" (train in the run), "shipped" (experiment/shipped_gans.py, checked against the dataset when resolved) or a file."""
     if value and value != "shipped" and not Path(value).expanduser().is_file():
         raise ConfigError(f"{key}={value}: no such file; expected a diffinject GAN checkpoint, 'shipped' or empty "
                           f"(train in the run)")

@@ -156,7 +156,7 @@ class StyleGAN2Config:
     (CVPR 2021); the projector of StyleGAN2 Appendix D."""
 
     preset: str = "paper_32"          # gan.stylegan2.PRESETS (resolution, widths, mapping depth)
-    source_checkpoint: str = ""       # "": train the source in the run | "shipped" (gan/shipped.py) | a GAN file
+    source_checkpoint: str = ""       # "": train the source in the run | "shipped" (experiment/shipped_gans.py) | a GAN file
     resize: bool = True               # images are resized to the preset's resolution (28 -> 32 for digits)
     hflip: bool = False               # random horizontal flips of the source's training images
     batch_size: int = 32

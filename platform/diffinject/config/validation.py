@@ -7,8 +7,12 @@ import math
 from typing import Any, get_type_hints
 
 from diffinject.config.protocols import BASELINE_PROTOCOLS, PROTOCOLS
-from diffinject.config.rules import (CONFLICT_RATIO, COUNT, Checked, DDIM_STEPS, FRACTION, Flag, GRID_STEPS, MAX_CONFLICT_RATIO, NON_NEGATIVE, NUM_TIMESTEPS, OneOf, POSITIVE, Range, SEED, TIMESTEP, Text, diffaugment_policy, gan_checkpoint, known_dataset, known_gan_preset, known_preset, parse_mask, train_data, warn_once)
-from diffinject.config.schema import (BaselinesConfig, BiasConfig, ClassifierConfig, DataConfig, DiffusionConfig, ExperimentConfig, FastGANConfig, InjectionConfig, RunConfig, StyleGAN2Config)
+from diffinject.config.rules import (CONFLICT_RATIO, COUNT, Checked, DDIM_STEPS, FRACTION, Flag, GRID_STEPS,
+                                     MAX_CONFLICT_RATIO, NON_NEGATIVE, NUM_TIMESTEPS, OneOf, POSITIVE, Range, SEED,
+                                     TIMESTEP, Text, diffaugment_policy, gan_checkpoint, known_dataset,
+                                     known_gan_preset, known_preset, parse_mask, train_data, warn_once)
+from diffinject.config.schema import (BaselinesConfig, BiasConfig, ClassifierConfig, DataConfig, DiffusionConfig,
+                                      ExperimentConfig, FastGANConfig, InjectionConfig, RunConfig, StyleGAN2Config)
 from diffinject.core.errors import ConfigError
 from diffinject.core.vocabulary import ATTENTION, COMPILE_MODES, NOISE, PRECISIONS
 

@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from diffinject.core.vocabulary import ATTENTION, COMPILE_MODES
 from diffinject.core.errors import ConfigError
+from diffinject.core.vocabulary import ATTENTION, COMPILE_MODES
 
 
 def check_choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -6,14 +6,14 @@ On by default on a GPU, off on a CPU (where everything runs in float32):
     injection.precision=auto     bf16 autocast of the U-Net passes (fp32 on a CPU)
     diffusion / stylegan2 / fastgan .bf16=true   bf16 autocast of the training passes
     TF32                         float32 matmuls and convolutions of every Ray Train job on CUDA
-                                 (ray_train); the inference actors keep torch's defaults, which
+                                 (cluster.train_jobs); the inference actors keep torch's defaults, which
                                  use TF32 for convolutions only
 classifier.bf16 and bias.classifier.bf16 are off by default; an explicit injection.precision
 (fp32, bf16_autocast, bf16_weights) acts on either device.
 """
 from __future__ import annotations
 
-TRAINING_TF32 = True  # ray_train lets CUDA training workers use TF32 for float32 matmuls and convolutions
+TRAINING_TF32 = True  # cluster.train_jobs lets CUDA training workers use TF32 for float32 matmuls and convolutions
 
 
 def device_name(on_gpu: bool) -> str:
@@ -34,7 +34,7 @@ def bf16_autocast_on(flag: bool, on_gpu: bool) -> bool:
 
 def training_on_gpu(cluster_gpus: bool, num_workers: int, cuda_here: bool) -> bool:
     """Whether a Ray Train job runs on a GPU: run.use_gpu resolved to the cluster's GPUs, and,
-    for run.num_workers=0 (the loop in this process), this process sees one (ray_train)."""
+    for run.num_workers=0 (the loop in this process), this process sees one (cluster.train_jobs)."""
     return cluster_gpus and (num_workers > 0 or cuda_here)
 
 

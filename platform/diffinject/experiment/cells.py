@@ -1,6 +1,6 @@
 """Table cells on the artifact cache: what a (dataset, ratio, method, seed) cell needs, each
 stage's key, and building or reusing every stage (docs/design.md 2 and 5). Knows nothing of Ray
-scheduling; `ray_cells` runs many cells at once.
+scheduling; `parallel_cells` runs many cells at once.
 
 Key material of each stage (nothing else in the config changes its output):
 
@@ -53,20 +53,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffinject.experiment.cache import Artifact, ArtifactCache, artifact_key
 from diffinject.config.overrides import absolute_path
 from diffinject.config.schema import ExperimentConfig
 from diffinject.core.errors import CheckpointError, ConfigError
-from diffinject.methods import get_method, stage1_config
-from diffinject.tracking.descriptions import cell_note, linked_run
-from diffinject.experiment.run_context import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_folder, selected_metrics)
-from diffinject.experiment.stage_runs import (run_cell, run_stage1, run_stage2, run_stage3, run_synthetic_set, synthetic_quality)
-from diffinject.stages.quality.metrics import PREFIX as QUALITY_PREFIX
-from diffinject.experiment.set_makers import GanSet
-from diffinject.stages.stage2 import DIFFUSION_FILE
+from diffinject.experiment.cache import Artifact, ArtifactCache, artifact_key
 from diffinject.experiment.keys import StageKeys, given_fastgan_init, given_source
+from diffinject.experiment.run_context import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_folder,
+                                               selected_metrics)
+from diffinject.experiment.set_makers import GanSet
+from diffinject.experiment.stage_runs import (run_cell, run_stage1, run_stage2, run_stage3, run_synthetic_set,
+                                              synthetic_quality)
+from diffinject.methods import get_method, stage1_config
 from diffinject.stages.kinds import GENERATOR_FILE, GENERATOR_JOBS, get_stage3_kind
+from diffinject.stages.quality.metrics import PREFIX as QUALITY_PREFIX
+from diffinject.stages.stage2 import DIFFUSION_FILE
 from diffinject.tracking.client import Tracker
+from diffinject.tracking.descriptions import cell_note, linked_run
 
 
 @dataclass

@@ -20,12 +20,12 @@ from typing import Callable
 
 import numpy as np
 
+from diffinject.config.schema import ExperimentConfig
 from diffinject.experiment.cache import ArtifactCache
 from diffinject.experiment.cells import CellRunner
-from diffinject.config.schema import ExperimentConfig
-from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.experiment.learning_curves import flattening_step
 from diffinject.experiment.run_context import dataset_folder, with_seed
+from diffinject.nets.diffusion.checkpoint import load_unet_checkpoint
 from diffinject.tracking.client import Tracker
 
 SHARES = ("label_fidelity", "conflict_rate", "useful_rate", "useful_as_original", "useful_as_content")

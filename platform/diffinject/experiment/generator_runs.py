@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from diffinject.cluster.train_jobs import TrainJob, run_train_job
 from diffinject.config.schema import ExperimentConfig, flatten, to_dict
 from diffinject.config.validation import validate
+from diffinject.core.plots import curve_plot
 from diffinject.data.parquet import load_split
 from diffinject.experiment.run_context import StageOutcome, dataset_folder, progress_lines, stage_tags
-from diffinject.core.plots import curve_plot
-from diffinject.cluster.train_jobs import TrainJob, run_train_job
-from diffinject.stages.stage1 import load_topk
 from diffinject.stages.kinds import GENERATOR_FILE, GENERATOR_JOBS
+from diffinject.stages.stage1 import load_topk
 from diffinject.tracking.client import Tracker
 
 # what each generator job trains, for run names and the `stage.algorithm` tag

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 from pathlib import Path
 
+from diffinject.cluster.session import resolve_use_gpu
 from diffinject.config.schema import ExperimentConfig, to_dict
 from diffinject.core.integrity import file_digest
 from diffinject.core.numerics import injection_numerics, synthesis_numerics, training_numerics, training_on_gpu
@@ -17,7 +18,6 @@ from diffinject.experiment.run_context import dataset_folder, diffusion_data, di
 from diffinject.methods import get_method, stage1_config
 from diffinject.stages.kinds import STYLEGAN2_PROJECT, get_stage3_kind
 from diffinject.stages.quality.oracles import QualityConfig
-from diffinject.cluster.session import resolve_use_gpu
 
 # DiffusionConfig fields that change what is logged, never the weights
 DIFFUSION_LOGGING = ("log_every", "checkpoint_every", "sample_every", "sample_images", "sample_steps",
@@ -68,8 +68,6 @@ def cuda_here() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
 
 
 class StageKeys:

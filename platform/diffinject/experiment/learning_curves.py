@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from diffinject.config.schema import ExperimentConfig, to_dict
-from diffinject.methods import method_classifier
-from diffinject.experiment.run_context import dataset_folder, with_seed
 from diffinject.cluster.train_jobs import TrainJob, load_train_data
+from diffinject.config.schema import ExperimentConfig, to_dict
+from diffinject.experiment.run_context import dataset_folder, with_seed
+from diffinject.methods import method_classifier
 from diffinject.reporting.table1 import DISPLAY
 from diffinject.stages.stage4 import train_classifier
 from diffinject.training.loop import TrainContext

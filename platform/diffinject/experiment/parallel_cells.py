@@ -4,10 +4,10 @@ Each cell is a Ray task that reserves nothing itself (num_cpus=0): the trainings
 injection job it starts reserve the CPUs and GPUs they need, so cells share the cluster
 through their jobs, and at most `parallel` cells are in flight. Cells run on the driver's node:
 they read what the driver was given (the data root, checkpoint files, a local artifact root),
-and their jobs' workers, on any node, get their inputs through ray_shipping. Shared stages (a dataset's
+and their jobs' workers, on any node, get their inputs through cluster.shipping. Shared stages (a dataset's
 diffusion model, a (dataset, ratio, seed)'s bias classifier) are built once: cells exclude
 each other per artifact key with the cache's file locks, or, for a remote cache root that
-several drivers may share, with the cluster's leased locks (ray_locks).
+several drivers may share, with the cluster's leased locks (cluster.locks).
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Callable
 
 import ray
 
-from diffinject.experiment.cache import ArtifactCache, is_remote
-from diffinject.experiment.cells import CellResult, CellRunner
+from diffinject.cluster.locks import cluster_lock
+from diffinject.cluster.session import alive_nodes, node_cpus, node_id, on_node
 from diffinject.config.schema import ExperimentConfig
 from diffinject.core.errors import DiffInjectError
-from diffinject.cluster.session import alive_nodes, node_cpus, node_id, on_node
-from diffinject.cluster.locks import cluster_lock
+from diffinject.experiment.cache import ArtifactCache, is_remote
+from diffinject.experiment.cells import CellResult, CellRunner
 from diffinject.tracking.client import Tracker, run_source
 
 @dataclass

@@ -24,8 +24,7 @@ from diffinject.tracking.descriptions import HEADLINE
 # how a training job went, not what it made: left out of an artifact's metrics, which a resumed job
 # must leave as an uninterrupted one does
 RESUME_KEYS = ("resumed_from", "steps_run")
-
-
+# the selected weights' metrics a stage logs as `selected_*`
 SELECTED_KEYS = ("test_acc", "test_aligned_acc", "test_conflicting_acc", "test_cell_mean_acc", "valid_acc")
 
 

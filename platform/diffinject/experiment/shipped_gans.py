@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diffinject.experiment.shipped_diffusion import ShippedModel, verified
 from diffinject.core.errors import ConfigError
+from diffinject.experiment.shipped_diffusion import ShippedModel, verified
 
 WEIGHTS = Path(__file__).parent / "weights"
 SHIPPED = "shipped"

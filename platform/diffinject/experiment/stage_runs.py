@@ -21,8 +21,8 @@ from diffinject.core.plots import curve_plot, image_grid
 from diffinject.core.vocabulary import SELECTIONS
 from diffinject.data.parquet import load_labels
 from diffinject.experiment.run_context import (RESUME_KEYS, StageOutcome, cell_name, cell_params, cell_tags,
-                                               dataset_folder, check_topk_size, diffusion_training_data,
-                                               progress_lines, run_label, selected_metrics, stage_tags)
+                                               dataset_folder, check_topk_size, diffusion_training_data, progress_lines,
+                                               run_label, selected_metrics, stage_tags)
 from diffinject.experiment.set_makers import GanSet, InjectionSet
 from diffinject.methods import get_method
 from diffinject.nets.diffusion.models import get_preset

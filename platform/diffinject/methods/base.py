@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from diffinject.config.schema import ClassifierConfig, ExperimentConfig
-from diffinject.core.errors import ConfigError, NonFiniteLoss
-from diffinject.nets.metrics import all_ranks_finite
+from diffinject.core.errors import NonFiniteLoss
 from diffinject.nets.classifiers import build_classifier
+from diffinject.nets.metrics import all_ranks_finite
 
 
 class Method(abc.ABC):
@@ -135,34 +135,3 @@ class Method(abc.ABC):
 
 def unwrap(net: nn.Module) -> nn.Module:
     return getattr(net, "module", net)
-
-
-METHODS: dict[str, type[Method]] = {}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    METHODS[cls.name] = cls
-    return cls
-
-
-def get_method(name: str) -> type[Method]:
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; expected one of {', '.join(sorted(METHODS))}") from None
-
-
-def method_classifier(cfg: ExperimentConfig, method: str) -> ClassifierConfig:
-    """The classifier settings registered method `method` trains with (Method.classifier_config)."""
-    return get_method(method).classifier_config(cfg)
-
-
-def stage1_config(cfg: ExperimentConfig, method: str) -> ExperimentConfig:
-    """The config whose stage 1 serves registered method `method` (Method.stage1_config)."""
-    return get_method(method).stage1_config(cfg)
-
-
-def table_methods() -> list[str]:
-    return [name for name, cls in METHODS.items() if cls.in_table]

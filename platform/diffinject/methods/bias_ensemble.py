@@ -8,7 +8,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffinject.methods.train import train_method
+from diffinject.methods.gce import BiasGCE
+from diffinject.methods.train import build_and_fit
 from diffinject.training.loop import Preprocess, TrainContext, TrainData
 
 
@@ -52,7 +53,7 @@ def detect_aligned(clf_cfg, options: dict, data: TrainData, ctx: TrainContext, s
     cfg, eval_offset = committee_config(clf_cfg, options)
     probabilities, kept_steps = [], []
     for m in range(options["num_bias_models"]):
-        result = train_method("gce", cfg, data, quiet, seed * 100 + m, {"q": options["q"]}, eval_offset=eval_offset)
+        result = build_and_fit(BiasGCE, cfg, data, quiet, seed * 100 + m, {"q": options["q"]}, eval_offset=eval_offset)
         net = result.method.nets["model"]
         generator = torch.Generator().manual_seed(seed * 100 + m) if options["committee_augment"] else None
         probabilities.append(true_label_probabilities(getattr(net, "module", net), data,

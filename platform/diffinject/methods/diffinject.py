@@ -4,11 +4,9 @@ bias-conflict samples of stages 1-3, labelled with their content image's label
 code on the 32x32 datasets); see inject.synthetic."""
 from __future__ import annotations
 
-from diffinject.methods.base import register_method
 from diffinject.methods.vanilla import Vanilla
 
 
-@register_method
 class DiffInject(Vanilla):
     name = "diffinject"
     needs_synthetic = True  # the drivers make the synthetic set and add it to the training data

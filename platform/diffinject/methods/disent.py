@@ -10,11 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffinject.config.schema import ClassifierConfig, ExperimentConfig
-from diffinject.nets.gce_loss import gce_loss
-from diffinject.nets.classifiers import MLP
-from diffinject.methods.base import Method, register_method
+from diffinject.methods.base import Method
 from diffinject.methods.bias_ensemble import BiasEnsembleMixin
 from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
+from diffinject.nets.classifiers import MLP
+from diffinject.nets.gce_loss import gce_loss
 
 
 class Encoder(nn.Module):
@@ -61,7 +61,6 @@ class DisentNet(nn.Module):
         return out
 
 
-@register_method
 class DisEnt(Method):
     name = "disent"
 
@@ -126,6 +125,5 @@ class DisEnt(Method):
         self.steps = int(state["steps"])
 
 
-@register_method
 class DisEntBiasEnsemble(BiasEnsembleMixin, DisEnt):
     name = "disent_be"

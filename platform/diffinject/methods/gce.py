@@ -1,11 +1,10 @@
 """The stage-1 bias classifier: trained with the generalized cross-entropy to become biased."""
 from __future__ import annotations
 
+from diffinject.methods.base import Method
 from diffinject.nets.gce_loss import gce_loss
-from diffinject.methods.base import Method, register_method
 
 
-@register_method
 class BiasGCE(Method):
     name = "gce"
     in_table = False

@@ -5,18 +5,16 @@ training set plus a synthetic set), the synthetic set from a GAN instead of h-sp
   projected into the source generator's W space and decoded by the adapted one, keeping the
   original's label (stage-3 kind `stylegan2_adapt`, synthesis/stylegan2_adapt.py).
 - AmpliBias (Ko et al., CIKM 2023): one FastGAN per class on that class's top-K samples; an
-  image keeps its generator's class (stage-3 kind `fastgan`, synthesis/fastgan.py).
+  image keeps its generator's class (stage-3 kind `fastgan`, stages/synthesis/fastgan_per_class.py).
 """
 from __future__ import annotations
 
 import dataclasses
 from diffinject.config.schema import ExperimentConfig
-from diffinject.nets.gce_loss import gce_loss
-from diffinject.methods.base import register_method
 from diffinject.methods.vanilla import Vanilla
+from diffinject.nets.gce_loss import gce_loss
 
 
-@register_method
 class A2(Vanilla):
     """baselines.a2_loss=gce trains with the generalized cross-entropy (q = baselines.q), as A²'s
     released 3.training-ours.py does on original + augmented images; ce as every other stage 4."""
@@ -31,7 +29,6 @@ class A2(Vanilla):
         return {"loss": self.optimize(self.optimizers["model"], loss)}
 
 
-@register_method
 class AmpliBias(Vanilla):
     name = "amplibias"
     needs_synthetic = True

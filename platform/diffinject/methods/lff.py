@@ -8,13 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from diffinject.config.schema import ClassifierConfig, ExperimentConfig
-from diffinject.nets.gce_loss import gce_loss
-from diffinject.methods.base import Method, register_method
+from diffinject.methods.base import Method
 from diffinject.methods.bias_ensemble import BiasEnsembleMixin
 from diffinject.methods.sample_ema import SampleLossEMA, relative_difficulty
+from diffinject.nets.gce_loss import gce_loss
 
 
-@register_method
 class LfF(Method):
     name = "lff"
 
@@ -62,7 +61,6 @@ class LfF(Method):
         self.ema_d.load_state_dict(state["ema_d"])
 
 
-@register_method
 class LfFBiasEnsemble(BiasEnsembleMixin, LfF):
     name = "lff_be"
     classifier_config = Method.classifier_config  # cfg.classifier: BiasEnsemble's scripts train it as Vanilla

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
-from diffinject.methods.base import Method, register_method
+from diffinject.methods.base import Method
 
 
-@register_method
 class Vanilla(Method):
     name = "vanilla"
 

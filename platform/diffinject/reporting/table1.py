@@ -16,12 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from diffinject.core.atomic import atomic_file
-from diffinject.data.registry import DATASETS, get_dataset_spec
-from diffinject.tracking.descriptions import HEADLINE, run_link
 from diffinject.core.plots import pyplot, save_figure
-from diffinject.stages.quality.metrics import unprefixed
-from diffinject.reporting.runs import mean_std, paired_difference
 from diffinject.core.vocabulary import SELECTIONS
+from diffinject.data.registry import DATASETS, get_dataset_spec
+from diffinject.reporting.runs import mean_std, paired_difference
+from diffinject.stages.quality.metrics import unprefixed
+from diffinject.tracking.descriptions import HEADLINE, run_link
 
 # Table 1 of the paper: unbiased test accuracy (%), at 1% and 5% bias-conflicting samples.
 PAPER_TABLE1 = {

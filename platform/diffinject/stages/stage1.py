@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from diffinject.config.schema import ExperimentConfig
-from diffinject.data.parquet import ArraySplit
 from diffinject.core.errors import ConfigError
+from diffinject.data.parquet import ArraySplit
 from diffinject.methods import Method
-from diffinject.methods.train import train_method
+from diffinject.methods.registry import train_method
 from diffinject.training.loop import FitResult, Preprocess, TrainContext, TrainData
 
 # a stage-1 job's top-K set, beside its model.pt: the rows, ids, labels and losses, and the images

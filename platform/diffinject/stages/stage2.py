@@ -21,19 +21,19 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from diffinject.core.accel import bf16_autocast, check_compile, compiled, cudagraph_step, in_layout, memory_format
 from diffinject.config.rules import NUM_TIMESTEPS
 from diffinject.config.schema import DiffusionConfig
+from diffinject.core.accel import bf16_autocast, check_compile, compiled, cudagraph_step, in_layout, memory_format
+from diffinject.core.errors import ConfigError, TrainingError
+from diffinject.core.numerics import bf16_autocast_on
+from diffinject.core.plots import png_bytes, tile_images
 from diffinject.nets.diffusion.checkpoint import unet_checkpoint_bytes
 from diffinject.nets.diffusion.models import UNetPreset, build_unet, get_preset
 from diffinject.nets.diffusion.pixels import to_model_pixels, to_uint8
 from diffinject.nets.diffusion.sampling import ddim_sample
 from diffinject.nets.diffusion.schedule import diffusion_loss, linear_alphas_cumprod, p2_weights
 from diffinject.nets.diffusion.vlb import GaussianPosterior
-from diffinject.core.errors import ConfigError, TrainingError
 from diffinject.nets.metrics import all_ranks_finite, all_reduce_sum
-from diffinject.core.numerics import bf16_autocast_on
-from diffinject.core.plots import png_bytes, tile_images
 from diffinject.training.loop import TrainContext, batch_indices, seed_everything
 
 DIFFUSION_FILE = "diffusion.pt"  # what stage 2 makes: the EMA U-Net checkpoint (nets.diffusion.checkpoint)

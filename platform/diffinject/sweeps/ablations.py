@@ -1,7 +1,7 @@
 """Ablation sweeps: the axes a sweep can vary, the settings of a sweep, one setting evaluated
 over seeds (one MLflow "trial" run), the best setting, and the accuracy-vs-value plot.
 
-Knows nothing of Ray: `ray_tune` runs the settings as Ray Tune trials, each evaluated by
+Knows nothing of Ray: `sweeps.tune` runs the settings as Ray Tune trials, each evaluated by
 `evaluate_setting` with cells from the artifact cache (a gamma sweep trains one diffusion model
 and one bias classifier per seed, and injects once per gamma).
 
@@ -22,16 +22,16 @@ from typing import Any, Callable
 
 import numpy as np
 
-from diffinject.experiment.cache import artifact_key
-from diffinject.core.atomic import atomic_file
-from diffinject.experiment.cells import CellResult
 from diffinject.config.overrides import apply_overrides
-from diffinject.config.schema import ExperimentConfig, flatten
 from diffinject.config.overrides import distinct
+from diffinject.config.schema import ExperimentConfig, flatten
+from diffinject.core.atomic import atomic_file
 from diffinject.core.errors import ConfigError
+from diffinject.experiment.cache import artifact_key
+from diffinject.experiment.cells import CellResult
 from diffinject.experiment.run_context import with_seed
-from diffinject.stages.quality.metrics import PREFIX as QUALITY_PREFIX
 from diffinject.reporting.runs import mean_std, per_seed_difference
+from diffinject.stages.quality.metrics import PREFIX as QUALITY_PREFIX
 from diffinject.tracking.client import Tracker
 
 

@@ -7,7 +7,7 @@ group: the cells' trainings and injection jobs reserve the CPUs and GPUs they ne
 cells do), which a CPU held by the trial would starve. `max_concurrent_trials` bounds the
 settings in flight. Trials and their cells stay on the driver's node (a sliver of its
 `node:<ip>` resource; the cells by node affinity), where the Tune state, the data and the
-artifact cache are; the cells' jobs run anywhere (ray_cells).
+artifact cache are; the cells' jobs run anywhere (parallel_cells).
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ import ray
 from ray import tune
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from diffinject.sweeps.ablations import Axis, SettingResult, apply_setting, evaluate_setting, setting_label, trial_key
+from diffinject.cluster.session import on_node
 from diffinject.config.schema import ExperimentConfig
 from diffinject.core.errors import ConfigError, DiffInjectError
 from diffinject.experiment.parallel_cells import RunnerSpec, cell_task
-from diffinject.cluster.session import on_node
+from diffinject.sweeps.ablations import Axis, SettingResult, apply_setting, evaluate_setting, setting_label, trial_key
 
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 METRIC = "valid_acc_mean"  # settings are chosen on validation accuracy, never on test
@@ -42,7 +42,7 @@ class Sweep:
     method: str
     seeds: list[int]
     torch_threads: int  # for in-process trainings (run.num_workers=0) of a trial's cells
-    driver_node: str = ""  # the node the cells run on (ray_cluster.node_id() of the driver)
+    driver_node: str = ""  # the node the cells run on (cluster.session.node_id() of the driver)
 
     def setting_of(self, config: dict) -> dict:
         """Grid trials carry the whole setting; Optuna's carry one entry per axis."""

@@ -19,12 +19,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from diffinject.core.accel import bf16_autocast, in_layout, memory_format
 from diffinject.config.schema import ClassifierConfig
-from diffinject.data.parquet import ArraySplit
+from diffinject.core.accel import bf16_autocast, in_layout, memory_format
 from diffinject.core.errors import NonFiniteLoss, TrainingError
-from diffinject.nets.metrics import accuracy_metrics, all_reduce_sum, cell_counts
 from diffinject.core.numerics import bf16_autocast_on
+from diffinject.data.parquet import ArraySplit
+from diffinject.nets.metrics import accuracy_metrics, all_reduce_sum, cell_counts
 
 
 # the normalisation of ResNet inputs (DisEnt's and LfF's preprocessing: CIFAR-10's channel statistics)

@@ -1,14 +1,24 @@
 """GAN generators for the generative baselines, as pure math and networks (no training loops:
-those are stage code in synthesis/): the losses and regularisers, DiffAugment, the building
+those are stage code in stages/synthesis/): the losses and regularisers, DiffAugment, the building
 blocks, and the two families' networks in their own modules, `gan.stylegan2` (A²'s StyleGAN2
-and its W projector, `gan.projection`) and `gan.fastgan` (AmpliBias's FastGAN)."""
-from diffinject.nets.gan.diffaugment import diff_augment
-from diffinject.nets.gan.fastgan_blocks import SkipLayerExcitation
-from diffinject.nets.gan.losses import (cdc_loss, hinge_d_loss, hinge_g_loss, logistic_d_loss, logistic_g_loss, path_length_penalty,
-                     r1_penalty, reconstruction_loss)
-from diffinject.nets.gan.mapping import EqualLinear, MappingNetwork, pixel_norm
-from diffinject.nets.gan.modulated import ModulatedConv2d, modulated_conv2d
+and its W projector, `gan.projection`) and `gan.fastgan` (AmpliBias's FastGAN). The names below
+are loaded on first use."""
+from diffinject.core.lazy import lazy_exports
 
-__all__ = ["EqualLinear", "MappingNetwork", "ModulatedConv2d", "SkipLayerExcitation", "cdc_loss", "diff_augment",
-           "hinge_d_loss", "hinge_g_loss", "logistic_d_loss", "logistic_g_loss", "modulated_conv2d",
-           "path_length_penalty", "pixel_norm", "r1_penalty", "reconstruction_loss"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "EqualLinear": "diffinject.nets.gan.mapping",
+    "MappingNetwork": "diffinject.nets.gan.mapping",
+    "ModulatedConv2d": "diffinject.nets.gan.modulated",
+    "SkipLayerExcitation": "diffinject.nets.gan.fastgan_blocks",
+    "cdc_loss": "diffinject.nets.gan.losses",
+    "diff_augment": "diffinject.nets.gan.diffaugment",
+    "hinge_d_loss": "diffinject.nets.gan.losses",
+    "hinge_g_loss": "diffinject.nets.gan.losses",
+    "logistic_d_loss": "diffinject.nets.gan.losses",
+    "logistic_g_loss": "diffinject.nets.gan.losses",
+    "modulated_conv2d": "diffinject.nets.gan.modulated",
+    "path_length_penalty": "diffinject.nets.gan.losses",
+    "pixel_norm": "diffinject.nets.gan.mapping",
+    "r1_penalty": "diffinject.nets.gan.losses",
+    "reconstruction_loss": "diffinject.nets.gan.losses",
+})

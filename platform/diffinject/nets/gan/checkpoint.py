@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffinject.core.errors import CheckpointError
 from diffinject.nets.diffusion.checkpoint import load_strict
 from diffinject.nets.diffusion.checkpoint_file import read_checkpoint_file
-from diffinject.core.errors import CheckpointError
 from diffinject.nets.gan.presets import get_gan_preset
 
 FORMAT = "diffinject-gan/1"

@@ -1,6 +1,16 @@
-"""Stage 3: content injection in h-space (InjectFusion), batched engine and reference path."""
-from diffinject.stages.inject.engine import InjectionEngine, InjectionPlan, reference_inject, reference_inject_tensor
-from diffinject.nets.injection import ddim_step, inject_h, region_mask, rescale_to_norm, slerp, timestep_grid
+"""Stage 3: content injection in h-space (InjectFusion): the batched engine and the reference path,
+with the injection formulas of nets.injection (loaded on first use)."""
+from diffinject.core.lazy import lazy_exports
 
-__all__ = ["InjectionEngine", "InjectionPlan", "ddim_step", "inject_h", "reference_inject", "reference_inject_tensor", "region_mask",
-           "rescale_to_norm", "slerp", "timestep_grid"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "InjectionEngine": "diffinject.stages.inject.engine",
+    "InjectionPlan": "diffinject.stages.inject.engine",
+    "ddim_step": "diffinject.nets.injection",
+    "inject_h": "diffinject.nets.injection",
+    "reference_inject": "diffinject.stages.inject.engine",
+    "reference_inject_tensor": "diffinject.stages.inject.engine",
+    "region_mask": "diffinject.nets.injection",
+    "rescale_to_norm": "diffinject.nets.injection",
+    "slerp": "diffinject.nets.injection",
+    "timestep_grid": "diffinject.nets.injection",
+})

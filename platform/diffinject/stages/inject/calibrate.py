@@ -19,8 +19,8 @@ import torch
 from diffinject.config.schema import InjectionConfig
 from diffinject.core.errors import ConfigError
 from diffinject.nets.diffusion.pixels import to_model_pixels
-from diffinject.nets.perceptual import lpips_input
 from diffinject.nets.injection import predict_x0
+from diffinject.nets.perceptual import lpips_input
 
 log = logging.getLogger(__name__)
 

@@ -28,19 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffinject.core.accel import (bf16_autocast, check_choice, check_compile, compiled, cudagraph_step, in_layout,
-                     memory_format, pairs_that_fit, set_attention)
 from diffinject.config.rules import parse_mask
 from diffinject.config.schema import InjectionConfig
 from diffinject.config.validation import check_inject_grid
+from diffinject.core.accel import (bf16_autocast, check_choice, check_compile, compiled, cudagraph_step, in_layout,
+                                   memory_format, pairs_that_fit, set_attention)
+from diffinject.core.errors import ConfigError
+from diffinject.core.numerics import resolve_precision
 from diffinject.core.vocabulary import NOISE, PRECISIONS
 from diffinject.nets.diffusion.hspace import Encoded, HSpace, decode, encode
 from diffinject.nets.diffusion.pixels import to_model_pixels, to_uint8
 from diffinject.nets.diffusion.schedule import linear_alphas_cumprod
-from diffinject.core.errors import ConfigError
-from diffinject.core.numerics import resolve_precision
 from diffinject.nets.injection import (calibrated_latent, counter_normal, ddim_step, inject_h, on_grid, region_mask,
-                       timestep_grid)
+                                       timestep_grid)
 
 DT_LAMBDA_FROM = 950  # dt_lambda scales the direction term at steps with t >= this
 

@@ -32,10 +32,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from diffinject.core.atomic import atomic_dir, read_json, write_json
 from diffinject.config.schema import InjectionConfig
-from diffinject.data.parquet import MARKER, ROWS_PER_SHARD, SCHEMA
+from diffinject.core.atomic import atomic_dir, read_json, write_json
 from diffinject.core.errors import DataError
+from diffinject.data.parquet import MARKER, ROWS_PER_SHARD, SCHEMA
 
 PARTS = "_parts"
 SET_ASIDE = "_unreadable"  # where finalize keeps the part files that could not be read

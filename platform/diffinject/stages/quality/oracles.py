@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.data.parquet import ArraySplit
 from diffinject.data.registry import get_dataset_spec
-from diffinject.core.errors import CheckpointError, ConfigError
 from diffinject.stages.quality.metrics import labels_of, quality_figure, quality_metrics
 
 # by the paper's dataset: an embedded stand-in (DatasetSpec.paper_dataset) takes its benchmark's kind
@@ -308,7 +308,7 @@ def dataset_oracles(dataset: str, train: ArraySplit, valid: ArraySplit, config: 
 def score_with(oracles: Oracles, train: ArraySplit, synthetic: ArraySplit, original_ids=None,
                content_ids=None, reads: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, float]:
     """The quality report of `synthetic` (images and the labels they are trained with): the
-    metrics of `report.quality_metrics` plus the oracles' held-out accuracy. original_ids /
+    metrics of `metrics.quality_metrics` plus the oracles' held-out accuracy. original_ids /
     content_ids (the provenance columns) are looked up among the training split's ids; `reads`
     is what the oracles read of its images, when the caller has it already."""
     read_class, read_bias = reads if reads is not None else oracles.read(synthetic.images)

@@ -1,3 +1,3 @@
-"""Stage code of the GAN stage-3 kinds (no Ray here; ray_train and ray_synthesis call it):
+"""Stage code of the GAN stage-3 kinds (no Ray here; cluster.train_jobs and cluster.synthesis_job call it):
 `stylegan2_adapt` (A²: source StyleGAN2, CDC few-shot adaptation, W projection of originals)
 and `fastgan` (AmpliBias: one FastGAN per class on its top-K samples)."""

@@ -32,17 +32,17 @@ import torch.distributed as dist
 from torch import nn
 
 from diffinject.config.schema import FastGANConfig
+from diffinject.core.errors import CheckpointError, ConfigError, DataError, TrainingError
+from diffinject.core.numerics import bf16_autocast_on
+from diffinject.core.plots import png_bytes, tile_images
 from diffinject.nets.diffusion.checkpoint import load_strict
 from diffinject.nets.diffusion.pixels import to_model_pixels, to_uint8
-from diffinject.core.errors import CheckpointError, ConfigError, DataError, TrainingError
 from diffinject.nets.gan.checkpoint import gan_checkpoint_bytes, load_net, read_gan_checkpoint
 from diffinject.nets.gan.diffaugment import diff_augment
 from diffinject.nets.gan.fastgan import QUADRANTS, Discriminator, Generator
 from diffinject.nets.gan.losses import hinge_d_loss, hinge_g_loss, reconstruction_loss
 from diffinject.nets.gan.presets import FastGANPreset, get_gan_preset
 from diffinject.nets.metrics import all_ranks_finite, all_reduce_sum
-from diffinject.core.numerics import bf16_autocast_on
-from diffinject.core.plots import png_bytes, tile_images
 from diffinject.training.loop import TrainContext, seed_everything
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

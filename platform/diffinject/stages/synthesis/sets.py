@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from diffinject.data.parquet import SCHEMA
 from diffinject.core.errors import ConfigError
+from diffinject.data.parquet import SCHEMA
 from diffinject.stages.inject.manifest import build_manifest, pair_seeds, synthetic_count
 
 GAN_MANIFEST_SCHEMA = pa.schema([

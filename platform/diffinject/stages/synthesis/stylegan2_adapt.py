@@ -33,17 +33,17 @@ import torch.distributed as dist
 from torch import nn
 
 from diffinject.config.schema import StyleGAN2Config
+from diffinject.core.errors import ConfigError, TrainingError
+from diffinject.core.numerics import bf16_autocast_on
+from diffinject.core.plots import png_bytes, tile_images
 from diffinject.nets.diffusion.checkpoint import load_strict
 from diffinject.nets.diffusion.pixels import to_model_pixels, to_uint8
-from diffinject.core.errors import ConfigError, TrainingError
 from diffinject.nets.gan.checkpoint import gan_checkpoint_bytes
 from diffinject.nets.gan.losses import cdc_loss, logistic_d_loss, logistic_g_loss, path_length_penalty, r1_penalty
 from diffinject.nets.gan.presets import StyleGAN2Preset, get_gan_preset
 from diffinject.nets.gan.projection import project
 from diffinject.nets.gan.stylegan2 import Discriminator, Generator
 from diffinject.nets.metrics import all_ranks_finite, all_reduce_sum
-from diffinject.core.numerics import bf16_autocast_on
-from diffinject.core.plots import png_bytes, tile_images
 from diffinject.training.loop import TrainContext, batch_indices, seed_everything
 
 FAMILY = "stylegan2"
