@@ -65,7 +65,7 @@ def runner(tmp_path, monkeypatch):
     never tracks anything."""
     import diffinject.experiment.keys as keys
 
-    monkeypatch.setattr(keys.StageKeys, "data_fingerprint", lambda self, cfg, dataset=None, ratio=None: "data")
+    monkeypatch.setattr(keys.StageKeys, "data_fingerprint", lambda self, cfg, diffusion=False: "data")
     return CellRunner(ArtifactCache(tmp_path / "artifacts"), tracker=SimpleNamespace())
 
 

@@ -27,7 +27,7 @@ def cfg():
 def _runner(tmp_path, monkeypatch, cluster_gpus: bool, cuda_here: bool, checkpoints=None) -> CellRunner:
     """A runner whose data fingerprints are a constant, on a cluster with or without GPUs, in a
     process that does or does not see one."""
-    monkeypatch.setattr(keys.StageKeys, "data_fingerprint", lambda self, cfg, dataset=None, ratio=None: "data")
+    monkeypatch.setattr(keys.StageKeys, "data_fingerprint", lambda self, cfg, diffusion=False: "data")
     monkeypatch.setattr(keys, "resolve_use_gpu", lambda use_gpu: cluster_gpus, raising=False)
     monkeypatch.setattr(keys, "cuda_here", lambda: cuda_here, raising=False)
     return CellRunner(ArtifactCache(tmp_path / "artifacts"), tracker=SimpleNamespace(), checkpoints=checkpoints)

@@ -32,7 +32,7 @@ STYLEGAN2_ADAPT = ("adapt_steps", "adapt_batch_size", "adapt_lr", "cdc_weight", 
 
 @functools.lru_cache(maxsize=16)
 def _digest(path: Path, size: int, mtime_ns: int) -> str:
-    """SHA-256 of a given generator file, once per version of it (each cell's keys read it again)."""
+    """SHA-256 of a given checkpoint file (diffusion or GAN), once per version of it (every key of a cell reads it)."""
     return file_digest(path)
 
 
@@ -80,27 +80,26 @@ class StageKeys:
     _cluster_gpus: dict[str, bool]
 
     # ---- the data a key names -----------------------------------------------------------
-    def data_fingerprint(self, cfg: ExperimentConfig, dataset: str | None = None, ratio: str | None = None) -> str:
-        """The content fingerprint of the Parquet conversion of `dataset` at `ratio` (default cfg's),
-        the one place keys read data from. The conversion is made on first use; after that this only
-        checks it against the data (its files' paths, sizes and mtimes, and their content when those
-        changed), so a key follows the data's content, wherever it lies, even while a runner lives."""
-        if (dataset or cfg.data.dataset, ratio or cfg.data.ratio) == (cfg.data.dataset, cfg.data.ratio):
-            return conversion_fingerprint(dataset_folder(cfg))
-        return conversion_fingerprint(diffusion_training_data(cfg)[2])  # the only other data a key names
+    def data_fingerprint(self, cfg: ExperimentConfig, diffusion: bool = False) -> str:
+        """The content fingerprint of the Parquet conversion of cfg's dataset at its ratio (with
+        `diffusion`: of stage 2's training data, diffusion.train_data), the one place keys read data
+        from. The conversion is made on first use; after that this only checks it against the data
+        (its files' paths, sizes and mtimes, and their content when those changed), so a key follows
+        the data's content, wherever it lies, even while a runner lives."""
+        return conversion_fingerprint(diffusion_training_data(cfg)[2] if diffusion else dataset_folder(cfg))
 
     # ---- key material ------------------------------------------------------------------
     def stage1_material(self, cfg: ExperimentConfig) -> dict:
-        return {"data": self._fingerprint(cfg), "bias": to_dict(cfg.bias), "seed": cfg.run.seed,
+        return {"data": self.data_fingerprint(cfg), "bias": to_dict(cfg.bias), "seed": cfg.run.seed,
                 "numerics": self._training_numerics(cfg, cfg.bias.classifier.bf16)}
 
     def stage2_material(self, cfg: ExperimentConfig) -> dict:
         given = self.checkpoints.get(cfg.data.dataset)
         if given:
-            return {"checkpoint_sha256": file_digest(given), "preset": cfg.diffusion.preset}
+            return {"checkpoint_sha256": given_digest(Path(given)), "preset": cfg.diffusion.preset}
         dataset, ratio = diffusion_data(cfg)
         settings = {k: v for k, v in to_dict(cfg.diffusion).items() if k not in DIFFUSION_LOGGING}
-        return {"data": self.data_fingerprint(cfg, dataset, ratio), "dataset": dataset, "ratio": ratio,
+        return {"data": self.data_fingerprint(cfg, diffusion=True), "dataset": dataset, "ratio": ratio,
                 "diffusion": settings,
                 "numerics": self._training_numerics(cfg, cfg.diffusion.bf16)}
 
@@ -108,7 +107,7 @@ class StageKeys:
         given = given_source(cfg)
         if given is not None:
             return {"checkpoint_sha256": given_digest(given), "preset": cfg.stylegan2.preset}
-        return {"data": self._fingerprint(cfg), "dataset": cfg.data.dataset, "ratio": cfg.data.ratio,
+        return {"data": self.data_fingerprint(cfg), "dataset": cfg.data.dataset, "ratio": cfg.data.ratio,
                 "stylegan2": _fields(cfg.stylegan2, drop=GAN_LOGGING + STYLEGAN2_ADAPT + STYLEGAN2_PROJECT
                                      + ("source_checkpoint",)),
                 "numerics": self._training_numerics(cfg, cfg.stylegan2.bf16)}
@@ -132,12 +131,12 @@ class StageKeys:
         if not kind.generators:  # h-space injection: from stage 1's top-K with stage 2's model
             return {"stage1": artifact_key("stage1", self.stage1_material(cfg)),
                     "stage2": artifact_key("stage2", self.stage2_material(cfg)),
-                    "data": self._fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed,
+                    "data": self.data_fingerprint(cfg), "injection": to_dict(cfg.injection), "seed": cfg.run.seed,
                     "numerics": self._injection_numerics(cfg)}
         inputs = {job.stage: artifact_key(job.stage, self.generator_material(job.job, cfg)) for job in kind.generators}
         return {"kind": kind.name, **inputs,
                 "stage1": artifact_key("stage1", self.stage1_material(stage1_config(cfg, method))),
-                "data": self._fingerprint(cfg), "synthesis": kind.drawn(cfg), "seed": cfg.run.seed,
+                "data": self.data_fingerprint(cfg), "synthesis": kind.drawn(cfg), "seed": cfg.run.seed,
                 "numerics": synthesis_numerics(self._cluster_gpus_for(cfg))}
 
     def generator_material(self, job: str, cfg: ExperimentConfig) -> dict:
@@ -146,18 +145,15 @@ class StageKeys:
                 "fastgan": self.fastgan_material}[job](cfg)
 
     def oracle_material(self, cfg: ExperimentConfig) -> dict:
-        return {"data": self._fingerprint(cfg), "quality": dataclasses.asdict(QualityConfig()), "seed": 0}
+        return {"data": self.data_fingerprint(cfg), "quality": dataclasses.asdict(QualityConfig()), "seed": 0}
 
     def cell_material(self, cfg: ExperimentConfig, method: str) -> dict:
-        material = {"method": method, "data": self._fingerprint(cfg), "classifier": to_dict(cfg.classifier),
+        material = {"method": method, "data": self.data_fingerprint(cfg), "classifier": to_dict(cfg.classifier),
                     "baselines": to_dict(cfg.baselines), "seed": cfg.run.seed,
                     "numerics": self._training_numerics(cfg, cfg.classifier.bf16)}
         if get_method(method).needs_synthetic:
             material["stage3"] = artifact_key("stage3", self.stage3_material(cfg, method))
         return material
-
-    def _fingerprint(self, cfg: ExperimentConfig) -> str:
-        return self.data_fingerprint(cfg)
 
     # ---- the device each stage runs on, and so its numerics (numerics.py) ---------------
     def _cluster_gpus_for(self, cfg: ExperimentConfig) -> bool:
