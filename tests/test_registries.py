@@ -7,7 +7,7 @@ from diffinject.config.protocols import BASELINE_PROTOCOLS, PROTOCOLS
 from diffinject.core.errors import ConfigError
 from diffinject.data.registry import DATASETS, recipes
 from diffinject.methods import METHODS
-from diffinject.stages.kinds import GAN_KINDS, GENERATOR_JOBS, STAGE3_KINDS, get_stage3_kind
+from diffinject.stages.kinds import GENERATOR_JOBS, STAGE3_KINDS, get_stage3_kind
 
 
 def test_recipes_are_the_datasets_no_other_stands_in_for():
@@ -32,9 +32,22 @@ def test_every_method_on_synthetic_data_names_a_registered_kind():
 
 
 def test_the_ray_layer_trains_every_generator_job_and_draws_every_gan_kind():
-    from diffinject.cluster.synthesis_job import KINDS
+    from diffinject.cluster.synthesis_job import ACTORS
     from diffinject.cluster.train_jobs import GAN_JOBS
+    from diffinject.experiment.set_makers import GAN_SETS
 
+    gan_kinds = {name for name, kind in STAGE3_KINDS.items() if kind.generators}
     assert set(GAN_JOBS) == set(GENERATOR_JOBS)
-    assert set(KINDS) == set(GAN_KINDS) == {"stylegan2_adapt", "fastgan"}
+    assert set(ACTORS) == set(GAN_SETS) == gan_kinds == {"stylegan2_adapt", "fastgan"}
+    assert all(ACTORS[kind].kind == GAN_SETS[kind].kind == kind for kind in gan_kinds)
     assert all(job in GENERATOR_JOBS.values() for kind in STAGE3_KINDS.values() for job in kind.generators)
+
+
+def test_every_generator_reads_only_what_is_made_before_it():
+    for kind in STAGE3_KINDS.values():
+        made = {"topk", "init"}  # stage 1's top-K folder, a given starting point
+        for job in kind.generators:
+            assert set(job.reads) <= made, (kind.name, job.job)
+            made.add(job.role)
+    roles = [job.role for job in GENERATOR_JOBS.values()]
+    assert len(set(roles)) == len(roles)

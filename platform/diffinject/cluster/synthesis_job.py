@@ -22,16 +22,15 @@ from diffinject.cluster.shipping import receive, ship
 from diffinject.cluster.train_jobs import install_hub_file
 from diffinject.core.errors import ConfigError
 from diffinject.stages.inject.synthetic import checkpoint_hash
-from diffinject.stages.kinds import GAN_KINDS
 from diffinject.stages.synthesis.sets import GAN_MANIFEST_SCHEMA, GAN_SCHEMA, gan_batch_table
 
-KINDS = GAN_KINDS  # the stage-3 kinds whose sets are drawn from trained generators
-
-
 class GeneratorActor:
-    """One kind's generators per actor; called with batches of GAN manifest rows (numpy format)."""
+    """What the GAN kinds' actors share: the training arrays, threads, device and the shipped
+    generator files; called with batches of GAN manifest rows (numpy format)."""
+    kind = ""  # the stage-3 kind (stages.kinds) a subclass draws
+    label_from = ""  # where a row's label comes from (synthesis.sets.gan_batch_table)
 
-    def __init__(self, kind: str, checkpoints: dict, cfg: dict, arrays, digest: str, out_size: int,
+    def __init__(self, checkpoints: dict, cfg: dict, arrays, digest: str, out_size: int,
                  random_lpips_backbone: bool = False, lpips_trunk=None, device: str = "cpu", cpu_threads: int = 1):
         import ray
         import torch
@@ -41,40 +40,71 @@ class GeneratorActor:
         self.arrays = ray.get(arrays) if isinstance(arrays, ray.ObjectRef) else arrays
         torch.set_num_threads(cpu_threads)  # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this actor reserved
         self.device = torch.device(actor_device(device))
-        self.kind, self.digest, self.out_size = kind, digest, out_size
-        checkpoints = {name: receive(item) for name, item in checkpoints.items()}
+        self.digest, self.out_size = digest, out_size
         if lpips_trunk is not None:
             install_hub_file(receive(lpips_trunk))
-        if kind == "stylegan2_adapt":
-            from diffinject.config.schema import StyleGAN2Config
-            from diffinject.nets.perceptual import distance_fn
+        self.load({name: receive(item) for name, item in checkpoints.items()}, cfg, random_lpips_backbone)
 
-            self.cfg = StyleGAN2Config(**cfg)
-            self.source = _stylegan2(checkpoints["source"]).to(self.device)
-            self.adapted = _stylegan2(checkpoints["adapted"]).to(self.device)
-            self.distance = distance_fn(self.cfg.distance, random_backbone=random_lpips_backbone, device=self.device)
-        else:
-            from diffinject.stages.synthesis.fastgan_per_class import load_class_generators
+    def load(self, checkpoints: dict, cfg: dict, random_lpips_backbone: bool) -> None:
+        raise NotImplementedError
 
-            self.generators = {c: g.to(self.device) for c, g in load_class_generators(Path(checkpoints["classes"])).items()}
+    def draw(self, original_index: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, list]:
+        """The rows' images and their original ids."""
+        raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         # copies: Ray's zero-copy batches are read-only, which torch.as_tensor warns about
         pair_ids, original_index, labels, seeds = (np.array(batch[name], dtype=np.int64)
                                                    for name in GAN_MANIFEST_SCHEMA.names)
-        if self.kind == "stylegan2_adapt":
-            from diffinject.stages.synthesis.stylegan2_adapt import project_and_decode
+        images, original_ids = self.draw(original_index, labels, seeds)
+        return gan_batch_table(pair_ids, labels, seeds, images, original_ids, self.kind, self.digest, self.label_from)
 
-            images = project_and_decode(self.source, self.adapted, self.arrays["train_images"][original_index],
-                                        self.cfg, self.distance, seeds, self.out_size)
-            original_ids = np.asarray(self.arrays["train_ids"])[original_index]
-            label_from = "original"
-        else:
-            images = self._sample(labels, seeds)
-            original_ids, label_from = [""] * len(pair_ids), "generator"
-        return gan_batch_table(pair_ids, labels, seeds, images, original_ids, self.kind, self.digest, label_from)
+    @staticmethod
+    def lpips_trunk(settings: dict, random_backbone: bool):
+        """The VGG trunk's weights when this kind's actors measure with LPIPS, else None."""
+        return None
 
-    def _sample(self, labels: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+
+class ProjectionActor(GeneratorActor):
+    """A²: each original projected into the source generator's W space, decoded by the adapted one."""
+    kind, label_from = "stylegan2_adapt", "original"
+
+    def load(self, checkpoints: dict, cfg: dict, random_lpips_backbone: bool) -> None:
+        from diffinject.config.schema import StyleGAN2Config
+        from diffinject.nets.perceptual import distance_fn
+
+        self.cfg = StyleGAN2Config(**cfg)
+        self.source = _stylegan2(checkpoints["source"]).to(self.device)
+        self.adapted = _stylegan2(checkpoints["adapted"]).to(self.device)
+        self.distance = distance_fn(self.cfg.distance, random_backbone=random_lpips_backbone, device=self.device)
+
+    def draw(self, original_index: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, list]:
+        from diffinject.stages.synthesis.stylegan2_adapt import project_and_decode
+
+        images = project_and_decode(self.source, self.adapted, self.arrays["train_images"][original_index],
+                                     self.cfg, self.distance, seeds, self.out_size)
+        return images, np.asarray(self.arrays["train_ids"])[original_index]
+
+    @staticmethod
+    def lpips_trunk(settings: dict, random_backbone: bool):
+        """Shipped from this node's torch hub cache when the projection measures with LPIPS."""
+        if settings.get("distance") != "lpips_vgg" or random_backbone:
+            return None
+        from diffinject.nets.perceptual import backbone_checkpoint
+
+        return ship(backbone_checkpoint("vgg")[0])
+
+
+class ClassSamplerActor(GeneratorActor):
+    """AmpliBias: each row's image sampled from its class's FastGAN with the row's seed."""
+    kind, label_from = "fastgan", "generator"
+
+    def load(self, checkpoints: dict, cfg: dict, random_lpips_backbone: bool) -> None:
+        from diffinject.stages.synthesis.fastgan_per_class import load_class_generators
+
+        self.generators = {c: g.to(self.device) for c, g in load_class_generators(Path(checkpoints["classes"])).items()}
+
+    def draw(self, original_index: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, list]:
         """Each row's image from its class's generator and its seed, in the rows' order."""
         from diffinject.stages.synthesis.fastgan_per_class import sample_class_images
 
@@ -85,17 +115,10 @@ class GeneratorActor:
                 raise ConfigError(f"no FastGAN for class {int(c)} (the checkpoint has classes "
                                   f"{sorted(self.generators)})")
             images[rows], _ = sample_class_images(self.generators, {int(c): len(rows)}, seeds[rows], self.out_size)
-        return images
+        return images, [""] * len(labels)
 
 
-def _lpips_trunk(kind: str, settings: dict, random_backbone: bool):
-    """The VGG trunk's weights for actors measuring with LPIPS (A²'s projection), shipped from
-    this node's torch hub cache; None when they do not measure with it."""
-    if kind != "stylegan2_adapt" or settings.get("distance") != "lpips_vgg" or random_backbone:
-        return None
-    from diffinject.nets.perceptual import backbone_checkpoint
-
-    return ship(backbone_checkpoint("vgg")[0])
+ACTORS = {actor.kind: actor for actor in (ProjectionActor, ClassSamplerActor)}  # by the GAN stage-3 kind
 
 
 def _stylegan2(path):
@@ -124,8 +147,8 @@ def run_gan_synthesis_job(kind: str, manifest: pa.Table, checkpoints: dict[str, 
     `cfg`: the kind's config section. Images have the training images' size."""
     import ray
 
-    if kind not in KINDS:
-        raise ConfigError(f"unknown GAN stage-3 kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if kind not in ACTORS:
+        raise ConfigError(f"unknown GAN stage-3 kind {kind!r}; expected one of {', '.join(ACTORS)}")
     if not ray.is_initialized():
         raise ConfigError("run_gan_synthesis_job needs a running Ray cluster (ray.init / cluster.session.ensure_ray)")
     table = manifest.select(GAN_MANIFEST_SCHEMA.names).cast(GAN_MANIFEST_SCHEMA)
@@ -140,10 +163,11 @@ def run_gan_synthesis_job(kind: str, manifest: pa.Table, checkpoints: dict[str, 
     meta = {"job": key, "generator": kind, "checkpoints": {k: str(v) for k, v in checkpoints.items()},
             "checkpoint_hashes": digests, kind: settings}
     arrays = {"train_images": train_images, "train_ids": np.asarray(train_ids)}
-    return run_parts_job(table, key, meta, Path(out_dir).resolve(), GeneratorActor, arrays,
-                         dict(kind=kind, checkpoints={k: ship(v) for k, v in checkpoints.items()}, cfg=settings,
+    actor = ACTORS[kind]
+    return run_parts_job(table, key, meta, Path(out_dir).resolve(), actor, arrays,
+                         dict(checkpoints={k: ship(v) for k, v in checkpoints.items()}, cfg=settings,
                               digest=digest, out_size=int(train_images.shape[1]),
                               random_lpips_backbone=random_lpips_backbone,
-                              lpips_trunk=_lpips_trunk(kind, settings, random_lpips_backbone)),
+                              lpips_trunk=actor.lpips_trunk(settings, random_lpips_backbone)),
                          batch_size, use_gpu, num_actors, True, verbose, kind, GAN_SCHEMA, "images",
                          local_when_single=True)

@@ -60,7 +60,7 @@ from diffinject.experiment.cache import Artifact, ArtifactCache, artifact_key
 from diffinject.experiment.keys import StageKeys, given_fastgan_init, given_source
 from diffinject.experiment.run_context import (RESUME_KEYS, cell_name, cell_params, cell_tags, dataset_folder,
                                                selected_metrics)
-from diffinject.experiment.set_makers import GanSet
+from diffinject.experiment.set_makers import GAN_SETS
 from diffinject.experiment.stage_runs import (run_cell, run_stage1, run_stage2, run_stage3, run_synthetic_set,
                                               synthetic_quality)
 from diffinject.methods import get_method, stage1_config
@@ -181,22 +181,20 @@ class CellRunner(StageKeys):
 
     def synthetic_stages(self, cfg: ExperimentConfig, method: str, parent: str | None) -> list[Artifact]:
         """Every stage that `method`'s synthetic set needs, built or reused, the set (stage3) last."""
-        kind = get_stage3_kind(get_method(method).synthesis).name
+        kind = get_stage3_kind(get_method(method).synthesis)
         s1 = self.stage1(stage1_config(cfg, method), parent, method)
-        if kind == "h_space_injection":
+        if not kind.generators:  # h-space injection: stage 2's diffusion model injects stage 1's top-K
             s2 = self.stage2(cfg, parent, method)
             return [s1, s2, self.stage3(cfg, s1, s2, parent, method)]
-        if kind == "stylegan2_adapt":
-            source = self.generator("stylegan2_source", cfg, {}, parent, method)
-            adapted = self.generator("stylegan2_adapt", cfg, {"topk": str(s1.path),
-                                                              "source": str(source.path / GENERATOR_FILE)},
-                                     parent, method)
-            files = {"source": source.path / GENERATOR_FILE, "adapted": adapted.path / GENERATOR_FILE}
-            return [s1, source, adapted, self.gan_stage3(cfg, method, s1, files, parent)]
-        init = given_fastgan_init(cfg)
-        inputs = {"topk": str(s1.path), **({"init": str(init)} if init is not None else {})}
-        classes = self.generator("fastgan", cfg, inputs, parent, method)
-        return [s1, classes, self.gan_stage3(cfg, method, s1, {"classes": classes.path / GENERATOR_FILE}, parent)]
+        init = given_fastgan_init(cfg) if any("init" in job.reads for job in kind.generators) else None
+        files = {"topk": s1.path, **({"init": init} if init is not None else {})}  # what generators may read
+        generators = []
+        for job in kind.generators:  # each reads the top-K, a given file or an earlier one's generator
+            inputs = {name: str(files[name]) for name in job.reads if name in files}
+            generators.append(self.generator(job.job, cfg, inputs, parent, method))
+            files[job.role] = generators[-1].path / GENERATOR_FILE
+        checkpoints = {job.role: files[job.role] for job in kind.generators}
+        return [s1, *generators, self.gan_stage3(cfg, method, s1, checkpoints, parent)]
 
     def generator(self, job: str, cfg: ExperimentConfig, inputs: dict[str, str], parent: str | None,
                   method: str | None) -> Artifact:
@@ -248,7 +246,7 @@ class CellRunner(StageKeys):
                    parent: str | None) -> Artifact:
         """A GAN kind's synthetic set (`synthetic/`, Parquet split train), its grid and quality report."""
         material = self.stage3_material(cfg, method)
-        maker = GanSet(get_method(method).synthesis, checkpoints, self.random_lpips_backbone)
+        maker = GAN_SETS[get_method(method).synthesis](checkpoints, self.random_lpips_backbone)
 
         def build(work: Path) -> dict:
             tags = self._stage_tags(cfg, artifact_key("stage3", material), method)

@@ -1,8 +1,8 @@
 """What differs between the stage-3 kinds around the one stage-3 run (stage_runs.run_synthetic_set):
 how a kind draws its manifest, makes its set on Ray Data actors, and shows it in a grid.
 
-DiffInject's h-space injection (InjectionSet) and the GAN kinds A² and AmpliBias (GanSet) each
-name the stage-3 kind they make (stages.kinds)."""
+DiffInject's h-space injection (InjectionSet) and the GAN kinds A² (A2Set) and AmpliBias
+(AmpliBiasSet) each name the stage-3 kind they make (stages.kinds); GAN_SETS finds a GAN kind's."""
 from __future__ import annotations
 
 import time
@@ -102,12 +102,12 @@ class InjectionSet:
 
 @dataclass
 class GanSet:
-    """A GAN kind's set (A²: each original projected into the source StyleGAN2 and decoded by the
-    adapted one; AmpliBias: images sampled from each class's FastGAN), from its generator files."""
-    kind: str
+    """What the GAN kinds' sets share: made on Ray Data actors from the kind's generator files
+    (`checkpoints`, by role: stages.kinds.GeneratorJob.role)."""
     checkpoints: dict[str, Path]
     random_lpips_backbone: bool = False
     seconds_metric: str = "synthesis_seconds"
+    kind = ""  # the stage-3 kind (stages.kinds) a subclass makes
 
     def run_name(self, label: str) -> str:
         return f"stage3 {self.kind} {label}"
@@ -118,42 +118,73 @@ class GanSet:
     def check(self, cfg: ExperimentConfig) -> None:
         pass  # the generator files were checked when their stages loaded them
 
-    def manifest(self, cfg: ExperimentConfig, train, topk: dict):
-        from diffinject.stages.synthesis.sets import class_manifest, projection_manifest
-
-        if self.kind == "stylegan2_adapt":
-            return projection_manifest(train.labels, topk["indices"], train.biases, cfg.injection.conflict_ratio,
-                                       cfg.injection.originals, cfg.run.seed)
-        return class_manifest(topk["labels"], len(train), cfg.injection.conflict_ratio, cfg.run.seed)
+    def section(self, cfg: ExperimentConfig) -> tuple[object, int]:
+        """The kind's config section, which draws the set, and the actors' batch size."""
+        raise NotImplementedError
 
     def make(self, cfg: ExperimentConfig, manifest, train, topk: dict, out_dir: Path, tracker: Tracker, run_id: str,
              folder: Path) -> tuple[dict, float]:
         from diffinject.cluster.synthesis_job import run_gan_synthesis_job
 
-        a2 = self.kind == "stylegan2_adapt"
-        section, batch = (cfg.stylegan2, cfg.stylegan2.project_batch_size) if a2 else (cfg.fastgan, 256)
+        section, batch = self.section(cfg)
         started = time.perf_counter()
         run_gan_synthesis_job(self.kind, manifest, self.checkpoints, section, train.images, train.ids, out_dir, batch,
                               use_gpu=cfg.run.use_gpu, random_lpips_backbone=self.random_lpips_backbone)
         return {}, time.perf_counter() - started
 
+
+@dataclass
+class A2Set(GanSet):
+    """A²'s set: each original projected into the source StyleGAN2 and decoded by the adapted one."""
+    kind = "stylegan2_adapt"
+
+    def section(self, cfg: ExperimentConfig) -> tuple[object, int]:
+        return cfg.stylegan2, cfg.stylegan2.project_batch_size
+
+    def manifest(self, cfg: ExperimentConfig, train, topk: dict):
+        from diffinject.stages.synthesis.sets import projection_manifest
+
+        return projection_manifest(train.labels, topk["indices"], train.biases, cfg.injection.conflict_ratio,
+                                   cfg.injection.originals, cfg.run.seed)
+
     def grid(self, path: Path, cfg: ExperimentConfig, manifest, train, topk: dict, synthetic, shown: int = 10) -> Path:
-        """A²: original | a top-K image of the original's class (the domain the generator was
-        adapted to) | its A² image. AmpliBias, one column per class: two top-K images of the class
-        (its FastGAN's training data) | a generated image."""
+        """original | a top-K image of the original's class (the domain the generator was adapted
+        to) | its A² image."""
         labels = np.asarray(topk["labels"])
-        where = f"{cfg.data.dataset} @ {cfg.data.ratio}%"
-        if self.kind == "stylegan2_adapt":
-            rows = manifest.slice(0, min(shown, manifest.num_rows)).to_pydict()
-            same_class = [np.flatnonzero(labels == y) for y in rows["label"]]
-            target = np.stack([topk["images"][idx[0] if len(idx) else 0] for idx in same_class])
-            return triptych(path, train.images[rows["original_index"]], target, synthetic.images[:len(target)],
-                            f"A² on {where}: projected into the source generator, decoded by the adapted one",
-                            [f"y={y}" for y in rows["label"]], ("original", "top-K (same class)", "A²"))
+        rows = manifest.slice(0, min(shown, manifest.num_rows)).to_pydict()
+        same_class = [np.flatnonzero(labels == y) for y in rows["label"]]
+        target = np.stack([topk["images"][idx[0] if len(idx) else 0] for idx in same_class])
+        return triptych(path, train.images[rows["original_index"]], target, synthetic.images[:len(target)],
+                        f"A² on {cfg.data.dataset} @ {cfg.data.ratio}%: projected into the source generator, "
+                        f"decoded by the adapted one", [f"y={y}" for y in rows["label"]],
+                        ("original", "top-K (same class)", "A²"))
+
+
+@dataclass
+class AmpliBiasSet(GanSet):
+    """AmpliBias's set: images sampled from each class's FastGAN."""
+    kind = "fastgan"
+
+    def section(self, cfg: ExperimentConfig) -> tuple[object, int]:
+        return cfg.fastgan, 256
+
+    def manifest(self, cfg: ExperimentConfig, train, topk: dict):
+        from diffinject.stages.synthesis.sets import class_manifest
+
+        return class_manifest(topk["labels"], len(train), cfg.injection.conflict_ratio, cfg.run.seed)
+
+    def grid(self, path: Path, cfg: ExperimentConfig, manifest, train, topk: dict, synthetic, shown: int = 10) -> Path:
+        """One column per class: two top-K images of the class (its FastGAN's training data) | a
+        generated image."""
+        labels = np.asarray(topk["labels"])
         classes = [c for c in np.unique(labels) if (synthetic.labels == c).any()][:shown]
         first = [np.flatnonzero(labels == c) for c in classes]
         made = [int(np.flatnonzero(synthetic.labels == c)[0]) for c in classes]
         return triptych(path, topk["images"][[idx[0] for idx in first]], topk["images"][[idx[-1] for idx in first]],
-                        synthetic.images[made], f"AmpliBias on {where}: one FastGAN per class on its top-K images",
+                        synthetic.images[made],
+                        f"AmpliBias on {cfg.data.dataset} @ {cfg.data.ratio}%: one FastGAN per class on its "
+                        f"top-K images",
                         [f"class {c}" for c in classes], ("top-K", "top-K", "FastGAN"))
 
+
+GAN_SETS = {maker.kind: maker for maker in (A2Set, AmpliBiasSet)}  # a GAN kind's set maker, by stage-3 kind

@@ -18,10 +18,17 @@ GENERATOR_FILE = "generator.pt"  # what a generator job makes: a GAN checkpoint 
 
 @dataclass(frozen=True)
 class GeneratorJob:
-    """A generator trained by a Ray Train job (cluster.train_jobs) and cached as `stage`."""
+    """A generator trained by a Ray Train job (cluster.train_jobs) and cached as `stage`.
+
+    Its file goes by `role` among the files of the set it serves (and among the inputs of the
+    generators trained after it); `reads` names the inputs its training takes: "topk" (stage 1's
+    top-K folder), an earlier generator's role, or "init" (a given starting point, only when
+    fastgan.init_checkpoint names one)."""
     job: str
     stage: str        # the artifact cache's stage (and MLflow run name prefix)
     algorithm: str    # the run's `stage.algorithm` tag
+    role: str
+    reads: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -37,10 +44,12 @@ STYLEGAN2_PROJECT = ("project_steps", "project_lr", "noise_reg_weight", "project
                      "decode_noise")
 
 GENERATOR_JOBS = {job.job: job for job in (
-    GeneratorJob("stylegan2_source", "stylegan2_source", "stylegan2"),        # A²'s source StyleGAN2
-    GeneratorJob("stylegan2_adapt", "stylegan2_adapted", "cdc_adaptation"),   # its CDC adaptation to the top-K
-    GeneratorJob("fastgan", "fastgan_classes", "fastgan"),                    # AmpliBias's per-class FastGANs
-    GeneratorJob("fastgan_init", "fastgan_init", "fastgan_starting_points"),  # their shipped starting points
+    # A²'s source StyleGAN2, and its CDC adaptation to the top-K
+    GeneratorJob("stylegan2_source", "stylegan2_source", "stylegan2", "source"),
+    GeneratorJob("stylegan2_adapt", "stylegan2_adapted", "cdc_adaptation", "adapted", ("topk", "source")),
+    # AmpliBias's per-class FastGANs, and their shipped starting points (trained on their own)
+    GeneratorJob("fastgan", "fastgan_classes", "fastgan", "classes", ("topk", "init")),
+    GeneratorJob("fastgan_init", "fastgan_init", "fastgan_starting_points", "init"),
 )}
 
 
@@ -57,7 +66,6 @@ STAGE3_KINDS = {kind.name: kind for kind in (
     Stage3Kind("fastgan", (GENERATOR_JOBS["fastgan"],), "fastgan_sampling",
                lambda cfg: {"conflict_ratio": cfg.injection.conflict_ratio}),
 )}
-GAN_KINDS = tuple(name for name, kind in STAGE3_KINDS.items() if kind.generators)
 
 
 def get_stage3_kind(name: str) -> Stage3Kind:
