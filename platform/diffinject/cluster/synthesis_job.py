@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from diffinject.core.errors import ConfigError
 from diffinject.stages.inject.synthetic import checkpoint_hash
 from diffinject.stages.synthesis.sets import GAN_MANIFEST_SCHEMA, GAN_SCHEMA, gan_batch_table
 
-class GeneratorActor:
+class GeneratorActor(ABC):
     """What the GAN kinds' actors share: the training arrays, threads, device and the shipped
     generator files; called with batches of GAN manifest rows (numpy format)."""
     kind = ""  # the stage-3 kind (stages.kinds) a subclass draws
@@ -45,12 +46,13 @@ class GeneratorActor:
             install_hub_file(receive(lpips_trunk))
         self.load({name: receive(item) for name, item in checkpoints.items()}, cfg, random_lpips_backbone)
 
+    @abstractmethod
     def load(self, checkpoints: dict, cfg: dict, random_lpips_backbone: bool) -> None:
-        raise NotImplementedError
+        """Load the kind's generators from its files (by role) onto self.device."""
 
+    @abstractmethod
     def draw(self, original_index: np.ndarray, labels: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, list]:
         """The rows' images and their original ids."""
-        raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         # copies: Ray's zero-copy batches are read-only, which torch.as_tensor warns about

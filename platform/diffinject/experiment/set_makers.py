@@ -6,6 +6,7 @@ DiffInject's h-space injection (InjectionSet) and the GAN kinds A² (A2Set) and 
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,7 @@ class InjectionSet:
 
 
 @dataclass
-class GanSet:
+class GanSet(ABC):
     """What the GAN kinds' sets share: made on Ray Data actors from the kind's generator files
     (`checkpoints`, by role: stages.kinds.GeneratorJob.role)."""
     checkpoints: dict[str, Path]
@@ -118,9 +119,9 @@ class GanSet:
     def check(self, cfg: ExperimentConfig) -> None:
         pass  # the generator files were checked when their stages loaded them
 
+    @abstractmethod
     def section(self, cfg: ExperimentConfig) -> tuple[object, int]:
         """The kind's config section, which draws the set, and the actors' batch size."""
-        raise NotImplementedError
 
     def make(self, cfg: ExperimentConfig, manifest, train, topk: dict, out_dir: Path, tracker: Tracker, run_id: str,
              folder: Path) -> tuple[dict, float]:
